@@ -52,14 +52,14 @@ const SHUTDOWN_GRACE_MS = 1000;
  * so the countdown ends on time however long the writes take.
  * It returns early, at once, when the client hangs up (see sleep()).
  */
-export async function* countdown(from: number, interval: number, res: ServerResponse) {
+export async function* countdown(from: number, interval: number, res: ServerResponse, heartbeat = HEARTBEAT_MS) {
   const start = performance.now();
   for (let i = from; i >= 0; i--) {
     yield countdownEvent(i);
     if (i === 0) return;
     const due = start + (from - i + 1) * interval;
-    while (due - performance.now() > HEARTBEAT_MS) {
-      if (!(await sleep(HEARTBEAT_MS, res))) return;
+    while (due - performance.now() > heartbeat) {
+      if (!(await sleep(heartbeat, res))) return;
       yield HEARTBEAT;
     }
     if (!(await sleep(due - performance.now(), res))) return;
@@ -204,6 +204,7 @@ export interface ServerState {
   streams: Set<ServerResponse>;
   log: (line: string) => void;
   quiet: boolean;
+  heartbeat: number;
 }
 
 export type Handler = (req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) => void | Promise<void>;
@@ -251,7 +252,7 @@ export const servePage: Handler = (req, res, url) => {
 };
 
 /** Streams one countdown to one client, for as long as its tab stays open. */
-const serveCountdown: Handler = async (req, res, url, { streams, log, quiet }) => {
+const serveCountdown: Handler = async (req, res, url, { streams, log, quiet, heartbeat }) => {
   const { from, interval } = readCountdownOptions(req, url);
   if (from < 0) {
     // The browser saw event 0 already; 204 is how SSE says "do not reconnect".
@@ -268,7 +269,7 @@ const serveCountdown: Handler = async (req, res, url, { streams, log, quiet }) =
   let eventsSent = 0;
   let streamsReported = 0;
   try {
-    for await (const message of countdown(from, interval, res)) {
+    for await (const message of countdown(from, interval, res, heartbeat)) {
       // Piggyback on this tick: tell the page how many streams the process holds, when that changed.
       const status = streams.size === streamsReported ? "" : serverEvent(process.pid, streams.size);
       streamsReported = streams.size;
@@ -340,11 +341,21 @@ export interface CountdownServer extends http.Server {
   endStreams(): void;
 }
 
-export function createCountdownServer(options: { quiet?: boolean; log?: (line: string) => void } = {}): CountdownServer {
+export interface ServerOptions {
+  /** Leave out the per-stream log lines. */
+  quiet?: boolean;
+  /** Where log lines go (tests collect them). */
+  log?: (line: string) => void;
+  /** Milliseconds of silence before a comment line; tests shorten it. */
+  heartbeat?: number;
+}
+
+export function createCountdownServer(options: ServerOptions = {}): CountdownServer {
   const state: ServerState = {
     streams: new Set(),
     log: options.log ?? ((line) => console.log(`[${new Date().toTimeString().slice(0, 8)}] [${process.pid}] ${line}`)),
     quiet: options.quiet ?? false,
+    heartbeat: options.heartbeat ?? HEARTBEAT_MS,
   };
   const server = http.createServer(router(ROUTES, state));
   return Object.assign(server, {

@@ -302,6 +302,21 @@ lesson("stream: the wire format", (test) => {
     }
   });
 
+  test("a stream silent for longer than the heartbeat gets comment lines in between", async () => {
+    const quick = createCountdownServer({ log: () => {}, heartbeat: 30 });
+    quick.listen(0, "127.0.0.1");
+    try {
+      await within("the heartbeat server to listen", once(quick, "listening"));
+      const { port } = quick.address() as net.AddressInfo;
+      const res = await request(`http://127.0.0.1:${port}/sse/?from=1&interval=200`);
+      const between = res.body.slice(res.body.indexOf("id: 1"), res.body.indexOf("id: 0"));
+      assert.match(between, /\n\n: still counting\n\n/);
+      assert.equal([...res.body.matchAll(/^id: (\d+)$/gm)].map((m) => m[1]), ["1", "0"]);
+    } finally {
+      await stopServer(quick);
+    }
+  });
+
   test("a reconnecting browser's Last-Event-ID resumes at the next number", async () => {
     const res = await request(`${url}/sse/?from=100&interval=10`, { headers: { "Last-Event-ID": "3" } });
     const ids = [...res.body.matchAll(/^id: (\d+)$/gm)].map((m) => m[1]);
