@@ -81,7 +81,7 @@ function sleep(ms: number, res: ServerResponse): Promise<boolean> {
       res.off("close", onClose);
       resolve(!res.writableEnded);
     }, ms);
-    res.once("close", onClose);
+    res.on("close", onClose);
   });
 }
 
@@ -273,7 +273,7 @@ const serveCountdown: Handler = async (req, res, url, { streams, log, quiet, hea
       // Piggyback on this tick: tell the page how many streams the process holds, when that changed.
       const status = streams.size === streamsReported ? "" : serverEvent(process.pid, streams.size);
       streamsReported = streams.size;
-      eventsSent++;
+      if (message !== HEARTBEAT) eventsSent++;
       // A slow reader: wait until the socket drains (or closes) rather than buffer without bound.
       if (!res.write(status + message)) await drainOrClose(res);
     }
