@@ -1,0 +1,84 @@
+/**
+ * bench/screenshot.ts: a picture of the countdown page mid-countdown, for the README.
+ *
+ * Starts server.ts in this process, opens its page in Chromium, waits until a
+ * few numbers have gone by, and saves a PNG. The picture is taken of the page
+ * itself, so running this again after a change to the page keeps it true.
+ *
+ * Run:  npx tsx bench/screenshot.ts [out.png]      (default docs/countdown.png)
+ *       CHROMIUM_PATH=/path/to/chrome npx tsx bench/screenshot.ts
+ */
+
+import { existsSync, mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import type net from "node:net";
+import { chromium, type Browser } from "playwright-core";
+import { createCountdownServer, exitWith, listen } from "../server.ts";
+
+// ─── Settings ────────────────────────────────────────────────────────────────
+
+const OUTPUT = process.argv[2] ?? "docs/countdown.png";
+
+/** Debian's Chromium, or the one CHROMIUM_PATH names: this script never downloads a browser. */
+const CHROMIUM_PATH = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+
+/**
+ * Headless, without the sandbox (which refuses to run as root in a container),
+ * and without the background calls to Google's services, which a closed
+ * network leaves hanging.
+ */
+const CHROMIUM_ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+/** A laptop-sized window. */
+const VIEWPORT = { width: 1000, height: 700 };
+
+/** A fast countdown, so the picture is taken a few ticks in without a long wait. */
+const COUNT_FROM = 100;
+const INTERVAL_MS = 100;
+const TICKS_BEFORE_PICTURE = 12;
+
+/** How long the page gets to load and count that far before the script gives up. */
+const PATIENCE_MS = 10_000;
+
+// ─── Taking the picture ──────────────────────────────────────────────────────
+
+if (!existsSync(CHROMIUM_PATH)) exitWith(1, `No Chromium at ${CHROMIUM_PATH}; install it (apt-get install chromium) or set CHROMIUM_PATH.`);
+
+const server = createCountdownServer({ quiet: true });
+const listeners = await listen(server, "localhost", 0);
+const { port } = server.address() as net.AddressInfo;
+let browser: Browser | undefined;
+try {
+  browser = await chromium.launch({ executablePath: CHROMIUM_PATH, args: CHROMIUM_ARGS, timeout: PATIENCE_MS });
+  const page = await browser.newPage({ viewport: VIEWPORT });
+  page.setDefaultTimeout(PATIENCE_MS);
+  await page.goto(`http://localhost:${port}/?from=${COUNT_FROM}&interval=${INTERVAL_MS}`);
+  // Mid-countdown: streaming, a few numbers gone by, and the server line filled in.
+  await page.waitForFunction(
+    (shownAt) =>
+      document.getElementById("state")?.dataset.state === "streaming" &&
+      Number(document.getElementById("countdown")?.textContent) <= shownAt &&
+      document.getElementById("server")?.textContent?.startsWith("served by") === true,
+    COUNT_FROM - TICKS_BEFORE_PICTURE,
+  );
+  mkdirSync(dirname(OUTPUT), { recursive: true });
+  await page.screenshot({ path: OUTPUT });
+  console.log(`Saved ${OUTPUT}: the page at ${VIEWPORT.width}x${VIEWPORT.height}, mid-countdown.`);
+} catch (error) {
+  process.exitCode = 1;
+  console.error(`No screenshot: ${error instanceof Error ? error.message.split("\n")[0] : String(error)}`);
+} finally {
+  // Whatever happened, leave no browser and no listening socket behind.
+  await browser?.close();
+  server.closeAllConnections();
+  for (const listener of listeners) listener.close();
+}
