@@ -1,0 +1,625 @@
+/**
+ * bench/run.ts: how much one open stream costs, async against blocking.
+ *
+ * In one go, on loopback only, it starts each server as its own process,
+ * drives it with the load client (bench/client.ts, another process), reads the
+ * server's memory and CPU time from /proc, and stops it again:
+ *   - the floor (bench/floor.ts): bare node:http, one shared timer, no
+ *     generator; what any node:http server pays per open stream;
+ *   - server.ts under tsx, the way people run it (and, when Node 24 is at hand,
+ *     server.ts and the floor again under Node 24's own type stripping);
+ *   - blocking-server.ts with --workers W, and W + 6 clients: W are served,
+ *     the others wait for a free worker.
+ * Each configuration runs --runs times, the order alternating; the table shows
+ * the median of the runs, ratios to the floor of the same run, and events and
+ * failures summed over all runs. Then the soak (bench/soak.ts) opens and
+ * abandons --cycles streams against one in-process server.ts and checks that
+ * nothing is left behind.
+ *
+ * Run:   npm run bench                                             (10,000 streams for 20 s, 3 runs)
+ *        npm run bench -- --streams 200 --seconds 3 --runs 1       (the tiny one, for CI)
+ *        npm run bench -- --soak                                   (only the soak)
+ *
+ * It asserts nothing about speed. It exits 1 when it cannot run (a server that
+ * does not start) or when an async server loses, duplicates or garbles events.
+ * The report goes to stdout and to bench/results/latest.md; a full-size run
+ * (10,000 streams or more, 3 runs or more) also writes bench/results.md.
+ */
+
+import { spawn, execFileSync, type ChildProcess } from "node:child_process";
+import { readFileSync, readdirSync, writeFileSync, mkdirSync } from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { setTimeout as delay } from "node:timers/promises";
+import type { ClientReport } from "./client.ts";
+import type { SoakReport } from "./soak.ts";
+
+const BENCH = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.dirname(BENCH);
+
+// ─── Flags ───────────────────────────────────────────────────────────────────
+
+const HELP = `Usage: npm run bench -- [flags]
+
+  --streams N     Opens this many streams against each async server (default 10000).
+  --seconds S     Makes each countdown last this long (default 20).
+  --interval MS   One tick every MS milliseconds (default 1000).
+  --runs R        Runs every configuration R times and reports the median (default 3).
+  --workers W     Starts the blocking server with W workers, and sends it W + 6 streams (default 4).
+  --cycles C      Open-then-abort cycles of the soak (default: --streams).
+  --node24 X      "auto" finds Node 24 with npx, "off" skips its rows, or a path to a node binary (default auto).
+  --also FILE     Measures another server file too, started like server.ts (may be repeated).
+  --soak          Runs only the soak.`;
+
+const { values: flags } = parseArgs({
+  options: {
+    streams: { type: "string", default: "10000" },
+    seconds: { type: "string", default: "20" },
+    interval: { type: "string", default: "1000" },
+    runs: { type: "string", default: "3" },
+    workers: { type: "string", default: "4" },
+    cycles: { type: "string" },
+    node24: { type: "string", default: "auto" },
+    also: { type: "string", multiple: true, default: [] },
+    soak: { type: "boolean", default: false },
+    help: { type: "boolean", default: false },
+  },
+});
+if (flags.help) {
+  console.log(HELP);
+  process.exit(0);
+}
+
+function wholeFlag(name: string, text: string, min: number): number {
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < min) {
+    console.error(`--${name} must be a whole number of at least ${min}.`);
+    process.exit(2);
+  }
+  return value;
+}
+const STREAMS = wholeFlag("streams", flags.streams, 1);
+const SECONDS = wholeFlag("seconds", flags.seconds, 1);
+const INTERVAL = wholeFlag("interval", flags.interval, 10);
+const RUNS = wholeFlag("runs", flags.runs, 1);
+const WORKERS = wholeFlag("workers", flags.workers, 1);
+const CYCLES = wholeFlag("cycles", flags.cycles ?? flags.streams, 1);
+/** Streams beyond the workers, for the blocking server: they show the queue. */
+const EXTRA_CLIENTS = 6;
+const FULL_SIZE = STREAMS >= 10_000 && RUNS >= 3;
+
+// ─── Child processes ─────────────────────────────────────────────────────────
+//
+// Every server runs in a process group of its own, so stopping it stops its
+// workers too. Whatever happens to this process, the groups are killed on exit.
+
+/** The flags that make Node run TypeScript with tsx, as `npx tsx file.ts` does. */
+const TSX = process.execArgv.some((flag) => flag.includes("tsx")) ? process.execArgv : ["--import", "tsx"];
+
+const children = new Set<ChildProcess>();
+
+function killGroup(child: ChildProcess, signal: NodeJS.Signals) {
+  try {
+    process.kill(-child.pid!, signal);
+  } catch {
+    // already gone
+  }
+}
+
+process.on("exit", () => {
+  for (const child of children) killGroup(child, "SIGKILL");
+});
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+  process.once(signal, () => {
+    console.error(`\n${signal}: stopping every server the benchmark started`);
+    process.exit(130);
+  });
+}
+
+interface Started {
+  child: ChildProcess;
+  output: () => string;
+  exited: Promise<void>;
+}
+
+function start(command: string, args: string[]): Started {
+  const child = spawn(command, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], detached: true });
+  children.add(child);
+  let output = "";
+  child.stdout!.setEncoding("utf8").on("data", (text: string) => (output += text));
+  child.stderr!.setEncoding("utf8").on("data", (text: string) => (output += text));
+  const exited = new Promise<void>((resolve) => child.once("close", () => resolve()));
+  exited.then(() => children.delete(child));
+  return { child, output: () => output, exited };
+}
+
+/** SIGTERM to the whole group, then SIGKILL if it is still there after a grace period. */
+async function stop(started: Started, graceMs = 3000) {
+  if (started.child.exitCode !== null || started.child.signalCode !== null) return;
+  killGroup(started.child, "SIGTERM");
+  const timeout = delay(graceMs).then(() => "timeout");
+  if ((await Promise.race([started.exited.then(() => "exited"), timeout])) === "timeout") {
+    killGroup(started.child, "SIGKILL");
+    await started.exited;
+  }
+  killGroup(started.child, "SIGKILL"); // the arbiter's workers, should any have outlived it
+}
+
+/** A port free on 127.0.0.1 right now. */
+async function freePort(): Promise<number> {
+  const probe = net.createServer();
+  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
+  const { port } = probe.address() as net.AddressInfo;
+  await new Promise((resolve) => probe.close(resolve));
+  return port;
+}
+
+async function waitForOutput(started: Started, pattern: RegExp, what: string, ms = 30_000): Promise<RegExpMatchArray> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const match = started.output().match(pattern);
+    if (match) return match;
+    if (started.child.exitCode !== null || started.child.signalCode !== null) {
+      throw new Error(`${what} exited before it was ready:\n${started.output()}`);
+    }
+    if (Date.now() > deadline) throw new Error(`${what} was not ready after ${ms / 1000} s:\n${started.output()}`);
+    await delay(50);
+  }
+}
+
+// ─── /proc ───────────────────────────────────────────────────────────────────
+
+const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+
+/** Parent pid and CPU ticks (user + system) of a process, from /proc/PID/stat. */
+function readStat(pid: number): { ppid: number; ticks: number } | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // The command name, in parentheses, may hold spaces: count fields after it.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return { ppid: Number(fields[1]), ticks: Number(fields[11]) + Number(fields[12]) };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Resident memory of a process in KB, from /proc/PID/status (0 once it is gone). */
+function readRssKB(pid: number): number {
+  try {
+    return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+/** A process and all its descendants: the blocking server's arbiter and workers. */
+function processTree(root: number): number[] {
+  const childrenOf = new Map<number, number[]>();
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const stat = readStat(Number(entry));
+    if (stat) childrenOf.set(stat.ppid, [...(childrenOf.get(stat.ppid) ?? []), Number(entry)]);
+  }
+  const tree = [root];
+  for (let i = 0; i < tree.length; i++) tree.push(...(childrenOf.get(tree[i]!) ?? []));
+  return tree;
+}
+
+interface Sample {
+  at: number;
+  /** RSS of the whole tree, and of the root's descendants only (the workers), KB. */
+  rssKB: number;
+  workersKB: number;
+  processes: number;
+}
+
+function sample(root: number): Sample {
+  const tree = processTree(root);
+  const sizes = tree.map(readRssKB);
+  const workersKB = sizes.slice(1).reduce((sum, kb) => sum + kb, 0);
+  return { at: Date.now(), rssKB: sizes[0]! + workersKB, workersKB, processes: tree.length };
+}
+
+function cpuTicks(root: number): number {
+  return processTree(root).reduce((sum, pid) => sum + (readStat(pid)?.ticks ?? 0), 0);
+}
+
+// ─── One measurement ─────────────────────────────────────────────────────────
+
+interface Config {
+  label: string;
+  kind: "floor" | "async" | "blocking";
+  /** The floor this row is compared with. */
+  floor?: string;
+  node: string;
+  file: string;
+  args: (port: number) => string[];
+  streams: number;
+  /** Seconds past the last stream's due end before the client gives up. */
+  grace: number;
+  /** How many processes the server has once it is ready. */
+  processes: number;
+}
+
+interface Measurement {
+  config: Config;
+  client: ClientReport;
+  idleKB: number;
+  loadKB: number;
+  workersLoadKB: number;
+  perStreamKB: number;
+  cpuSeconds: number;
+}
+
+async function measure(config: Config): Promise<Measurement> {
+  const port = await freePort();
+  const server = start(config.node, [...config.args(port)]);
+  try {
+    await waitForOutput(server, /listening at:? http:\/\/127\.0\.0\.1:\d+/i, `${config.label} (pid ${server.child.pid})`);
+    const root = server.child.pid!;
+    const readyBy = Date.now() + 30_000;
+    while (sample(root).processes < config.processes && Date.now() < readyBy) await delay(100);
+    await delay(FULL_SIZE ? 2000 : 500); // let start-up garbage settle before the idle reading
+    const idleKB = sample(root).rssKB;
+
+    const samples: Sample[] = [];
+    const sampler = setInterval(() => samples.push(sample(root)), 200);
+    const ticksBefore = cpuTicks(root);
+    let client: ClientReport;
+    try {
+      client = await runClientProcess(config, port);
+    } finally {
+      clearInterval(sampler);
+    }
+    const cpuSeconds = (cpuTicks(root) - ticksBefore) / CLOCK_TICKS;
+    if (server.child.exitCode !== null || server.child.signalCode !== null) {
+      throw new Error(`${config.label} exited during the run:\n${server.output()}`);
+    }
+
+    // Under load: the highest reading while the most streams were live together.
+    const plateau = client.plateau ?? { from: 0, to: Infinity };
+    let during = samples.filter((s) => s.at >= plateau.from && s.at <= plateau.to);
+    if (!during.length) {
+      const middle = (plateau.from + plateau.to) / 2;
+      during = [...samples].sort((a, b) => Math.abs(a.at - middle) - Math.abs(b.at - middle)).slice(0, 1);
+    }
+    const peak = during.reduce((highest, s) => (s.rssKB > highest.rssKB ? s : highest));
+    const loadKB = peak.rssKB;
+    const workersLoadKB = peak.workersKB;
+    const live = Math.max(1, client.servedAtOnce);
+    return { config, client, idleKB, loadKB, workersLoadKB, perStreamKB: (loadKB - idleKB) / live, cpuSeconds };
+  } finally {
+    await stop(server);
+  }
+}
+
+async function runClientProcess(config: Config, port: number): Promise<ClientReport> {
+  const args = [
+    ...TSX,
+    path.join(BENCH, "client.ts"),
+    "--json",
+    ...["--url", `http://127.0.0.1:${port}/sse/`],
+    ...["--streams", String(config.streams)],
+    ...["--seconds", String(SECONDS)],
+    ...["--interval", String(INTERVAL)],
+    ...["--grace", String(config.grace)],
+  ];
+  const client = start(process.execPath, args);
+  await client.exited;
+  const report = client.output().split("\n").find((line) => line.startsWith("{"));
+  if (client.child.exitCode !== 0 || !report) throw new Error(`the load client failed:\n${client.output()}`);
+  return JSON.parse(report) as ClientReport;
+}
+
+// ─── The configurations ──────────────────────────────────────────────────────
+
+function findNode24(): string | undefined {
+  if (flags.node24 === "off") return undefined;
+  if (flags.node24 !== "auto") return flags.node24;
+  try {
+    const found = execFileSync("npx", ["-y", "node@24", "-p", "process.execPath"], {
+      cwd: ROOT,
+      encoding: "utf8",
+      timeout: 60_000,
+      stdio: ["ignore", "pipe", "ignore"],
+    }).trim();
+    return found || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function nodeVersion(node: string): string {
+  return execFileSync(node, ["--version"], { encoding: "utf8" }).trim();
+}
+
+function configurations(node24: string | undefined): Config[] {
+  const node20 = process.execPath;
+  const tsxOn = `tsx, Node ${nodeVersion(node20)}`;
+  const async = (label: string, file: string, node: string, loader: string[], floor: string): Config => ({
+    label,
+    kind: file.endsWith("floor.ts") ? "floor" : "async",
+    floor: file.endsWith("floor.ts") ? undefined : floor,
+    node,
+    file,
+    args: (port) => [...loader, file, "--port", String(port), "--host", "127.0.0.1", ...(file.endsWith("floor.ts") ? [] : ["--quiet"])],
+    streams: STREAMS,
+    grace: 10,
+    processes: 1,
+  });
+  const floorFile = path.join(BENCH, "floor.ts");
+  const list: Config[] = [
+    async(`floor (${tsxOn})`, floorFile, node20, TSX, ""),
+    async(`server.ts (${tsxOn})`, path.join(ROOT, "server.ts"), node20, TSX, `floor (${tsxOn})`),
+  ];
+  if (node24) {
+    const stripping = `type stripping, Node ${nodeVersion(node24)}`;
+    list.push(
+      async(`floor (${stripping})`, floorFile, node24, [], ""),
+      async(`server.ts (${stripping})`, path.join(ROOT, "server.ts"), node24, [], `floor (${stripping})`),
+    );
+  }
+  for (const file of flags.also) {
+    list.push(async(`${path.relative(ROOT, path.resolve(file))} (${tsxOn})`, path.resolve(file), node20, TSX, `floor (${tsxOn})`));
+  }
+  const blocking = (on: string, node: string, loader: string[]): Config => ({
+    label: `blocking-server.ts --workers ${WORKERS} (${on})`,
+    kind: "blocking",
+    node,
+    file: path.join(ROOT, "blocking-server.ts"),
+    // --timeout 0: a worker busy with a stream is not killed, so the queue stays a queue.
+    args: (port) => [...loader, path.join(ROOT, "blocking-server.ts"), "--port", String(port), "--host", "127.0.0.1", "--workers", String(WORKERS), "--timeout", "0"],
+    streams: WORKERS + EXTRA_CLIENTS,
+    grace: 2,
+    processes: WORKERS + 1,
+  });
+  list.push(blocking(tsxOn, node20, TSX));
+  if (node24) list.push(blocking(`type stripping, Node ${nodeVersion(node24)}`, node24, []));
+  return list;
+}
+
+// ─── The soak ────────────────────────────────────────────────────────────────
+
+async function runSoak(): Promise<SoakReport> {
+  const soak = start(process.execPath, ["--expose-gc", ...TSX, path.join(BENCH, "soak.ts"), "--cycles", String(CYCLES), "--json"]);
+  await soak.exited;
+  const report = soak.output().split("\n").find((line) => line.startsWith("{"));
+  if (!report) throw new Error(`the soak failed:\n${soak.output()}`);
+  return JSON.parse(report) as SoakReport;
+}
+
+function soakSection(soak: SoakReport): string {
+  const handles = (counts: Record<string, number>) =>
+    Object.entries(counts)
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(([kind, n]) => `${kind} ${n}`)
+      .join(", ") || "none";
+  return [
+    `### Soak: ${soak.cycles.toLocaleString("en")} open-then-abort cycles against one in-process server.ts`,
+    "",
+    "| | before | after |",
+    "|---|---|---|",
+    `| active handles and requests | ${handles(soak.before.resources)} | ${handles(soak.after.resources)} |`,
+    `| open streams | ${soak.before.streams} | ${soak.after.streams} |`,
+    `| open connections | ${soak.before.connections} | ${soak.after.connections} |`,
+    `| heap used after GC | ${mb(soak.before.heapUsed)} | ${mb(soak.after.heapUsed)} (${signed((soak.after.heapUsed - soak.before.heapUsed) / soak.cycles)} bytes per cycle) |`,
+    "",
+    `${soak.matches ? "They match" : "**They do not match**"}: ${soak.verdict} (${soak.aborted.toLocaleString("en")} streams aborted mid-countdown, ${soak.early.toLocaleString("en")} before their first event; ${(soak.durationMs / 1000).toFixed(1)} s).`,
+  ].join("\n");
+}
+
+// ─── The table ───────────────────────────────────────────────────────────────
+
+function median(values: number[]): number {
+  const finite = values.filter((value) => Number.isFinite(value)).sort((a, b) => a - b);
+  if (!finite.length) return NaN;
+  const middle = finite.length >> 1;
+  return finite.length % 2 ? finite[middle]! : (finite[middle - 1]! + finite[middle]!) / 2;
+}
+
+const sum = (values: number[]) => values.reduce((total, value) => total + value, 0);
+const fixed = (value: number, digits = 1) => (Number.isFinite(value) ? value.toFixed(digits) : "n/a");
+const ms = (value: number) => (Number.isFinite(value) ? `${fixed(value, value < 100 ? 1 : 0)} ms` : "n/a");
+const mb = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+const mbFromKB = (kb: number) => `${(kb / 1024).toFixed(1)} MB`;
+const signed = (value: number) => `${value >= 0 ? "+" : ""}${value.toFixed(1)}`;
+const count = (value: number) => value.toLocaleString("en");
+
+/** Per-run ratio of a row's figure to its floor's figure in the same run, then the median. */
+function ratioToFloor(results: Measurement[][], label: string, floor: string, figure: (m: Measurement) => number): number {
+  return median(
+    results.map((run) => {
+      const row = run.find((m) => m.config.label === label);
+      const base = run.find((m) => m.config.label === floor);
+      return row && base ? figure(row) / figure(base) : NaN;
+    }),
+  );
+}
+
+function table(configs: Config[], results: Measurement[][], soak: SoakReport | undefined, notes: string[]): string {
+  const of = (label: string) => results.flatMap((run) => run.filter((m) => m.config.label === label));
+  const firstEvents = (m: Measurement) => m.client.allFirstEventsMs ?? NaN;
+  const lines: string[] = [];
+  lines.push(`## Numbers`);
+  lines.push("");
+  lines.push(
+    `${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC · Node ${process.version} (runner) · ` +
+      `${os.cpus().length} cores (${os.cpus()[0]?.model.trim() ?? "unknown CPU"}), ${(os.totalmem() / 1024 ** 3).toFixed(0)} GiB · ` +
+      `${os.type()} ${os.release()} · loopback only`,
+  );
+  lines.push("");
+  lines.push(
+    `${count(STREAMS)} streams per async server, each a countdown of ${SECONDS} s with one tick every ${INTERVAL} ms; ` +
+      `median of ${RUNS} run${RUNS === 1 ? "" : "s"}, ratios to the floor taken within each run; events summed over all runs. ` +
+      `KB = 1024 bytes of resident memory (VmRSS); per stream = (RSS under load - RSS idle) / streams live at once.`,
+  );
+  lines.push("");
+  lines.push(
+    "| server | streams live at once | events received / expected | lost · dup · malformed | every first event by | × floor | tick lateness p50 · p99 · max | p99 once all open | RSS idle → under load | per stream | × floor | server CPU |",
+  );
+  lines.push("|---|---|---|---|---|---|---|---|---|---|---|---|");
+  for (const config of configs.filter((c) => c.kind !== "blocking")) {
+    const rows = of(config.label);
+    if (!rows.length) continue;
+    const c = (pick: (m: Measurement) => number) => median(rows.map(pick));
+    const floorRatio = (figure: (m: Measurement) => number) =>
+      config.floor ? `${fixed(ratioToFloor(results, config.label, config.floor, figure), 2)}×` : "1×";
+    lines.push(
+      [
+        `**${config.label}**`,
+        `${count(c((m) => m.client.servedAtOnce))} of ${count(config.streams)}`,
+        `${count(sum(rows.map((m) => m.client.eventsReceived)))} / ${count(sum(rows.map((m) => m.client.eventsExpected)))}`,
+        `${sum(rows.map((m) => m.client.lost))} · ${sum(rows.map((m) => m.client.duplicated))} · ${sum(rows.map((m) => m.client.malformed))}`,
+        ms(c(firstEvents)),
+        floorRatio(firstEvents),
+        `${ms(c((m) => m.client.lateness.p50))} · ${ms(c((m) => m.client.lateness.p99))} · ${ms(c((m) => m.client.lateness.max))}`,
+        ms(c((m) => m.client.latenessAfterRamp.p99)),
+        `${mbFromKB(c((m) => m.idleKB))} → ${mbFromKB(c((m) => m.loadKB))}`,
+        `**${fixed(c((m) => m.perStreamKB))} KB**`,
+        floorRatio((m) => m.perStreamKB),
+        `${fixed(c((m) => m.cpuSeconds))} s`,
+      ].join(" | ").replace(/^/, "| ") + " |",
+    );
+  }
+
+  const serverLabel = configs.find((c) => c.kind === "async")?.label;
+  const serverRows = serverLabel ? of(serverLabel) : [];
+  const blockingConfigs = configs.filter((c) => c.kind === "blocking" && of(c.label).length);
+  if (blockingConfigs.length) {
+    const serverPerStream = median(serverRows.map((m) => m.perStreamKB));
+    lines.push("");
+    lines.push(`The blocking server, with ${WORKERS} workers and ${WORKERS} + ${EXTRA_CLIENTS} = ${WORKERS + EXTRA_CLIENTS} streams at once:`);
+    lines.push("");
+    lines.push("| server | streams served at once | streams starved | RSS per worker = memory per concurrent stream | arbiter RSS | × server.ts per stream | every first event by | server CPU |");
+    lines.push("|---|---|---|---|---|---|---|---|");
+    for (const blocking of blockingConfigs) {
+      const rows = of(blocking.label);
+      const c = (pick: (m: Measurement) => number) => median(rows.map(pick));
+      const perWorkerKB = c((m) => m.workersLoadKB / WORKERS);
+      lines.push(
+        `| **${blocking.label}** | ${c((m) => m.client.servedAtOnce)} of ${blocking.streams} | ${c((m) => m.client.starved)} | **${mbFromKB(perWorkerKB)}** | ${mbFromKB(c((m) => m.loadKB - m.workersLoadKB))} | ` +
+          `**${count(Math.round(perWorkerKB / serverPerStream))}×** | ${Number.isFinite(c(firstEvents)) ? ms(c(firstEvents)) : "never, for the starved"} | ${fixed(c((m) => m.cpuSeconds))} s |`,
+      );
+    }
+    lines.push("");
+    lines.push(
+      `A starved stream got no event within one interval of its request: it waits in the arbiter's queue until a worker is free, ` +
+        `that is until a whole countdown (${SECONDS} s) has ended. × server.ts compares with ${serverLabel ?? "server.ts"} per stream.`,
+    );
+  }
+
+  if (serverLabel && serverRows.length) {
+    const floorLabel = configs.find((c) => c.label === serverLabel)!.floor!;
+    const perStream = median(serverRows.map((m) => m.perStreamKB));
+    const memoryRatio = ratioToFloor(results, serverLabel, floorLabel, (m) => m.perStreamKB);
+    const firstRatio = ratioToFloor(results, serverLabel, floorLabel, firstEvents);
+    const p99 = median(serverRows.map((m) => m.client.lateness.p99));
+    const broken = sum(serverRows.map((m) => m.client.lost + m.client.duplicated + m.client.malformed + m.client.failed));
+    const live = median(serverRows.map((m) => m.client.servedAtOnce));
+    const mark = (ok: boolean) => (ok ? "met" : "**missed**");
+    lines.push("");
+    lines.push(`Targets for ${serverLabel} (issue 6), medians above:`);
+    lines.push("");
+    lines.push(`- ${count(live)} streams at once with no event lost, duplicated or malformed: ${mark(live >= STREAMS && broken === 0)} (${broken} bad over ${serverRows.length} run${serverRows.length === 1 ? "" : "s"})`);
+    lines.push(`- at most 15 KB per stream and at most 1.2× the floor: ${mark(perStream <= 15 && memoryRatio <= 1.2)} (${fixed(perStream)} KB, ${fixed(memoryRatio, 2)}×)`);
+    lines.push(`- p99 tick lateness at most 50 ms: ${mark(p99 <= 50)} (${ms(p99)})`);
+    lines.push(`- every first event within 1.3× the floor's time: ${mark(firstRatio <= 1.3)} (${fixed(firstRatio, 2)}×)`);
+  }
+
+  lines.push("");
+  lines.push("<details><summary>Every run</summary>");
+  lines.push("");
+  lines.push("| run | server | live | lost · dup · malformed | first events by | lateness p50 · p99 · max | idle → load | per stream | CPU |");
+  lines.push("|---|---|---|---|---|---|---|---|---|");
+  results.forEach((run, index) => {
+    for (const m of run) {
+      lines.push(
+        `| ${index + 1} | ${m.config.label} | ${m.client.servedAtOnce} | ${m.client.lost} · ${m.client.duplicated} · ${m.client.malformed} | ${ms(firstEvents(m))} | ` +
+          `${ms(m.client.lateness.p50)} · ${ms(m.client.lateness.p99)} · ${ms(m.client.lateness.max)} | ${mbFromKB(m.idleKB)} → ${mbFromKB(m.loadKB)} | ${fixed(m.perStreamKB)} KB | ${fixed(m.cpuSeconds)} s |`,
+      );
+    }
+  });
+  lines.push("");
+  lines.push("</details>");
+
+  if (soak) {
+    lines.push("");
+    lines.push(soakSection(soak));
+  }
+  if (notes.length) {
+    lines.push("");
+    for (const note of notes) lines.push(`Note: ${note}`);
+  }
+  lines.push("");
+  lines.push(
+    `How: \`npm run bench${process.argv.slice(2).length ? ` -- ${process.argv.slice(2).join(" ")}` : ""}\`. ` +
+      "Tick lateness is the arrival of tick k against start + k × interval, where start is the earliest that agrees with every arrival of that stream " +
+      "(so the client's own delays cannot make ticks look early); \"once all open\" counts only ticks due after the last stream opened. " +
+      "\"Every first event by\" runs from the client's first request. Server CPU is user + system time of the server's processes while the client ran.",
+  );
+  return lines.join("\n") + "\n";
+}
+
+// ─── Main ────────────────────────────────────────────────────────────────────
+
+function write(report: string) {
+  mkdirSync(path.join(BENCH, "results"), { recursive: true });
+  writeFileSync(path.join(BENCH, "results", flags.soak ? "soak.md" : "latest.md"), report);
+  if (FULL_SIZE && !flags.soak) writeFileSync(path.join(BENCH, "results.md"), report);
+}
+
+async function main(): Promise<number> {
+  if (flags.soak) {
+    const soak = await runSoak();
+    const report = soakSection(soak) + "\n";
+    console.log(report);
+    write(report);
+    return soak.matches ? 0 : 1;
+  }
+
+  const notes: string[] = [];
+  const node24 = findNode24();
+  if (!node24 && flags.node24 !== "off") notes.push("Node 24 was not found (npx -y node@24), so its rows are missing.");
+  const configs = configurations(node24);
+  console.error(`bench: ${configs.map((c) => c.label).join("; ")}; ${RUNS} run${RUNS === 1 ? "" : "s"}`);
+
+  const results: Measurement[][] = [];
+  for (let run = 0; run < RUNS; run++) {
+    const order = run % 2 === 0 ? configs : [...configs].reverse();
+    const measured: Measurement[] = [];
+    for (const config of order) {
+      const m = await measure(config);
+      measured.push(m);
+      const r = m.client;
+      console.error(
+        `run ${run + 1}/${RUNS} ${config.label}: ${r.servedAtOnce} live, ${r.lost} lost, ${r.duplicated} dup, ${r.malformed} malformed, ` +
+          `first events by ${ms(r.allFirstEventsMs ?? NaN)}, lateness p99 ${ms(r.lateness.p99)}, ${fixed(m.perStreamKB)} KB/stream, ` +
+          `RSS ${mbFromKB(m.idleKB)} → ${mbFromKB(m.loadKB)}, CPU ${fixed(m.cpuSeconds)} s`,
+      );
+    }
+    results.push(configs.map((config) => measured.find((m) => m.config === config)!));
+  }
+
+  console.error(`soak: ${count(CYCLES)} open-then-abort cycles`);
+  const soak = await runSoak();
+  const report = table(configs, results, soak, notes);
+  console.log(report);
+  write(report);
+
+  const asyncBroken = results.flat().filter((m) => m.config.kind !== "blocking" && (m.client.lost || m.client.duplicated || m.client.malformed || m.client.failed));
+  for (const m of asyncBroken) console.error(`${m.config.label}: ${m.client.lost} events lost, ${m.client.duplicated} duplicated, ${m.client.malformed} malformed, ${m.client.failed} streams failed`);
+  if (!soak.matches) console.error(`soak: ${soak.verdict}`);
+  return asyncBroken.length || !soak.matches ? 1 : 0;
+}
+
+try {
+  process.exitCode = await main();
+} catch (error) {
+  console.error(`bench: ${error instanceof Error ? error.message : String(error)}`);
+  process.exitCode = 1;
+} finally {
+  for (const child of children) killGroup(child, "SIGKILL");
+}
