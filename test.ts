@@ -556,3 +556,289 @@ lesson("command line: server.ts", (test) => {
     assert.match(child.output, /0\.0\.0\.0 to share it on your LAN/);
   });
 });
+
+// ─── Lesson 5: the blocking twin, where a stream holds a whole worker ────────
+
+/** The blocking server's short settings: a worker silent this long is killed, ticks come well inside it. */
+const SYNC_TIMEOUT_S = "1";
+const SYNC_TICK_MS = 200;
+/** A worker is a new Node process with its TypeScript loader: slower to start than a request is to serve. */
+const BOOT_DEADLINE_MS = 15_000;
+
+/** The pids of the workers booted so far, in order: each logs its own "Booting worker" line. */
+function workerPids(child: Child): number[] {
+  return [...child.output.matchAll(/\[(\d+)\] \[INFO\] Booting worker with pid: \1\n/g)].map((match) => Number(match[1]));
+}
+
+/** Starts blocking-server.ts on an ephemeral loopback port and waits until `workers` workers have booted. */
+async function startBlocking(children: Child[], args: string[], workers = 1) {
+  const child = new Child("blocking-server.ts", ["--port", "0", "--host", "127.0.0.1", "--workers", String(workers), ...args]);
+  children.push(child);
+  const [, url = ""] = await child.waitFor(/Listening at: (http:\/\/127\.0\.0\.1:\d+) \(\d+\)\n/);
+  await until(`${workers} workers to boot`, () => workerPids(child).length >= workers, BOOT_DEADLINE_MS).catch((error) => {
+    throw new Error(`${error.message}; output so far:\n${child.output}`);
+  });
+  return { child, url };
+}
+
+/** For `after`: SIGINT to each arbiter, which kills its workers; any process still alive then gets SIGKILL. */
+async function stopBlocking(children: Child[]) {
+  for (const child of children) {
+    await child.stop("SIGINT").catch(() => child.kill());
+    for (const pid of workerPids(child)) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // Already gone, as it should be.
+      }
+    }
+  }
+}
+
+/** A request over a bare TCP socket: every byte it gets, when the first one came, and when the connection closed. */
+class RawRequest {
+  text = "";
+  firstByteAt = 0;
+  /** The client port, which the arbiter's log names. */
+  localPort = 0;
+  connected: Promise<void>;
+  ended: Promise<void>;
+  private socket: net.Socket;
+
+  constructor(url: string, path: string) {
+    const { hostname, port } = new URL(url);
+    this.socket = net.connect(Number(port), hostname);
+    this.socket.on("error", () => {});
+    this.connected = within("the connection to be accepted", once(this.socket, "connect")).then(() => {
+      this.localPort = this.socket.localPort ?? 0;
+    });
+    this.socket.write(`GET ${path} HTTP/1.1\r\nHost: ${hostname}:${port}\r\n\r\n`);
+    this.socket.setEncoding("utf8");
+    this.socket.on("data", (chunk: string) => {
+      this.firstByteAt ||= performance.now();
+      this.text += chunk;
+    });
+    this.ended = new Promise((resolve) => this.socket.on("close", () => resolve()));
+  }
+
+  close() {
+    this.socket.destroy();
+  }
+}
+
+lesson("blocking: a stream holds the only worker until the timeout kills it", (test) => {
+  const children: Child[] = [];
+  const clients: { close(): void }[] = [];
+  let child: Child;
+  let url = "";
+  let stream: SseClient;
+  let streamCutAt = 0;
+  let servingPid = 0;
+  let waiting: RawRequest;
+  test.before(async () => {
+    ({ child, url } = await startBlocking(children, ["--timeout", SYNC_TIMEOUT_S]));
+  });
+  test.after(async () => {
+    for (const client of clients) client.close();
+    await stopBlocking(children);
+  });
+
+  test("the stream's events arrive one by one, each as soon as it is written", async () => {
+    stream = new SseClient(`${url}/sse/?interval=${SYNC_TICK_MS}`);
+    clients.push(stream);
+    stream.ended.then(() => (streamCutAt = performance.now()));
+    servingPid = JSON.parse((await stream.next("server")).data).pid;
+    assert.ok(workerPids(child).includes(servingPid), "a worker serves the stream, not the arbiter");
+    assert.is((await stream.next()).id, "100");
+    assert.equal(stream.numbers, [100], "event 99 is not written yet, and 100 did not wait for it");
+    assert.is((await stream.next()).id, "99");
+    assert.is(stream.headers.connection, "close", "one connection, one request, as gunicorn's sync worker does");
+  });
+
+  test("a second request is accepted, then gets no byte while the stream runs", async () => {
+    waiting = new RawRequest(url, "/");
+    clients.push(waiting);
+    await waiting.connected;
+    await child.waitFor(new RegExp(`No idle worker: the connection from 127\\.0\\.0\\.1:${waiting.localPort} waits \\(1 waiting\\)`));
+    await stream.next(); // the stream still runs...
+    assert.is(waiting.text, "", "...and no worker has read the waiting request, not even to answer its status line");
+  });
+
+  test("the arbiter kills the silent worker: the stream is cut short of 0, without the chunked terminator", async () => {
+    assert.is(await within("the stream to be cut", stream.ended), false, "cut, not ended");
+    const numbers = stream.numbers;
+    assert.equal(numbers, numbers.map((_, k) => 100 - k), "every event up to the cut, in order");
+    assert.ok(numbers.at(-1)! > 0, `the countdown stopped at ${numbers.at(-1)}, before 0`);
+  });
+
+  test("the log says WORKER TIMEOUT for that worker, that it exited, and that a new one booted", async () => {
+    const arbiter = child.process.pid!;
+    const timeout = await child.waitFor(
+      new RegExp(`^\\[\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\d [+-]\\d{4}\\] \\[${arbiter}\\] \\[CRITICAL\\] WORKER TIMEOUT \\(pid:${servingPid}\\)$`, "m"),
+    );
+    const exiting = await child.waitFor(new RegExp(`\\[${servingPid}\\] \\[INFO\\] Worker exiting \\(pid: ${servingPid}\\)\n`));
+    await until("a new worker to boot", () => workerPids(child).length >= 2, BOOT_DEADLINE_MS);
+    const replacement = workerPids(child).at(-1)!;
+    assert.is.not(replacement, servingPid);
+    const booting = child.output.indexOf(`Booting worker with pid: ${replacement}\n`);
+    assert.ok(timeout.index! < exiting.index! && exiting.index! < booting, "timeout, exit, boot: in that order");
+    await until(`worker ${servingPid} to be gone`, () => !isAlive(servingPid));
+  });
+
+  test("the waiting request outlives the killed worker: the new worker answers it", async () => {
+    await within("the waiting request's response", waiting.ended);
+    assert.match(waiting.text, /^HTTP\/1\.1 200 OK\r\n/);
+    assert.match(waiting.text, /\r\nConnection: close\r\n/);
+    assert.ok(waiting.text.endsWith(PAGE), "the whole page");
+    assert.ok(waiting.firstByteAt > streamCutAt, "its first byte came after the stream was cut");
+    const replacement = workerPids(child).at(-1);
+    assert.match(child.output, new RegExp(`Worker ${replacement} takes the connection from 127\\.0\\.0\\.1:${waiting.localPort} after [\\d.]+ s \\(0 waiting\\)`));
+  });
+});
+
+// ─── Lesson 6: more workers, no timeout, a client that leaves ────────────────
+
+lesson("blocking workers: two workers stream at once, a third request waits", (test) => {
+  const children: Child[] = [];
+  const clients: { close(): void }[] = [];
+  test.after(async () => {
+    for (const client of clients) client.close();
+    await stopBlocking(children);
+  });
+
+  test("two streams progress together while a third request gets nothing", async () => {
+    const { child, url } = await startBlocking(children, ["--timeout", "0"], 2);
+    const streams = [new SseClient(`${url}/sse/?interval=50`), new SseClient(`${url}/sse/?interval=50`)];
+    clients.push(...streams);
+    const pids = await Promise.all(streams.map(async (stream) => JSON.parse((await stream.next("server")).data).pid));
+    assert.is.not(pids[0], pids[1], "each stream has a worker of its own");
+    const third = new RawRequest(url, "/");
+    clients.push(third);
+    await third.connected;
+    await child.waitFor(new RegExp(`the connection from 127\\.0\\.0\\.1:${third.localPort} waits \\(1 waiting\\)`));
+    const counts = streams.map((stream) => stream.numbers.length);
+    await until("both streams to move on by three events", () => streams.every((stream, k) => stream.numbers.length >= counts[k]! + 3));
+    assert.is(third.text, "", "both workers are busy, so nobody reads the third request");
+  });
+});
+
+lesson("blocking leave: a client that leaves frees its worker at a failed write, not before", (test) => {
+  const children: Child[] = [];
+  const clients: { close(): void }[] = [];
+  test.after(async () => {
+    for (const client of clients) client.close();
+    await stopBlocking(children);
+  });
+
+  test("the worker sleeps on after its client left; the next write fails, and the next request is served", async () => {
+    const { child, url } = await startBlocking(children, ["--timeout", "0"]);
+    const stream = new SseClient(`${url}/sse/?interval=500`);
+    clients.push(stream);
+    await stream.next();
+    stream.close();
+    const next = new RawRequest(url, "/");
+    clients.push(next);
+    await next.connected;
+    // The worker cannot know yet: it is asleep inside the stream.
+    await child.waitFor(new RegExp(`the connection from 127\\.0\\.0\\.1:${next.localPort} waits \\(1 waiting\\)`));
+    await within("the next request's response", next.ended);
+    assert.match(next.text, /^HTTP\/1\.1 200 OK\r\n/);
+    assert.match(child.output, /Stream stopped after \d+ events: the client left, so a write failed; this worker is free/);
+  });
+
+  test("with --timeout 0 nobody is killed: a countdown runs to 0 and ends cleanly", async () => {
+    const { child, url } = await startBlocking(children, ["--timeout", "0"]);
+    const stream = new SseClient(`${url}/sse/?from=20&interval=50`);
+    clients.push(stream);
+    assert.is(await within("the countdown to finish", stream.ended), true, "ended with the chunked terminator");
+    assert.equal(stream.numbers, Array.from({ length: 21 }, (_, k) => 20 - k));
+    assert.not.match(child.output, /WORKER TIMEOUT/);
+  });
+});
+
+// ─── Lesson 7: running blocking-server.ts ────────────────────────────────────
+
+lesson("blocking command line: blocking-server.ts", (test) => {
+  const children: Child[] = [];
+  const clients: SseClient[] = [];
+  test.after(async () => {
+    for (const client of clients) client.close();
+    await stopBlocking(children);
+  });
+  const run = (args: string[], env: NodeJS.ProcessEnv = {}) => {
+    const child = new Child("blocking-server.ts", args, env);
+    children.push(child);
+    return child;
+  };
+
+  test("Ctrl-C stops the arbiter and every worker, even one blocked in a stream", async () => {
+    const { child, url } = await startBlocking(children, ["--timeout", "0"], 2);
+    const stream = new SseClient(`${url}/sse/?interval=60000`);
+    clients.push(stream);
+    await stream.next();
+    const pids = workerPids(child);
+    assert.is(await child.stop("SIGINT"), 0);
+    assert.match(child.output, /\[INFO\] Handling signal: int\n/);
+    for (const pid of pids) assert.match(child.output, new RegExp(`\\[${pid}\\] \\[INFO\\] Worker exiting \\(pid: ${pid}\\)\n`));
+    assert.match(child.output, /\[INFO\] Shutting down: Master\n$/);
+    for (const pid of pids) await until(`worker ${pid} to be gone`, () => !isAlive(pid));
+    assert.is(await within("the stream to be cut", stream.ended), false);
+  });
+
+  test("SIGTERM does the same", async () => {
+    const { child } = await startBlocking(children, []);
+    const [pid] = workerPids(child);
+    assert.is(await child.stop("SIGTERM"), 0);
+    assert.match(child.output, /\[INFO\] Handling signal: term\n/);
+    await until(`worker ${pid} to be gone`, () => !isAlive(pid!));
+  });
+
+  test("by default it listens on both loopback addresses", async () => {
+    const child = run(["--port", "0"]);
+    const [, port] = await child.waitFor(/Listening at: http:\/\/localhost:(\d+) \(\d+\)\n/);
+    for (const host of ["127.0.0.1", "[::1]"]) {
+      const page = await request(`http://${host}:${port}/`);
+      assert.is(page.status, 200, `the page answers on ${host}`);
+    }
+  });
+
+  test("a busy port is one sentence and exit code 1", async () => {
+    const blocker = net.createServer().listen(0, "127.0.0.1");
+    await within("the blocker to listen", once(blocker, "listening"));
+    try {
+      const { port } = blocker.address() as net.AddressInfo;
+      const child = run(["--port", String(port), "--host", "127.0.0.1"]);
+      assert.is(await within("the server to give up", child.exited), 1);
+      assert.is(child.output.trim(), `port ${port} is in use; try --port ${port + 2}`);
+    } finally {
+      blocker.close();
+    }
+  });
+
+  const timeoutSentence = "--timeout must be 0 (never) or a number of seconds from 0.1 to 86400, such as 30 or 0.5.";
+  const badFlags: [string[], NodeJS.ProcessEnv, string][] = [
+    [["--workers", "0"], {}, "--workers must be a whole number from 1 to 64."],
+    [["--workers", "two"], {}, "--workers must be a whole number from 1 to 64."],
+    [[], { WEB_CONCURRENCY: "many" }, "WEB_CONCURRENCY must be a whole number from 1 to 64."],
+    [["--timeout", "soon"], {}, timeoutSentence],
+    [["--timeout=-1"], {}, timeoutSentence],
+    [["--timeout", "0.01"], {}, timeoutSentence],
+    [["--wrokers", "2"], {}, "Unknown option '--wrokers'. Try --help."],
+    [["--worker"], {}, "--worker is how the arbiter starts its workers; run the file without it."],
+  ];
+  for (const [args, env, sentence] of badFlags) {
+    test(`"${[...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...args].join(" ")}" is one sentence and exit code 2`, async () => {
+      const child = run(args, env);
+      assert.is(await within("the server to refuse", child.exited), 2);
+      assert.is(child.output.trim(), sentence);
+    });
+  }
+
+  test("--help says what each flag does, gunicorn's way, and exits 0", async () => {
+    const child = run(["--help"]);
+    assert.is(await within("help to print", child.exited), 0);
+    assert.match(child.output, /--port N\s+Listens on this TCP port \(env PORT; default 8001\)/);
+    assert.match(child.output, /--workers N\s+Starts this many worker processes/);
+    assert.match(child.output, /--timeout S\s+Workers silent for more than this many seconds are killed and restarted\.\s+0 disables\./);
+  });
+});
