@@ -13,17 +13,20 @@
 
 import http from "node:http";
 import net from "node:net";
+import { existsSync } from "node:fs";
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
 import { setTimeout as delay } from "node:timers/promises";
 import { suite, type Test } from "uvu";
 import * as assert from "uvu/assert";
+import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
 import {
   COUNTDOWN_FROM,
   countdownEvent,
   createCountdownServer,
   drainOrClose,
   formatEvent,
+  listen,
   PAGE,
   serverEvent,
   type CountdownServer,
@@ -240,10 +243,15 @@ function isAlive(pid: number): boolean {
   }
 }
 
+/** True unless SUITES names other suites. */
+function selected(name: string): boolean {
+  const only = process.env.SUITES?.split(",").filter(Boolean);
+  return !only?.length || only.some((prefix) => name.startsWith(prefix));
+}
+
 /** Registers a suite to run, unless SUITES names other ones. */
 function lesson<T>(name: string, build: (test: Test<T>) => void) {
-  const only = process.env.SUITES?.split(",").filter(Boolean);
-  if (only?.length && !only.some((prefix) => name.startsWith(prefix))) return;
+  if (!selected(name)) return;
   const test = suite<T>(name);
   build(test);
   test.run();
@@ -840,5 +848,401 @@ lesson("blocking command line: blocking-server.ts", (test) => {
     assert.match(child.output, /--port N\s+Listens on this TCP port \(env PORT; default 8001\)/);
     assert.match(child.output, /--workers N\s+Starts this many worker processes/);
     assert.match(child.output, /--timeout S\s+Workers silent for more than this many seconds are killed and restarted\.\s+0 disables\./);
+  });
+});
+
+// ─── Lesson 8: tabs in a real browser ────────────────────────────────────────
+//
+// Chromium, driven by playwright-core, opens the page the way a learner does.
+// Two facts about browsers shape these lessons. Over HTTP/1.1 a browser opens
+// at most 6 connections to one host name, and a countdown tab holds one for as
+// long as it is open. And every *.localhost name leads back to this machine with
+// 6 connections of its own, which is what the page's "Open another tab" link uses.
+
+/** Debian's Chromium, or the one CHROMIUM_PATH names: these lessons never download a browser. */
+const CHROMIUM_PATH = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+
+/**
+ * Headless, without the sandbox (which refuses to run as root in a container),
+ * and without the background calls to Google's services, which a closed
+ * network leaves hanging.
+ */
+const CHROMIUM_ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+/** How many connections Chromium opens to one host name over HTTP/1.1. */
+const CONNECTIONS_PER_HOST = 6;
+
+/** How long Chromium's EventSource waits before reconnecting: its default, as the server sends no `retry:`. */
+const RECONNECT_DELAY_MS = 3000;
+
+/** How long a page that should not load is watched not loading. */
+const STILL_WAITING_MS = 1000;
+
+/**
+ * Runs in every tab before the page's own script. It reports each text that
+ * #countdown, #state and #server take, so a test sees every number the learner
+ * saw, even ten a second; and it keeps the page's EventSources, so a test can
+ * ask whether one is still open and could reconnect.
+ */
+const WATCH_THE_PAGE = `
+  new MutationObserver((mutations) => {
+    for (const mutation of mutations) {
+      const id = mutation.target.id;
+      if (id !== "countdown" && id !== "state" && id !== "server") continue;
+      for (const node of mutation.addedNodes) window.reportChange(id, node.textContent);
+    }
+  }).observe(document, { childList: true, subtree: true });
+
+  const sources = [];
+  window.EventSource = class extends EventSource {
+    constructor(...args) {
+      super(...args);
+      sources.push(this);
+    }
+  };
+  window.openEventSources = () => sources.filter((source) => source.readyState !== EventSource.CLOSED).length;
+`;
+
+/** One tab on the countdown page, and every text it showed. */
+class Tab {
+  readonly page: Page;
+  changes: { id: string; text: string }[] = [];
+  constructor(page: Page) {
+    this.page = page;
+  }
+
+  /** The texts #countdown, #state or #server took, in order. */
+  texts(id: "countdown" | "state" | "server"): string[] {
+    return this.changes.filter((change) => change.id === id).map((change) => change.text);
+  }
+
+  /** Every number shown, then "Blastoff!" if it got there (the page's placeholder left out). */
+  get shown(): string[] {
+    return this.texts("countdown").filter((text) => /^\d+$|^Blastoff!$/.test(text));
+  }
+
+  get numbers(): number[] {
+    return this.shown.filter((text) => /^\d+$/.test(text)).map(Number);
+  }
+
+  /** What #state says now. */
+  get state(): string {
+    return this.texts("state").at(-1) ?? "";
+  }
+
+  get host(): string {
+    return new URL(this.page.url()).hostname;
+  }
+
+  /** The numbers shown before the page first said `state`, and those shown after. */
+  numbersAround(state: string): [number[], number[]] {
+    const at = this.changes.findIndex((change) => change.id === "state" && change.text === state);
+    const numbers = (changes: Tab["changes"]) => changes.filter((change) => change.id === "countdown" && /^\d+$/.test(change.text)).map((change) => Number(change.text));
+    return at === -1 ? [this.numbers, []] : [numbers(this.changes.slice(0, at)), numbers(this.changes.slice(at))];
+  }
+
+  /** How many of the page's EventSources are open or reconnecting. */
+  openEventSources(): Promise<number> {
+    return this.page.evaluate(() => (window as unknown as { openEventSources(): number }).openEventSources());
+  }
+}
+
+/**
+ * A fresh browser profile, with connection pools of its own. Every tab it
+ * opens, whether a test or a link opened it, is watched from its first line.
+ */
+class Profile {
+  readonly context: BrowserContext;
+  private tabs = new Map<Page, Tab>();
+  private constructor(context: BrowserContext) {
+    this.context = context;
+  }
+
+  static async open(browser: Browser): Promise<Profile> {
+    const context = await browser.newContext();
+    context.setDefaultTimeout(DEADLINE_MS);
+    const profile = new Profile(context);
+    await context.exposeBinding("reportChange", ({ page }, id: string, text: string) => {
+      profile.tab(page).changes.push({ id, text });
+    });
+    await context.addInitScript({ content: WATCH_THE_PAGE });
+    return profile;
+  }
+
+  tab(page: Page): Tab {
+    let tab = this.tabs.get(page);
+    if (!tab) this.tabs.set(page, (tab = new Tab(page)));
+    return tab;
+  }
+
+  /** Opens `url` in a new tab and waits for its page to load. */
+  async open(url: string): Promise<Tab> {
+    const page = await this.context.newPage();
+    await page.goto(url);
+    return this.tab(page);
+  }
+
+  /** Clicks the page's "Open another tab" link and returns the tab it opened, loaded. */
+  async follow(tab: Tab): Promise<Tab> {
+    const [page] = await Promise.all([this.context.waitForEvent("page"), tab.page.click("#another")]);
+    await page.waitForLoadState();
+    return this.tab(page);
+  }
+
+  close(): Promise<void> {
+    return within("the browser profile to close", this.context.close());
+  }
+}
+
+let chromiumMissingSaid = false;
+
+/**
+ * Registers a lesson that drives Chromium, launched in `before` and closed in
+ * `after`. Without Chromium the lesson is left out and one line says why,
+ * except under BROWSER_REQUIRED=1 (as in CI), where that is a failing test.
+ */
+function browserLesson(name: string, build: (test: Test, browser: () => Browser) => void) {
+  if (!selected(name)) return;
+  if (!existsSync(CHROMIUM_PATH)) {
+    if (chromiumMissingSaid) return;
+    chromiumMissingSaid = true;
+    const why = `no Chromium at ${CHROMIUM_PATH} (install it with apt-get install chromium, or set CHROMIUM_PATH)`;
+    if (process.env.BROWSER_REQUIRED !== "1") {
+      console.log(`Skipping the browser suites: ${why}.`);
+      return;
+    }
+    const test = suite("browser: Chromium is required");
+    test("BROWSER_REQUIRED=1, so the browser suites must run", () => assert.unreachable(why));
+    test.run();
+    return;
+  }
+  lesson(name, (test: Test) => {
+    let browser: Browser | undefined;
+    let launchError: unknown;
+    // A throw in `before` would stop the whole run; a browser that does not start fails each test instead.
+    test.before(async () => {
+      try {
+        browser = await chromium.launch({ executablePath: CHROMIUM_PATH, args: CHROMIUM_ARGS, timeout: DEADLINE_MS });
+      } catch (error) {
+        launchError = error;
+      }
+    });
+    test.before.each(() => {
+      if (launchError) throw launchError;
+    });
+    build(test, () => browser!);
+    test.after(async () => {
+      await within("Chromium to close", browser?.close() ?? Promise.resolve()).catch(() => {});
+    });
+  });
+}
+
+/** A countdown server in this process, on both loopback addresses like `npm start`, so *.localhost names reach it. */
+interface LoopbackServer {
+  server: CountdownServer;
+  listeners: net.Server[];
+  lines: string[];
+  port: number;
+}
+
+async function startLoopbackServer(port = 0): Promise<LoopbackServer> {
+  const lines: string[] = [];
+  const server = createCountdownServer({ log: (line) => lines.push(line) });
+  const listeners = await within("the server to listen", listen(server, "localhost", port));
+  return { server, listeners, lines, port: (server.address() as net.AddressInfo).port };
+}
+
+function closeListener(listener: net.Server): Promise<void> {
+  return new Promise((resolve) => listener.close(() => resolve()));
+}
+
+/** For `after`: cuts whatever is still open and closes every listener. */
+async function stopLoopbackServer(running: LoopbackServer | undefined) {
+  if (!running) return;
+  running.server.closeAllConnections();
+  await within("the server to close", Promise.all(running.listeners.map(closeListener)));
+}
+
+/**
+ * Stops a server the way Ctrl-C does, its streams ended cleanly so browsers
+ * reconnect, then starts a new one on the same port.
+ */
+async function restartLoopbackServer(running: LoopbackServer): Promise<LoopbackServer> {
+  const closed = Promise.all(running.listeners.map(closeListener));
+  running.server.endStreams();
+  await until("the ended streams to close", () => running.server.streams.size === 0);
+  running.server.closeIdleConnections();
+  await within("the old server to close", closed);
+  return startLoopbackServer(running.port);
+}
+
+browserLesson("browser: every tab streams from the async server", (test, browser) => {
+  let running: LoopbackServer | undefined;
+  let profile: Profile | undefined;
+  const streams = () => running!.server.streams.size;
+  const url = (host: string, query: string) => `http://${host}:${running!.port}/${query}`;
+
+  test.before(async () => {
+    running = await startLoopbackServer();
+  });
+  test.before.each(async () => {
+    await until("the last test's streams to close", () => streams() === 0);
+    profile = await Profile.open(browser());
+  });
+  test.after.each(async () => {
+    await profile?.close();
+  });
+  test.after(() => stopLoopbackServer(running));
+
+  test("the countdown advances in the page and ends at Blastoff, without starting over", async () => {
+    const tab = await profile!.open(url("localhost", "?from=5&interval=100"));
+    await until("the page to say finished", () => tab.state === "finished").catch((error) => {
+      throw new Error(`${error.message}; it showed ${tab.shown.join(", ")}`);
+    });
+    assert.equal(tab.shown, ["5", "4", "3", "2", "1", "Blastoff!"]);
+    assert.equal(tab.texts("state"), ["connecting", "streaming", "finished"]);
+    assert.is(await tab.page.getAttribute("#state", "data-state"), "finished");
+    assert.is(await tab.openEventSources(), 0, "no EventSource is left that could reconnect and start over");
+    await until("the stream to close on the server", () => streams() === 0);
+    assert.is(running!.lines.filter((line) => line.includes("stream opened")).length, 1);
+  });
+
+  test(`on one host name, tab ${CONNECTIONS_PER_HOST + 1} does not even load: the browser's limit, not the server's`, async () => {
+    const tabs: Tab[] = [];
+    for (let k = 0; k < CONNECTIONS_PER_HOST; k++) tabs.push(await profile!.open(url("localhost", "?interval=200")));
+    await until(`${CONNECTIONS_PER_HOST} streams`, () => streams() === CONNECTIONS_PER_HOST);
+    const waiting = await profile!.context.newPage();
+    let loaded = false;
+    const loading = waiting.goto(url("localhost", "?interval=200")).then(() => (loaded = true));
+    loading.catch(() => {}); // awaited below; this keeps an early failure from going unhandled
+    await delay(STILL_WAITING_MS);
+    assert.is(loaded, false, `the page is still waiting for one of the ${CONNECTIONS_PER_HOST} connections`);
+    assert.is(streams(), CONNECTIONS_PER_HOST);
+    await tabs[0]!.page.close();
+    await within("the waiting page to load once a tab closed", loading);
+    await until(`${CONNECTIONS_PER_HOST} streams again`, () => streams() === CONNECTIONS_PER_HOST && profile!.tab(waiting).numbers.length > 0);
+  });
+
+  test("10 tabs on tab1.localhost ... tab10.localhost all stream at once, and each page says so", async () => {
+    const hosts = Array.from({ length: 10 }, (_, k) => `tab${k + 1}.localhost`);
+    const tabs = await Promise.all(hosts.map((host) => profile!.open(url(host, "?interval=200"))));
+    await until("10 streams on the server", () => streams() === 10);
+    await until("every page to show its number going down", () => tabs.every((tab) => tab.numbers.length >= 2));
+    for (const tab of tabs) {
+      const [first, second] = tab.numbers;
+      assert.is(second, first! - 1, `${tab.host} counts down`);
+      assert.is(tab.state, "streaming", `${tab.host} says streaming`);
+    }
+    await until("every page to say the server holds 10 streams", () =>
+      tabs.every((tab) => tab.texts("server").at(-1) === `served by pid ${process.pid}, which has 10 streams open`),
+    );
+  });
+
+  test('"Open another tab" opens a fresh tabN.localhost name every time, and 8 tabs opened that way all stream', async () => {
+    const first = await profile!.open(url("localhost", "?interval=200"));
+    const streaming = (tab: Tab) => until(`${tab.host} to stream`, () => tab.state === "streaming" && tab.numbers.length > 0);
+    await streaming(first);
+    // Twice from the same tab, at once: the link moves on as soon as it is clicked.
+    const tabs = [first, await profile!.follow(first), await profile!.follow(first)];
+    while (tabs.length < 8) {
+      const last = tabs.at(-1)!;
+      await streaming(last);
+      tabs.push(await profile!.follow(last));
+    }
+    assert.equal(
+      tabs.map((tab) => tab.host),
+      ["localhost", "tab2.localhost", "tab3.localhost", "tab4.localhost", "tab5.localhost", "tab6.localhost", "tab7.localhost", "tab8.localhost"],
+    );
+    await until("8 streams on the server", () => streams() === 8);
+    await until("every page to count", () => tabs.every((tab) => tab.numbers.length >= 2 && tab.state === "streaming"));
+    // The first tab learns of the 8 streams on its next tick, and its link moves past every name taken.
+    await until("the first page to say 8 streams", () => first.texts("server").at(-1)?.endsWith("which has 8 streams open") ?? false);
+    const link = new URL((await first.page.getAttribute("#another", "href"))!);
+    assert.is(link.host, `tab9.localhost:${running!.port}`);
+    assert.is(link.search, "?interval=200", "the link keeps the page's settings");
+  });
+
+  test("closing a tab closes its stream on the server, and the other pages count one stream fewer", async () => {
+    const tabs = await Promise.all(["tab1", "tab2", "tab3"].map((name) => profile!.open(url(`${name}.localhost`, "?interval=200"))));
+    await until("3 streams on the server", () => streams() === 3);
+    await tabs[2]!.page.close();
+    await until("the server to close the tab's stream", () => streams() === 2);
+    assert.ok(running!.lines.some((line) => line.includes("the client left (2 open)")));
+    await until("the open pages to say 2 streams", () =>
+      tabs.slice(0, 2).every((tab) => tab.texts("server").at(-1)?.endsWith("which has 2 streams open")),
+    );
+  });
+
+  test("after a server restart mid-countdown the tab reconnects and carries on at the next number", async () => {
+    const tab = await profile!.open(url("localhost", "?from=100&interval=200"));
+    await until("a few numbers", () => tab.numbers.length >= 3);
+    running = await restartLoopbackServer(running!);
+    await until("the page to say reconnecting", () => tab.state === "reconnecting");
+    await until(
+      "the page to reconnect and show 3 more numbers",
+      () => tab.numbersAround("reconnecting")[1].length >= 3,
+      RECONNECT_DELAY_MS + DEADLINE_MS,
+    );
+    const [before, after] = tab.numbersAround("reconnecting");
+    assert.is(after[0], before.at(-1)! - 1, `resumed at the number after ${before.at(-1)}: ${before} | ${after}`);
+    const numbers = tab.numbers;
+    assert.ok(numbers.every((n, k) => k === 0 || n === numbers[k - 1]! - 1), `one number at a time, never back up: ${numbers}`);
+    assert.equal(tab.texts("state"), ["connecting", "streaming", "reconnecting", "streaming"]);
+    assert.ok(running.lines.some((line) => line.includes(`counting from ${after[0]} (1 open)`)), "the new server was sent Last-Event-ID");
+  });
+});
+
+/**
+ * The blocking server's --timeout in this lesson: long enough to watch a second
+ * tab not load, short enough that the test can wait for the kill.
+ */
+const BLOCKING_TIMEOUT_S = 3;
+
+browserLesson("browser: on the blocking server a second tab waits for the worker", (test, browser) => {
+  let child: Child | undefined;
+  let profile: Profile | undefined;
+  let port = "";
+
+  test.before(async () => {
+    child = new Child("blocking-server.ts", ["--port", "0", "--workers", "1", "--timeout", String(BLOCKING_TIMEOUT_S)]);
+    [, port = ""] = await child.waitFor(/Listening at: http:\/\/localhost:(\d+) /);
+    await child.waitFor(/Booting worker with pid: \d+/);
+  });
+  test.before.each(async () => {
+    profile = await Profile.open(browser());
+  });
+  test.after.each(async () => {
+    await profile?.close();
+  });
+  test.after(async () => {
+    // Ctrl-C, so the arbiter takes its workers with it; SIGKILL if that does not do.
+    await child?.stop("SIGINT").catch(() => child?.kill());
+  });
+
+  test("a second tab does not load while the first streams, and loads once the worker is killed", async () => {
+    const url = `http://localhost:${port}/?interval=200`;
+    const first = await profile!.open(url);
+    await until("the first tab to count", () => first.numbers.length > 0);
+    const second = await profile!.context.newPage();
+    let loaded = false;
+    const loading = second.goto(url, { timeout: BLOCKING_TIMEOUT_S * 1000 + DEADLINE_MS }).then(() => (loaded = true));
+    loading.catch(() => {}); // awaited below; this keeps an early failure from going unhandled
+    await delay(STILL_WAITING_MS);
+    assert.not.match(child!.output, /WORKER TIMEOUT/, "the worker was not killed yet, so the wait shows the worker busy");
+    assert.is(loaded, false, "the second tab's page is still waiting");
+    assert.match(child!.output, /No idle worker: the connection from \S+ waits/, "it waits at the server, not in the browser");
+    await child!.waitFor(/WORKER TIMEOUT \(pid:\d+\)/, BLOCKING_TIMEOUT_S * 1000 + DEADLINE_MS);
+    await within("the second tab to load from the new worker", loading);
+    assert.is(await second.textContent("h1"), "Countdown");
+    await until("the first tab, its stream cut, to say reconnecting", () => first.texts("state").includes("reconnecting"));
   });
 });
