@@ -58,7 +58,7 @@ export const TIMEOUT_RANGE_S = { min: 0.1, max: 86_400 };
 
 /** How long the arbiter's loop sleeps between looks at its workers, as gunicorn's does. */
 const ARBITER_SLEEP_MS = 1000;
-/** A worker is timed from its first message: starting Node and loading TypeScript can outlast a short timeout. */
+/** Until its first message a worker gets at least this long: starting Node and loading TypeScript can outlast a short timeout. */
 const BOOT_ALLOWANCE_MS = 10_000;
 
 /** The argument that makes this file run as a worker; `ps` shows the workers with it. */
@@ -149,7 +149,7 @@ const ROUTES: Routes = {
 type Level = "INFO" | "ERROR" | "CRITICAL";
 
 /** One line as gunicorn writes it: `[2026-11-21 23:40:01 +0000] [pid] [LEVEL] message`. */
-export function log(level: Level, message: string, pid = process.pid): void {
+function log(level: Level, message: string, pid = process.pid): void {
   console.log(`[${gunicornTime(new Date())}] [${pid}] [${level}] ${message}`);
 }
 
@@ -164,9 +164,10 @@ function gunicornTime(date: Date): string {
 
 // ─── The worker ──────────────────────────────────────────────────────────────
 //
-// A worker talks to the arbiter over the IPC channel `fork` opened:
-// "ready" when it can take a connection, "alive" from a timer as its heartbeat.
-// Both come from its event loop, so a worker blocked in a stream falls silent.
+// A worker talks to the arbiter over the IPC channel `fork` opened: "ready"
+// when it can take a connection, and "alive" from a timer, as gunicorn's workers
+// notify() theirs. Both come from its event loop, so a worker blocked in a
+// stream falls silent by itself.
 
 type WorkerMessage = "ready" | "alive";
 
@@ -205,7 +206,7 @@ function runWorker(notifyEveryMs: number): void {
 interface Worker {
   process: ChildProcess;
   pid: number;
-  /** When it last said anything (performance.now()): its heartbeat. */
+  /** When it last said anything (performance.now()): a blocked worker says nothing. */
   lastHeard: number;
   booted: boolean;
   busy: boolean;
@@ -345,7 +346,6 @@ export class Arbiter {
       if (this.waiting.length === 0) return;
       if (!this.isIdle(worker)) continue;
       const { socket, client, since, queued } = this.waiting.shift()!;
-      if (socket.destroyed) continue;
       worker.busy = true;
       // The socket's file descriptor travels over the IPC channel; this process closes its copy.
       worker.process.send("connection", socket);
