@@ -174,7 +174,6 @@ type WorkerMessage = "ready" | "alive";
 function runWorker(notifyEveryMs: number): void {
   if (!process.send) exitWith(2, `${WORKER_FLAG} is how the arbiter starts its workers; run the file without it.`);
   const tell = (message: WorkerMessage) => process.send?.(message);
-  log("INFO", `Booting worker with pid: ${process.pid}`);
 
   // The router logs only what went wrong; a worker holds one stream at most, so it keeps no set of them.
   const state: ServerState = { streams: new Set(), log: (line) => log("ERROR", line), quiet: false, heartbeat: HEARTBEAT_MS };
@@ -278,6 +277,9 @@ export class Arbiter {
       exited: undefined,
     };
     this.workers.add(worker);
+    // gunicorn's worker writes this line itself, right after the fork and before it loads the app.
+    // A Node child takes a moment to start, so the arbiter writes it for the worker as soon as the pid exists.
+    log("INFO", `Booting worker with pid: ${worker.pid}`, worker.pid);
     child.on("message", (message) => this.heard(worker, message as WorkerMessage));
     child.on("exit", (code, signal) => {
       worker.exited = { code, signal };

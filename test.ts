@@ -573,7 +573,7 @@ const SYNC_TICK_MS = 200;
 /** A worker is a new Node process with its TypeScript loader: slower to start than a request is to serve. */
 const BOOT_DEADLINE_MS = 15_000;
 
-/** The pids of the workers booted so far, in order: each logs its own "Booting worker" line. */
+/** The pids of the workers booted so far, in order, from their "Booting worker" lines. */
 function workerPids(child: Child): number[] {
   return [...child.output.matchAll(/\[(\d+)\] \[INFO\] Booting worker with pid: \1\n/g)].map((match) => Number(match[1]));
 }
