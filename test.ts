@@ -13,13 +13,13 @@
 
 import http from "node:http";
 import net from "node:net";
-import { existsSync } from "node:fs";
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
 import { setTimeout as delay } from "node:timers/promises";
 import { suite, type Test } from "uvu";
 import * as assert from "uvu/assert";
-import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import type { Browser, BrowserContext, Page } from "playwright-core";
+import { chromiumMissing, launchChromium } from "./bench/chromium.ts";
 import {
   COUNTDOWN_FROM,
   countdownEvent,
@@ -249,10 +249,40 @@ function selected(name: string): boolean {
   return !only?.length || only.some((prefix) => name.startsWith(prefix));
 }
 
+/** Command lines a server must refuse: its arguments, its environment, the one sentence it prints. */
+type BadFlags = [args: string[], env: NodeJS.ProcessEnv, sentence: string][];
+
+/** A server started on a port that another socket holds says so in one sentence and exits with code 1. */
+function refusesBusyPort(test: Test, run: (args: string[]) => Child) {
+  test("a busy port is one sentence and exit code 1", async () => {
+    const blocker = net.createServer().listen(0, "127.0.0.1");
+    await within("the blocker to listen", once(blocker, "listening"));
+    try {
+      const { port } = blocker.address() as net.AddressInfo;
+      const child = run(["--port", String(port), "--host", "127.0.0.1"]);
+      assert.is(await within("the server to give up", child.exited), 1);
+      assert.is(child.output.trim(), `port ${port} is in use; try --port ${port + 2}`);
+    } finally {
+      blocker.close();
+    }
+  });
+}
+
+/** One test per bad command line: it prints its one sentence and exits with code 2. */
+function refusesBadFlags(test: Test, run: (args: string[], env: NodeJS.ProcessEnv) => Child, cases: BadFlags) {
+  for (const [args, env, sentence] of cases) {
+    test(`"${[...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...args].join(" ")}" is one sentence and exit code 2`, async () => {
+      const child = run(args, env);
+      assert.is(await within("the server to refuse", child.exited), 2);
+      assert.is(child.output.trim(), sentence);
+    });
+  }
+}
+
 /** Registers a suite to run, unless SUITES names other ones. */
-function lesson<T>(name: string, build: (test: Test<T>) => void) {
+function lesson(name: string, build: (test: Test) => void) {
   if (!selected(name)) return;
-  const test = suite<T>(name);
+  const test = suite(name);
   build(test);
   test.run();
 }
@@ -530,32 +560,15 @@ lesson("command line: server.ts", (test) => {
     assert.is(await child.stop("SIGTERM"), 0);
   });
 
-  test("a busy port is one sentence and exit code 1", async () => {
-    const blocker = net.createServer().listen(0, "127.0.0.1");
-    await within("the blocker to listen", once(blocker, "listening"));
-    try {
-      const { port } = blocker.address() as net.AddressInfo;
-      const child = run(["--port", String(port), "--host", "127.0.0.1"]);
-      assert.is(await within("the server to give up", child.exited), 1);
-      assert.is(child.output.trim(), `port ${port} is in use; try --port ${port + 2}`);
-    } finally {
-      blocker.close();
-    }
-  });
+  refusesBusyPort(test, run);
 
-  const badFlags: [string[], NodeJS.ProcessEnv, string][] = [
+  const badFlags: BadFlags = [
     [["--port", "http"], {}, "--port must be a whole number from 0 to 65535."],
     [["--prot", "8000"], {}, "Unknown option '--prot'. Try --help."],
     [[], { PORT: "99999" }, "PORT must be a whole number from 0 to 65535."],
     [["8000"], {}, "Unexpected argument '8000'. Try --help."],
   ];
-  for (const [args, env, sentence] of badFlags) {
-    test(`"${[...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...args].join(" ")}" is one sentence and exit code 2`, async () => {
-      const child = run(args, env);
-      assert.is(await within("the server to refuse", child.exited), 2);
-      assert.is(child.output.trim(), sentence);
-    });
-  }
+  refusesBadFlags(test, run, badFlags);
 
   test("--help says what each flag does and exits 0", async () => {
     const child = run(["--help"]);
@@ -810,21 +823,10 @@ lesson("blocking command line: blocking-server.ts", (test) => {
     }
   });
 
-  test("a busy port is one sentence and exit code 1", async () => {
-    const blocker = net.createServer().listen(0, "127.0.0.1");
-    await within("the blocker to listen", once(blocker, "listening"));
-    try {
-      const { port } = blocker.address() as net.AddressInfo;
-      const child = run(["--port", String(port), "--host", "127.0.0.1"]);
-      assert.is(await within("the server to give up", child.exited), 1);
-      assert.is(child.output.trim(), `port ${port} is in use; try --port ${port + 2}`);
-    } finally {
-      blocker.close();
-    }
-  });
+  refusesBusyPort(test, run);
 
   const timeoutSentence = "--timeout must be 0 (never) or a number of seconds from 0.1 to 86400, such as 30 or 0.5.";
-  const badFlags: [string[], NodeJS.ProcessEnv, string][] = [
+  const badFlags: BadFlags = [
     [["--workers", "0"], {}, "--workers must be a whole number from 1 to 64."],
     [["--workers", "two"], {}, "--workers must be a whole number from 1 to 64."],
     [[], { WEB_CONCURRENCY: "many" }, "WEB_CONCURRENCY must be a whole number from 1 to 64."],
@@ -834,13 +836,7 @@ lesson("blocking command line: blocking-server.ts", (test) => {
     [["--wrokers", "2"], {}, "Unknown option '--wrokers'. Try --help."],
     [["--worker"], {}, "--worker is how the arbiter starts its workers; run the file without it."],
   ];
-  for (const [args, env, sentence] of badFlags) {
-    test(`"${[...Object.entries(env).map(([k, v]) => `${k}=${v}`), ...args].join(" ")}" is one sentence and exit code 2`, async () => {
-      const child = run(args, env);
-      assert.is(await within("the server to refuse", child.exited), 2);
-      assert.is(child.output.trim(), sentence);
-    });
-  }
+  refusesBadFlags(test, run, badFlags);
 
   test("--help says what each flag does, gunicorn's way, and exits 0", async () => {
     const child = run(["--help"]);
@@ -858,25 +854,6 @@ lesson("blocking command line: blocking-server.ts", (test) => {
 // at most 6 connections to one host name, and a countdown tab holds one for as
 // long as it is open. And every *.localhost name leads back to this machine with
 // 6 connections of its own, which is what the page's "Open another tab" link uses.
-
-/** Debian's Chromium, or the one CHROMIUM_PATH names: these lessons never download a browser. */
-const CHROMIUM_PATH = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
-
-/**
- * Headless, without the sandbox (which refuses to run as root in a container),
- * and without the background calls to Google's services, which a closed
- * network leaves hanging.
- */
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 
 /** How many connections Chromium opens to one host name over HTTP/1.1. */
 const CONNECTIONS_PER_HOST = 6;
@@ -1012,10 +989,10 @@ let chromiumMissingSaid = false;
  */
 function browserLesson(name: string, build: (test: Test, browser: () => Browser) => void) {
   if (!selected(name)) return;
-  if (!existsSync(CHROMIUM_PATH)) {
+  const why = chromiumMissing();
+  if (why) {
     if (chromiumMissingSaid) return;
     chromiumMissingSaid = true;
-    const why = `no Chromium at ${CHROMIUM_PATH} (install it with apt-get install chromium, or set CHROMIUM_PATH)`;
     if (process.env.BROWSER_REQUIRED !== "1") {
       console.log(`Skipping the browser suites: ${why}.`);
       return;
@@ -1031,7 +1008,7 @@ function browserLesson(name: string, build: (test: Test, browser: () => Browser)
     // A throw in `before` would stop the whole run; a browser that does not start fails each test instead.
     test.before(async () => {
       try {
-        browser = await chromium.launch({ executablePath: CHROMIUM_PATH, args: CHROMIUM_ARGS, timeout: DEADLINE_MS });
+        browser = await launchChromium(DEADLINE_MS);
       } catch (error) {
         launchError = error;
       }

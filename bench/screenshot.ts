@@ -9,34 +9,16 @@
  *       CHROMIUM_PATH=/path/to/chrome npx tsx bench/screenshot.ts
  */
 
-import { existsSync, mkdirSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import type net from "node:net";
-import { chromium, type Browser } from "playwright-core";
+import type { Browser } from "playwright-core";
+import { chromiumMissing, launchChromium } from "./chromium.ts";
 import { createCountdownServer, exitWith, listen } from "../server.ts";
 
 // ─── Settings ────────────────────────────────────────────────────────────────
 
 const OUTPUT = process.argv[2] ?? "docs/countdown.png";
-
-/** Debian's Chromium, or the one CHROMIUM_PATH names: this script never downloads a browser. */
-const CHROMIUM_PATH = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
-
-/**
- * Headless, without the sandbox (which refuses to run as root in a container),
- * and without the background calls to Google's services, which a closed
- * network leaves hanging.
- */
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 
 /** A laptop-sized window. */
 const VIEWPORT = { width: 1000, height: 700 };
@@ -51,14 +33,15 @@ const PATIENCE_MS = 10_000;
 
 // ─── Taking the picture ──────────────────────────────────────────────────────
 
-if (!existsSync(CHROMIUM_PATH)) exitWith(1, `No Chromium at ${CHROMIUM_PATH}; install it (apt-get install chromium) or set CHROMIUM_PATH.`);
+const missing = chromiumMissing();
+if (missing) exitWith(1, `Cannot take the picture: ${missing}.`);
 
 const server = createCountdownServer({ quiet: true });
 const listeners = await listen(server, "localhost", 0);
 const { port } = server.address() as net.AddressInfo;
 let browser: Browser | undefined;
 try {
-  browser = await chromium.launch({ executablePath: CHROMIUM_PATH, args: CHROMIUM_ARGS, timeout: PATIENCE_MS });
+  browser = await launchChromium(PATIENCE_MS);
   const page = await browser.newPage({ viewport: VIEWPORT });
   page.setDefaultTimeout(PATIENCE_MS);
   await page.goto(`http://localhost:${port}/?from=${COUNT_FROM}&interval=${INTERVAL_MS}`);
