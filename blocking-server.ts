@@ -26,6 +26,7 @@ import net from "node:net";
 import { fork, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import {
+  clientName,
   countdownEvent,
   DEFAULT_HOST,
   exitWith,
@@ -334,8 +335,7 @@ export class Arbiter {
 
   /** A new connection joins the queue, unread: whichever worker takes it reads the request. */
   accept(socket: net.Socket): void {
-    const { remoteAddress = "?", remotePort } = socket;
-    const client = `${remoteAddress.includes(":") ? `[${remoteAddress}]` : remoteAddress}:${remotePort}`;
+    const client = clientName(socket);
     const queued = ![...this.workers].some((worker) => this.isIdle(worker));
     this.waiting.push({ socket, client, since: performance.now(), queued });
     if (queued) log("INFO", `No idle worker: the connection from ${client} waits (${this.waiting.length} waiting)`);

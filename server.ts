@@ -262,9 +262,7 @@ const serveCountdown: Handler = async (req, res, url, { streams, log, quiet, hea
   res.writeHead(200, SSE_HEADERS);
   res.flushHeaders(); // so the browser's `open` fires now, not with the first tick
   streams.add(res);
-  const { remoteAddress = "?", remotePort } = req.socket;
-  const client = `${remoteAddress.includes(":") ? `[${remoteAddress}]` : remoteAddress}:${remotePort}`;
-  if (!quiet) log(`stream opened for ${client}, counting from ${from} (${streams.size} open)`);
+  if (!quiet) log(`stream opened for ${clientName(req.socket)}, counting from ${from} (${streams.size} open)`);
 
   let eventsSent = 0;
   let streamsReported = 0;
@@ -284,6 +282,11 @@ const serveCountdown: Handler = async (req, res, url, { streams, log, quiet, hea
     if (!quiet) log(`stream closed after ${eventsSent} events: ${why} (${streams.size} open)`);
   }
 };
+
+/** The client's address and port as a log shows them: 127.0.0.1:51712, [::1]:51712. */
+export function clientName({ remoteAddress = "?", remotePort }: net.Socket): string {
+  return `${remoteAddress.includes(":") ? `[${remoteAddress}]` : remoteAddress}:${remotePort}`;
+}
 
 /** Resolves when the response can take more data again, or when it closed: never hangs. */
 export function drainOrClose(res: ServerResponse): Promise<void> {
