@@ -298,7 +298,9 @@ export async function runClient(options: ClientOptions): Promise<ClientReport> {
     // The stream's start, as the client sees it: the earliest that agrees with
     // every arrival. A client busy at one event cannot make later ones look early.
     let start = Infinity;
-    stream.arrivals.forEach((at, id) => (start = Math.min(start, at - (from - id) * interval)));
+    stream.arrivals.forEach((at, id) => {
+      if (!Number.isNaN(at)) start = Math.min(start, at - (from - id) * interval);
+    });
     stream.arrivals.forEach((at, id) => {
       if (Number.isNaN(at)) return;
       unique++;

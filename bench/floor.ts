@@ -7,7 +7,7 @@
  * Whatever server.ts spends beyond this, per stream, is the price of writing
  * the countdown as a readable `async function*`.
  *
- * Run:  npx tsx bench/floor.ts [--port 8002] [--host 127.0.0.1]
+ * Run:  npx tsx bench/floor.ts [--port 8002] [--host 127.0.0.1] [--quiet]
  */
 
 import http, { type ServerResponse } from "node:http";
@@ -23,7 +23,12 @@ interface OpenStream {
 }
 
 const { values: flags } = parseArgs({
-  options: { port: { type: "string", default: "8002" }, host: { type: "string", default: "127.0.0.1" } },
+  options: {
+    port: { type: "string", default: "8002" },
+    host: { type: "string", default: "127.0.0.1" },
+    // Accepted so the floor starts like server.ts; it logs nothing per stream anyway.
+    quiet: { type: "boolean", default: false },
+  },
 });
 
 // Streams with one interval stay in due order when each goes to the back of

@@ -52,6 +52,7 @@ const HELP = `Usage: npm run bench -- [flags]
   --cycles C      Open-then-abort cycles of the soak (default: --streams).
   --node24 X      "auto" finds Node 24 with npx, "off" skips its rows, or a path to a node binary (default auto).
   --also FILE     Measures another server file too, started like server.ts (may be repeated).
+  --only TEXT     Measures only the configurations whose label contains TEXT (may be repeated); skips the soak.
   --soak          Runs only the soak.`;
 
 const { values: flags } = parseArgs({
@@ -64,6 +65,7 @@ const { values: flags } = parseArgs({
     cycles: { type: "string" },
     node24: { type: "string", default: "auto" },
     also: { type: "string", multiple: true, default: [] },
+    only: { type: "string", multiple: true, default: [] },
     soak: { type: "boolean", default: false },
     help: { type: "boolean", default: false },
   },
@@ -157,11 +159,11 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-async function waitForOutput(started: Started, pattern: RegExp, what: string, ms = 30_000): Promise<RegExpMatchArray> {
+/** Waits until the output holds `times` lines matching `pattern`. */
+async function waitForOutput(started: Started, pattern: RegExp, what: string, times = 1, ms = 30_000): Promise<void> {
   const deadline = Date.now() + ms;
   for (;;) {
-    const match = started.output().match(pattern);
-    if (match) return match;
+    if (started.output().split("\n").filter((line) => pattern.test(line)).length >= times) return;
     if (started.child.exitCode !== null || started.child.signalCode !== null) {
       throw new Error(`${what} exited before it was ready:\n${started.output()}`);
     }
@@ -240,8 +242,9 @@ interface Config {
   streams: number;
   /** Seconds past the last stream's due end before the client gives up. */
   grace: number;
-  /** How many processes the server has once it is ready. */
-  processes: number;
+  /** Lines the server prints once it can serve, and how many of them (the blocking server's workers each print one). */
+  ready: RegExp;
+  readyLines: number;
 }
 
 interface Measurement {
@@ -259,9 +262,8 @@ async function measure(config: Config): Promise<Measurement> {
   const server = start(config.node, [...config.args(port)]);
   try {
     await waitForOutput(server, /listening at:? http:\/\/127\.0\.0\.1:\d+/i, `${config.label} (pid ${server.child.pid})`);
+    await waitForOutput(server, config.ready, `${config.label} (pid ${server.child.pid})`, config.readyLines);
     const root = server.child.pid!;
-    const readyBy = Date.now() + 30_000;
-    while (sample(root).processes < config.processes && Date.now() < readyBy) await delay(100);
     await delay(FULL_SIZE ? 2000 : 500); // let start-up garbage settle before the idle reading
     const idleKB = sample(root).rssKB;
 
@@ -345,10 +347,11 @@ function configurations(node24: string | undefined): Config[] {
     floor: file.endsWith("floor.ts") ? undefined : floor,
     node,
     file,
-    args: (port) => [...loader, file, "--port", String(port), "--host", "127.0.0.1", ...(file.endsWith("floor.ts") ? [] : ["--quiet"])],
+    args: (port) => [...loader, file, "--port", String(port), "--host", "127.0.0.1", "--quiet"],
     streams: STREAMS,
     grace: 10,
-    processes: 1,
+    ready: /listening at/i,
+    readyLines: 1,
   });
   const floorFile = path.join(BENCH, "floor.ts");
   const list: Config[] = [
@@ -374,7 +377,8 @@ function configurations(node24: string | undefined): Config[] {
     args: (port) => [...loader, path.join(ROOT, "blocking-server.ts"), "--port", String(port), "--host", "127.0.0.1", "--workers", String(WORKERS), "--timeout", "0"],
     streams: WORKERS + EXTRA_CLIENTS,
     grace: 2,
-    processes: WORKERS + 1,
+    ready: /Booting worker with pid: \d+/,
+    readyLines: WORKERS,
   });
   list.push(blocking(tsxOn, node20, TSX));
   if (node24) list.push(blocking(`type stripping, Node ${nodeVersion(node24)}`, node24, []));
@@ -583,7 +587,7 @@ async function main(): Promise<number> {
   const notes: string[] = [];
   const node24 = findNode24();
   if (!node24 && flags.node24 !== "off") notes.push("Node 24 was not found (npx -y node@24), so its rows are missing.");
-  const configs = configurations(node24);
+  const configs = configurations(node24).filter((c) => !flags.only.length || flags.only.some((text) => c.label.includes(text)));
   console.error(`bench: ${configs.map((c) => c.label).join("; ")}; ${RUNS} run${RUNS === 1 ? "" : "s"}`);
 
   const results: Measurement[][] = [];
@@ -603,16 +607,16 @@ async function main(): Promise<number> {
     results.push(configs.map((config) => measured.find((m) => m.config === config)!));
   }
 
-  console.error(`soak: ${count(CYCLES)} open-then-abort cycles`);
-  const soak = await runSoak();
+  if (!flags.only.length) console.error(`soak: ${count(CYCLES)} open-then-abort cycles`);
+  const soak = flags.only.length ? undefined : await runSoak();
   const report = table(configs, results, soak, notes);
   console.log(report);
   write(report);
 
   const asyncBroken = results.flat().filter((m) => m.config.kind !== "blocking" && (m.client.lost || m.client.duplicated || m.client.malformed || m.client.failed));
   for (const m of asyncBroken) console.error(`${m.config.label}: ${m.client.lost} events lost, ${m.client.duplicated} duplicated, ${m.client.malformed} malformed, ${m.client.failed} streams failed`);
-  if (!soak.matches) console.error(`soak: ${soak.verdict}`);
-  return asyncBroken.length || !soak.matches ? 1 : 0;
+  if (soak && !soak.matches) console.error(`soak: ${soak.verdict}`);
+  return asyncBroken.length || (soak && !soak.matches) ? 1 : 0;
 }
 
 try {
