@@ -743,6 +743,41 @@ lesson("blocking workers: two workers stream at once, a third request waits", (t
   });
 });
 
+lesson("blocking routes: the same page, stream and answers as server.ts", (test) => {
+  const children: Child[] = [];
+  let url = "";
+  test.before(async () => {
+    ({ url } = await startBlocking(children, ["--timeout", "0"]));
+  });
+  test.after(() => stopBlocking(children));
+
+  test("the same page, and the same events with the worker's pid", async () => {
+    const page = await request(`${url}/?from=10&interval=200`);
+    assert.is(page.body, PAGE);
+    const res = await request(`${url}/sse/?from=1&interval=10`);
+    assert.is(res.headers["content-type"], "text/event-stream; charset=utf-8");
+    assert.match(res.body, /^event: server\ndata: \{"pid": \d+, "streams": 1\}\n\n/);
+    assert.ok(res.body.endsWith(countdownEvent(1) + countdownEvent(0)));
+  });
+
+  test("a reconnecting browser resumes at the next number, and gets 204 after the end", async () => {
+    const resumed = await request(`${url}/sse/?interval=10`, { headers: { "Last-Event-ID": "3" } });
+    assert.equal([...resumed.body.matchAll(/^id: (\d+)$/gm)].map((m) => m[1]), ["2", "1", "0"]);
+    const finished = await request(`${url}/sse/`, { headers: { "Last-Event-ID": "0" } });
+    assert.is(finished.status, 204);
+  });
+
+  test("the same 400, 404 and 405 sentences", async () => {
+    const bad = await request(`${url}/sse/?interval=5`);
+    assert.is(bad.status, 400);
+    assert.is(bad.body, "interval must be a whole number from 10 to 60000.\n");
+    assert.is((await request(`${url}/nope`)).status, 404);
+    const post = await request(`${url}/sse/`, { method: "POST" });
+    assert.is(post.status, 405);
+    assert.is(post.headers.allow, "GET");
+  });
+});
+
 lesson("blocking leave: a client that leaves frees its worker at a failed write, not before", (test) => {
   const children: Child[] = [];
   const clients: { close(): void }[] = [];
