@@ -316,7 +316,8 @@ export const ROUTES: Routes = {
 export function router(routes: Routes, state: ServerState): http.RequestListener {
   return async (req, res) => {
     try {
-      const url = new URL(req.url ?? "/", "http://localhost");
+      const url = URL.canParse(req.url ?? "", "http://localhost") ? new URL(req.url ?? "", "http://localhost") : undefined;
+      if (!url) throw new RequestError(400, "The request target is not a path this server can read.");
       const methods = routes[url.pathname];
       if (!methods) throw new RequestError(404, `Nothing here at ${url.pathname}; the countdown is at /.`);
       const handler = methods[req.method ?? "GET"];

@@ -391,6 +391,20 @@ lesson("stream: the wire format", (test) => {
     assert.is(postPage.headers.allow, "GET, HEAD");
   });
 
+  test("a request target that is not a path gets 400, not a server error", async () => {
+    const socket = net.connect(Number(new URL(url).port), "127.0.0.1");
+    try {
+      socket.end("GET // HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+      let reply = "";
+      socket.setEncoding("utf8").on("data", (chunk: string) => (reply += chunk));
+      await within("the reply to a bad request target", once(socket, "end"));
+      assert.match(reply, /^HTTP\/1\.1 400 Bad Request\r\n/);
+      assert.ok(reply.includes("\r\nThe request target is not a path this server can read.\n\r\n"));
+    } finally {
+      socket.destroy();
+    }
+  });
+
   const badRequests: [string, string, Record<string, string>?][] = [
     ["/sse/?from=abc", "from must be a whole number from 0 to 100000."],
     ["/sse/?from=-1", "from must be a whole number from 0 to 100000."],
