@@ -81,6 +81,8 @@ export interface ClientReport {
   plateau: { from: number; to: number } | null;
   startedAt: number;
   durationMs: number;
+  /** Sockets still open once the client had closed them all: 0, or something leaks. */
+  socketsLeftOpen: number;
   stoppedBy: "every stream ended" | "deadline";
 }
 
@@ -149,6 +151,7 @@ export async function runClient(options: ClientOptions): Promise<ClientReport> {
   let launched = 0;
   let waitingForHeaders = 0;
   let settled = 0;
+  let stopped = false;
 
   const startedAt = performance.now();
   const epoch = (time: number) => performance.timeOrigin + time;
@@ -270,6 +273,7 @@ export async function runClient(options: ClientOptions): Promise<ClientReport> {
   }
 
   function launchMore() {
+    if (stopped) return;
     while (launched < count && waitingForHeaders < concurrency) launch(launched++);
     if (launched === count && stopTimer === undefined) {
       // Every request is out: the last stream is due to end one countdown from now.
@@ -280,9 +284,16 @@ export async function runClient(options: ClientOptions): Promise<ClientReport> {
   launchMore();
   const stoppedBy = await finished;
   const stoppedAt = performance.now();
+  stopped = true;
   clearTimeout(stopTimer);
   clearTimeout(hardStop);
   for (const stream of streams) stream.req?.destroy();
+  // Destroyed sockets close on a later turn of the event loop: wait (briefly) and count what is left.
+  let socketsLeftOpen = openSockets();
+  for (let wait = 0; socketsLeftOpen > 0 && wait < 100; wait++) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    socketsLeftOpen = openSockets();
+  }
   if (plateau.to === 0) plateau.to = epoch(stoppedAt);
 
   // ─── The report ──────────────────────────────────────────────────────────
@@ -344,8 +355,13 @@ export async function runClient(options: ClientOptions): Promise<ClientReport> {
     plateau: servedAtOnce ? plateau : null,
     startedAt: epoch(startedAt),
     durationMs: round(stoppedAt - startedAt),
+    socketsLeftOpen,
     stoppedBy,
   };
+}
+
+function openSockets(): number {
+  return process.getActiveResourcesInfo().filter((kind) => kind === "TCPSocketWrap").length;
 }
 
 /** Nearest-rank percentiles, in milliseconds to 0.1 ms. */
@@ -408,7 +424,7 @@ function describe(report: ClientReport): string {
     `tick lateness:           p50 ${ms(report.lateness.p50)}, p99 ${ms(report.lateness.p99)}, max ${ms(report.lateness.max)} over ${report.lateness.ticks} ticks`,
     `  once all were open:    p50 ${ms(report.latenessAfterRamp.p50)}, p99 ${ms(report.latenessAfterRamp.p99)}, max ${ms(report.latenessAfterRamp.max)} over ${report.latenessAfterRamp.ticks} ticks`,
     `served at once:          ${report.servedAtOnce} (starved ${report.starved})`,
-    `stopped:                 ${report.stoppedBy}, after ${(report.durationMs / 1000).toFixed(1)} s`,
+    `stopped:                 ${report.stoppedBy}, after ${(report.durationMs / 1000).toFixed(1)} s; sockets left open: ${report.socketsLeftOpen}`,
   ].join("\n");
 }
 
