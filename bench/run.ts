@@ -23,7 +23,8 @@
  * It asserts nothing about speed. It exits 1 when it cannot run (a server that
  * does not start) or when an async server loses, duplicates or garbles events.
  * The report goes to stdout and to bench/results/latest.md; a full-size run
- * (10,000 streams or more, 3 runs or more) also writes bench/results.md.
+ * (10,000 streams or more, 3 runs or more, no --only or --also) also writes
+ * bench/results.md.
  */
 
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
@@ -100,7 +101,9 @@ const WORKERS = wholeFlag("workers", flags.workers, 1);
 const CYCLES = wholeFlag("cycles", flags.cycles ?? flags.streams, 1);
 /** Streams beyond the workers, for the blocking server: they show the queue. */
 const EXTRA_CLIENTS = 6;
+/** A run that may stand as the project's numbers: full size, every configuration. */
 const FULL_SIZE = STREAMS >= 10_000 && RUNS >= 3;
+const OFFICIAL = FULL_SIZE && !flags.only.length && !flags.also.length;
 
 // ─── Child processes ─────────────────────────────────────────────────────────
 //
@@ -596,7 +599,7 @@ function table(configs: Config[], results: Measurement[][], soak: SoakReport | u
 function write(report: string) {
   mkdirSync(path.join(BENCH, "results"), { recursive: true });
   writeFileSync(path.join(BENCH, "results", flags.soak ? "soak.md" : "latest.md"), report);
-  if (FULL_SIZE && !flags.soak) writeFileSync(path.join(BENCH, "results.md"), report);
+  if (OFFICIAL && !flags.soak) writeFileSync(path.join(BENCH, "results.md"), report);
 }
 
 async function main(): Promise<number> {
