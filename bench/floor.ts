@@ -4,8 +4,11 @@
  * The same wire format, URL and schedule as server.ts (tick k of a stream is
  * due at its start + k × interval), but no generator, no promise, no timer and
  * no listener per stream: one shared timer walks a queue of open responses.
- * Whatever server.ts spends beyond this, per stream, is the price of writing
- * the countdown as a readable `async function*`.
+ * (Not a plain setInterval over every response: that would tick all streams at
+ * once, off their own schedules, and the floor's lateness and first-event
+ * times could not be set beside server.ts's.) Whatever server.ts spends beyond
+ * this, per stream, is the price of writing the countdown as a readable
+ * `async function*`.
  *
  * Run:  npx tsx bench/floor.ts [--port 8002] [--host 127.0.0.1] [--quiet]
  */
