@@ -50,39 +50,46 @@ const SHUTDOWN_GRACE_MS = 1000;
  * Yields the SSE messages of one countdown: `from`, `from - 1`, ... 0.
  * Tick k is due at start + k × interval, not "interval after the last write",
  * so the countdown ends on time however long the writes take.
- * It returns early, at once, when the client hangs up (see sleep()).
+ * When the client hangs up, the sleep in progress ends at once, the generator
+ * returns, and its `finally` leaves no timer or listener behind.
  */
 export async function* countdown(from: number, interval: number, res: ServerResponse, heartbeat = HEARTBEAT_MS) {
-  const start = performance.now();
-  for (let i = from; i >= 0; i--) {
-    yield countdownEvent(i);
-    if (i === 0) return;
-    const due = start + (from - i + 1) * interval;
-    while (due - performance.now() > heartbeat) {
-      if (!(await sleep(heartbeat, res))) return;
-      yield HEARTBEAT;
-    }
-    if (!(await sleep(due - performance.now(), res))) return;
-  }
-}
+  // One "close" listener for the whole stream, one timer per sleep: the leanest
+  // bookkeeping that still stops a countdown the moment its client leaves.
+  let timer: NodeJS.Timeout | undefined;
+  let wake = () => {};
+  const hangUp = () => {
+    clearTimeout(timer);
+    wake();
+  };
+  // Over when the client left, or when the server ended the stream (on Ctrl-C).
+  const over = () => res.destroyed || res.writableEnded;
+  // A stream that ended while we were writing (not sleeping) must not sleep a whole tick more.
+  const sleep = (ms: number) =>
+    new Promise<void>((resolve) => {
+      wake = resolve;
+      timer = setTimeout(resolve, over() ? 0 : ms);
+    });
+  res.on("close", hangUp);
 
-/**
- * Waits `ms`, then resolves true; or resolves false as soon as the stream is
- * over (the client hung up, or the server ended it). The timer and the listener
- * are removed either way, so an abandoned countdown leaves nothing behind.
- */
-function sleep(ms: number, res: ServerResponse): Promise<boolean> {
-  return new Promise((resolve) => {
-    const onClose = () => {
-      clearTimeout(timer);
-      resolve(false);
-    };
-    const timer = setTimeout(() => {
-      res.off("close", onClose);
-      resolve(!res.writableEnded);
-    }, ms);
-    res.on("close", onClose);
-  });
+  try {
+    const start = performance.now();
+    for (let i = from; i >= 0; i--) {
+      yield countdownEvent(i);
+      if (i === 0) return;
+      const due = start + (from - i + 1) * interval;
+      while (due - performance.now() > heartbeat) {
+        await sleep(heartbeat);
+        if (over()) return;
+        yield HEARTBEAT;
+      }
+      await sleep(due - performance.now());
+      if (over()) return;
+    }
+  } finally {
+    clearTimeout(timer);
+    res.off("close", hangUp);
+  }
 }
 
 // ─── The SSE wire format ─────────────────────────────────────────────────────
