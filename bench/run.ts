@@ -33,8 +33,8 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { parseArgs, type ParseArgsConfig } from "node:util";
 import { setTimeout as delay } from "node:timers/promises";
+import { readFlags } from "../server.ts";
 import type { ClientReport } from "./client.ts";
 import type { SoakReport } from "./soak.ts";
 
@@ -57,33 +57,18 @@ const HELP = `Usage: npm run bench -- [flags]
   --soak          Runs only the soak.`;
 
 const flags = readFlags({
-    streams: { type: "string", default: "10000" },
-    seconds: { type: "string", default: "20" },
-    interval: { type: "string", default: "1000" },
-    runs: { type: "string", default: "3" },
-    workers: { type: "string", default: "4" },
-    cycles: { type: "string" },
-    node24: { type: "string", default: "auto" },
-    also: { type: "string", multiple: true, default: [] },
-    only: { type: "string", multiple: true, default: [] },
-    soak: { type: "boolean", default: false },
-    help: { type: "boolean", default: false },
-});
-
-/** parseArgs, with --help and one sentence (exit code 2) for a flag it does not know. */
-function readFlags<const T extends NonNullable<ParseArgsConfig["options"]>>(options: T) {
-  try {
-    const { values } = parseArgs({ options, strict: true, allowPositionals: false });
-    if ((values as { help?: boolean }).help) {
-      console.log(HELP);
-      process.exit(0);
-    }
-    return values;
-  } catch (error) {
-    console.error(`${(error as Error).message.split(/\.\s/)[0]?.replace(/\.$/, "")}. Try --help.`);
-    process.exit(2);
-  }
-}
+  streams: { type: "string", default: "10000" },
+  seconds: { type: "string", default: "20" },
+  interval: { type: "string", default: "1000" },
+  runs: { type: "string", default: "3" },
+  workers: { type: "string", default: "4" },
+  cycles: { type: "string" },
+  node24: { type: "string", default: "auto" },
+  also: { type: "string", multiple: true, default: [] },
+  only: { type: "string", multiple: true, default: [] },
+  soak: { type: "boolean", default: false },
+  help: { type: "boolean", default: false },
+}, HELP);
 
 function wholeFlag(name: string, text: string, min: number): number {
   const value = Number(text);
