@@ -497,8 +497,9 @@ async function main() {
   const server = createCountdownServer({ quiet: flags.quiet });
   const listeners = await listen(server, host, port);
   const actualPort = (server.address() as net.AddressInfo).port;
-  const [url = ""] = urlsFor(host, actualPort);
-  console.log(`Countdown server (async, pid ${process.pid}) listening at ${urlsFor(host, actualPort).join(" and ")}`);
+  const urls = urlsFor(host, actualPort);
+  const [url = ""] = urls;
+  console.log(`Countdown server (async, pid ${process.pid}) listening at ${urls.join(" and ")}`);
   console.log(`  Open ${url} in a tab, then in more tabs: one process serves them all.`);
   console.log(`  Past 6 tabs, use the page's "Open another tab" link: a browser opens at most 6 connections`);
   console.log(`  per host name, so tab7.localhost, tab8.localhost, ... each get their own.`);

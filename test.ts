@@ -66,8 +66,8 @@ async function request(url: string, options: http.RequestOptions = {}) {
   req.end();
   const [res] = (await within(`a response from ${url}`, once(req, "response"))) as [http.IncomingMessage];
   let body = "";
-  res.setEncoding("utf8");
-  for await (const chunk of res) body += chunk;
+  res.setEncoding("utf8").on("data", (chunk: string) => (body += chunk));
+  await within(`the whole body from ${url}`, once(res, "end"));
   return { status: res.statusCode, headers: res.headers, body };
 }
 
