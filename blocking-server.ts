@@ -26,6 +26,7 @@ import net from "node:net";
 import { fork, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import {
+  allowEveryOrigin,
   clientName,
   countdownEvent,
   DEFAULT_HOST,
@@ -118,6 +119,7 @@ function sendNow(res: ServerResponse, message: string): boolean {
 
 /** Streams one countdown to one client, holding this worker, thread and all, until the end. */
 const serveCountdown: Handler = (req, res, url, { heartbeat }) => {
+  allowEveryOrigin(res);
   const { from, interval } = readCountdownOptions(req, url);
   if (from < 0) {
     // The browser saw event 0 already; 204 is how SSE says "do not reconnect".
@@ -126,7 +128,7 @@ const serveCountdown: Handler = (req, res, url, { heartbeat }) => {
   }
   res.writeHead(200, SSE_HEADERS);
   // The page shows which process serves it. A sync worker never holds more than this one stream.
-  let status = serverEvent(process.pid, 1);
+  let status = serverEvent(process.pid, 1, process.memoryUsage.rss());
   let eventsSent = 0;
   for (const message of countdown(from, interval, heartbeat)) {
     if (!sendNow(res, status + message)) {

@@ -13,12 +13,16 @@
  *   - curl -N http://localhost:8000/sse/ shows the raw events as they are sent;
  *   - press Ctrl-C and start the server again: open tabs carry on where they were;
  *   - http://localhost:8000/?from=10&interval=200 makes a short, fast countdown.
+ * The wall, for a workshop projector (see "The wall" below):
+ *   - start blocking-server.ts as well and open http://localhost:8000/wall: eight
+ *     tiles count on the left; on the right one counts and seven wait;
+ *   - npm run crowd -- --streams 5000 adds 5,000 streams here; the left keeps counting.
  */
 
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import net from "node:net";
 import os from "node:os";
-import { realpathSync } from "node:fs";
+import { readFileSync, realpathSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 
@@ -114,9 +118,18 @@ export function countdownEvent(i: number): string {
   return formatEvent("i", `{"i": ${i}}`, i);
 }
 
-/** Which process serves this stream and how many streams it has open now. */
-export function serverEvent(pid: number, streams: number): string {
-  return formatEvent("server", `{"pid": ${pid}, "streams": ${streams}}`);
+/** Which process serves this stream, how many streams it has open now, and its resident memory in bytes. */
+export function serverEvent(pid: number, streams: number, rss: number): string {
+  return formatEvent("server", `{"pid": ${pid}, "streams": ${streams}, "rss": ${rss}}`);
+}
+
+/**
+ * The countdown may be read from any origin: it carries nothing private, and
+ * the wall (lesson "The wall") opens each tile's stream on a host name of its
+ * own. Only the stream says so; no other route does.
+ */
+export function allowEveryOrigin(res: ServerResponse): void {
+  res.setHeader("Access-Control-Allow-Origin", "*");
 }
 
 /** A line starting with ":" is a comment: EventSource ignores it, proxies see traffic. */
@@ -193,8 +206,9 @@ export const PAGE = `<!doctype html>
   }
 
   source.addEventListener("server", (event) => {
-    const { pid, streams } = JSON.parse(event.data);
-    server.textContent = "served by pid " + pid + ", which has " + streams + (streams === 1 ? " stream" : " streams") + " open";
+    const { pid, streams, rss } = JSON.parse(event.data);
+    const count = streams.toLocaleString("en-US") + (streams === 1 ? " stream" : " streams");
+    server.textContent = "served by pid " + pid + ", which holds " + count + " in " + Math.round(rss / 1048576) + " MB";
     if (streams + 1 > nextTab) {
       nextTab = streams + 1;
       if (onLoopback) updateLink();
@@ -260,6 +274,7 @@ export const servePage: Handler = (req, res, url) => {
 
 /** Streams one countdown to one client, for as long as its tab stays open. */
 const serveCountdown: Handler = async (req, res, url, { streams, log, quiet, heartbeat }) => {
+  allowEveryOrigin(res);
   const { from, interval } = readCountdownOptions(req, url);
   if (from < 0) {
     // The browser saw event 0 already; 204 is how SSE says "do not reconnect".
@@ -275,8 +290,8 @@ const serveCountdown: Handler = async (req, res, url, { streams, log, quiet, hea
   let streamsReported = 0;
   try {
     for await (const message of countdown(from, interval, res, heartbeat)) {
-      // Piggyback on this tick: tell the page how many streams the process holds, when that changed.
-      const status = streams.size === streamsReported ? "" : serverEvent(process.pid, streams.size);
+      // Piggyback on this tick: tell the page how many streams the process holds, and in how much memory, when that changed.
+      const status = streams.size === streamsReported ? "" : serverEvent(process.pid, streams.size, process.memoryUsage.rss());
       streamsReported = streams.size;
       if (message !== HEARTBEAT) eventsSent++;
       // A slow reader: wait until the socket drains (or closes) rather than buffer without bound.
@@ -317,6 +332,7 @@ export type Routes = Record<string, Partial<Record<string, Handler>>>;
 export const ROUTES: Routes = {
   "/": { GET: servePage, HEAD: servePage },
   "/sse/": { GET: serveCountdown },
+  "/wall": { GET: serveWall, HEAD: serveWall },
 };
 
 /** Turns a route table into a request listener that answers 400, 404 and 405 with one sentence. */
@@ -375,6 +391,24 @@ export function createCountdownServer(options: ServerOptions = {}): CountdownSer
       for (const res of state.streams) res.end();
     },
   });
+}
+
+// ─── The wall: both servers side by side ─────────────────────────────────────
+//
+// A page for a workshop projector: tiles counting on this server on the left,
+// the same tiles on blocking-server.ts on the right. Its markup and script
+// would crowd this file, so it lives in pages/wall.html, read once at start-up
+// and served as is: the page's own script reads ?tiles=, ?blocking=, ?from= and
+// ?interval=, so nothing from a request is ever put into it.
+
+const WALL_PAGE = readFileSync(new URL("./pages/wall.html", import.meta.url));
+
+function serveWall(_req: IncomingMessage, res: ServerResponse): void {
+  res.writeHead(200, {
+    "Content-Type": "text/html; charset=utf-8",
+    "Content-Length": WALL_PAGE.byteLength,
+  });
+  res.end(WALL_PAGE);
 }
 
 // ─── Start-up: flags, listening, stopping ────────────────────────────────────
@@ -504,6 +538,7 @@ async function main() {
   console.log(`  Past 6 tabs, use the page's "Open another tab" link: a browser opens at most 6 connections`);
   console.log(`  per host name, so tab7.localhost, tab8.localhost, ... each get their own.`);
   console.log(`  Raw events: curl -N ${url}sse/   Short demo: ${url}?from=10&interval=200`);
+  console.log(`  Both servers side by side: ${url}wall (start blocking-server.ts too)`);
 
   const stop = (signal: string) => {
     console.log(`${signal}: ending ${server.streams.size} open streams (their browsers will reconnect and resume)`);

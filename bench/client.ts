@@ -83,7 +83,7 @@ export interface ClientReport {
   durationMs: number;
   /** Sockets still open once the client had closed them all: 0, or something leaks. */
   socketsLeftOpen: number;
-  stoppedBy: "every stream ended" | "deadline";
+  stoppedBy: "every stream ended" | "deadline" | "stopped";
 }
 
 export interface Percentiles {
@@ -102,7 +102,7 @@ interface Message {
   broken: boolean;
 }
 
-const SERVER_DATA = /^\{"pid": \d+, "streams": \d+\}$/;
+const SERVER_DATA = /^\{"pid": \d+, "streams": \d+, "rss": \d+\}$/;
 
 class Stream {
   req?: ClientRequest;
@@ -111,30 +111,59 @@ class Stream {
   firstEventAt = 0;
   endedAt = 0;
   lastId = -1;
-  /** When each id first arrived (performance.now()), by id; NaN until it does. */
-  arrivals: Float64Array;
+  /**
+   * When each tick first arrived (performance.now()), by tick (tick k is id
+   * from − k); a hole until it does. It grows with the ticks received, not with
+   * the countdown's length, so a crowd can ask for a countdown of a day.
+   */
+  arrivals: number[] = [];
   partialLine = "";
   message: Message = { broken: false };
+}
 
-  constructor(from: number) {
-    this.arrivals = new Float64Array(from + 1).fill(NaN);
-  }
+/** What a run has seen so far, for a caller that reports while it runs (bench/crowd.ts). */
+export interface RunningCounts {
+  /** Streams that had their first event and have not ended. */
+  open: number;
+  eventsReceived: number;
+  /** Ids a stream skipped: events lost on the way. */
+  skipped: number;
+  cutShort: number;
+  failed: number;
+}
+
+/** A run in progress: its counts at any moment, and its report once it stops. */
+export interface RunningClient {
+  counts(): RunningCounts;
+  report: Promise<ClientReport>;
 }
 
 // ─── The run ─────────────────────────────────────────────────────────────────
 
-export async function runClient(options: ClientOptions): Promise<ClientReport> {
+export function runClient(options: ClientOptions): Promise<ClientReport> {
+  return startClient(options).report;
+}
+
+/** Starts a run; `signal` stops it early, closing every stream (the crowd's Ctrl-C). */
+export function startClient(options: ClientOptions, signal?: AbortSignal): RunningClient {
+  let counts = (): RunningCounts => ({ open: 0, eventsReceived: 0, skipped: 0, cutShort: 0, failed: 0 });
+  const report = run(options, signal, (read) => (counts = read));
+  return { counts: () => counts(), report };
+}
+
+async function run(options: ClientOptions, signal: AbortSignal | undefined, share: (read: () => RunningCounts) => void): Promise<ClientReport> {
   const { streams: count, interval, concurrency } = options;
   const from = Math.max(0, Math.round((options.seconds * 1000) / interval));
   const target = new URL(options.url);
   target.searchParams.set("from", String(from));
   target.searchParams.set("interval", String(interval));
-  const hostname = target.hostname === "localhost" ? "127.0.0.1" : target.hostname;
+  // URL keeps an IPv6 address in brackets; a socket wants it bare.
+  const hostname = target.hostname === "localhost" ? "127.0.0.1" : target.hostname.replace(/^\[(.*)\]$/, "$1");
   // Many source addresses on 127.0.0.0/8, so repeated runs never run out of
   // ephemeral ports (and never wait for TIME_WAIT to clear).
   const spreadSources = /^127\.\d+\.\d+\.\d+$/.test(hostname);
 
-  const streams = Array.from({ length: count }, () => new Stream(from));
+  const streams = Array.from({ length: count }, () => new Stream());
   const failures: Record<string, number> = {};
   let malformed = 0;
   let serverEvents = 0;
@@ -142,6 +171,7 @@ export async function runClient(options: ClientOptions): Promise<ClientReport> {
   let duplicated = 0;
   let eventsReceived = 0;
   let outOfOrder = 0;
+  let skipped = 0;
   let cutShort = 0;
   let connected = 0;
   let live = 0;
@@ -161,9 +191,13 @@ export async function runClient(options: ClientOptions): Promise<ClientReport> {
   let stopTimer: NodeJS.Timeout | undefined;
   // The hard bound: however slowly the streams open, the run ends.
   const hardStop = setTimeout(() => finish("deadline"), (options.seconds + options.grace) * 1000 + 60_000 + count * 5);
+  const stop = () => finish("stopped");
+  if (signal?.aborted) stop();
+  signal?.addEventListener("abort", stop);
+  share(() => ({ open: live, eventsReceived, skipped, cutShort, failed: Object.values(failures).reduce((sum, n) => sum + n, 0) }));
 
   function fail(stream: Stream, why: string) {
-    if (stream.endedAt) return;
+    if (stream.endedAt || stopped) return;
     stream.endedAt = performance.now();
     failures[why] = (failures[why] ?? 0) + 1;
     if (!stream.headersAt) waitingForHeaders--;
@@ -188,10 +222,11 @@ export async function runClient(options: ClientOptions): Promise<ClientReport> {
     if (message.event !== "i" || !/^\d{1,9}$/.test(message.id ?? "") || message.data !== `{"i": ${message.id}}`) return void malformed++;
     const id = Number(message.id);
     if (id > from) return void malformed++;
-    if (Number.isNaN(stream.arrivals[id]!)) stream.arrivals[id] = now;
+    if (stream.arrivals[from - id] === undefined) stream.arrivals[from - id] = now;
     else duplicated++;
     eventsReceived++;
     if (stream.lastId !== -1 && id !== stream.lastId - 1) outOfOrder++;
+    if (stream.lastId !== -1 && id < stream.lastId - 1) skipped += stream.lastId - 1 - id;
     stream.lastId = id;
     if (!stream.firstEventAt) {
       stream.firstEventAt = now;
@@ -247,7 +282,8 @@ export async function runClient(options: ClientOptions): Promise<ClientReport> {
     });
     res.on("error", () => {}); // a cut shows up as 'close' without 'end', below
     res.on("close", () => {
-      if (!stream.endedAt) {
+      // After the run stopped, the client closed the stream itself: not the server's doing.
+      if (!stream.endedAt && !stopped) {
         cutShort++;
         fail(stream, "connection closed mid-stream");
       }
@@ -287,6 +323,7 @@ export async function runClient(options: ClientOptions): Promise<ClientReport> {
   stopped = true;
   clearTimeout(stopTimer);
   clearTimeout(hardStop);
+  signal?.removeEventListener("abort", stop);
   for (const stream of streams) stream.req?.destroy();
   // Destroyed sockets close on a later turn of the event loop: wait (briefly) and count what is left.
   let socketsLeftOpen = openSockets();
@@ -309,13 +346,12 @@ export async function runClient(options: ClientOptions): Promise<ClientReport> {
     // The stream's start, as the client sees it: the earliest that agrees with
     // every arrival. A client busy at one event cannot make later ones look early.
     let start = Infinity;
-    stream.arrivals.forEach((at, id) => {
-      if (!Number.isNaN(at)) start = Math.min(start, at - (from - id) * interval);
+    // forEach skips the holes: ticks that never arrived.
+    stream.arrivals.forEach((at, tick) => {
+      start = Math.min(start, at - tick * interval);
     });
-    stream.arrivals.forEach((at, id) => {
-      if (Number.isNaN(at)) return;
+    stream.arrivals.forEach((at, tick) => {
       unique++;
-      const tick = from - id;
       if (tick === 0) return;
       lateness.push(at - (start + tick * interval));
       if (start + tick * interval >= rampEnd) latenessAfterRamp.push(at - (start + tick * interval));

@@ -70,9 +70,12 @@ lesson("stream: the wire format", (test) => {
     assert.is(res.headers["content-type"], "text/event-stream; charset=utf-8");
     assert.is(res.headers["cache-control"], "no-cache, no-transform");
     assert.is(res.headers["x-accel-buffering"], "no");
+    // The memory is this process's own (the server runs in it): a whole number of bytes, at most what it holds now.
+    const rss = Number(/"rss": (\d+)\}/.exec(res.body)?.[1]);
+    assert.ok(rss > 0 && rss <= process.memoryUsage.rss() * 2, `the server's resident memory in bytes: ${rss}`);
     assert.is(
       res.body,
-      `event: server\ndata: {"pid": ${process.pid}, "streams": 1}\n\n` +
+      `event: server\ndata: {"pid": ${process.pid}, "streams": 1, "rss": ${rss}}\n\n` +
         `event: i\nid: 2\ndata: {"i": 2}\n\n` +
         `event: i\nid: 1\ndata: {"i": 1}\n\n` +
         `event: i\nid: 0\ndata: {"i": 0}\n\n`,
@@ -82,7 +85,7 @@ lesson("stream: the wire format", (test) => {
   test("the formatters write exactly what the stream sends", () => {
     assert.is(countdownEvent(7), 'event: i\nid: 7\ndata: {"i": 7}\n\n');
     assert.is(formatEvent("x", "y"), "event: x\ndata: y\n\n");
-    assert.is(serverEvent(12, 3), 'event: server\ndata: {"pid": 12, "streams": 3}\n\n');
+    assert.is(serverEvent(12, 3, 45_000_000), 'event: server\ndata: {"pid": 12, "streams": 3, "rss": 45000000}\n\n');
   });
 
   test("without options the countdown starts at 100", async () => {
@@ -219,7 +222,9 @@ lesson("streams: one process serves every tab", (test) => {
     const second = new SseClient(`${url}/sse/?interval=60000`);
     clients.push(second);
     const status = await second.next("server");
-    assert.equal(JSON.parse(status.data), { pid: process.pid, streams: 2 });
+    const { rss, ...rest } = JSON.parse(status.data);
+    assert.equal(rest, { pid: process.pid, streams: 2 });
+    assert.ok(rss > 0 && rss <= process.memoryUsage.rss() * 2, `the server's memory in bytes: ${rss}`);
     assert.is((await second.next()).id, "100");
     assert.is(first.numbers.length, 1, "the first stream is still waiting for its second tick");
   });
@@ -470,7 +475,7 @@ lesson("blocking routes: the same page, stream and answers as server.ts", (test)
     assert.is(page.body, PAGE);
     const res = await request(`${url}/sse/?from=1&interval=10`);
     assert.is(res.headers["content-type"], "text/event-stream; charset=utf-8");
-    assert.match(res.body, /^event: server\ndata: \{"pid": \d+, "streams": 1\}\n\n/);
+    assert.match(res.body, /^event: server\ndata: \{"pid": \d+, "streams": 1, "rss": \d+\}\n\n/);
     assert.ok(res.body.endsWith(countdownEvent(1) + countdownEvent(0)));
   });
 
@@ -657,7 +662,7 @@ browserLesson("browser: every tab streams from the async server", (test, browser
       assert.is(tab.state, "streaming", `${tab.host} says streaming`);
     }
     await until("every page to say the server holds 10 streams", () =>
-      tabs.every((tab) => tab.texts("server").at(-1) === `served by pid ${process.pid}, which has 10 streams open`),
+      tabs.every((tab) => new RegExp(`^served by pid ${process.pid}, which holds 10 streams in \\d+ MB$`).test(tab.texts("server").at(-1) ?? "")),
     );
   });
 
@@ -679,7 +684,7 @@ browserLesson("browser: every tab streams from the async server", (test, browser
     await until("8 streams on the server", () => streams() === 8);
     await until("every page to count", () => tabs.every((tab) => tab.numbers.length >= 2 && tab.state === "streaming"));
     // The first tab learns of the 8 streams on its next tick, and its link moves past every name taken.
-    await until("the first page to say 8 streams", () => first.texts("server").at(-1)?.endsWith("which has 8 streams open") ?? false);
+    await until("the first page to say 8 streams", () => first.texts("server").at(-1)?.includes("which holds 8 streams in ") ?? false);
     const link = new URL((await first.page.getAttribute("#another", "href"))!);
     assert.is(link.host, `tab9.localhost:${running!.port}`);
     assert.is(link.search, "?interval=200", "the link keeps the page's settings");
@@ -692,7 +697,7 @@ browserLesson("browser: every tab streams from the async server", (test, browser
     await until("the server to close the tab's stream", () => streams() === 2);
     assert.ok(running!.lines.some((line) => line.includes("the client left (2 open)")));
     await until("the open pages to say 2 streams", () =>
-      tabs.slice(0, 2).every((tab) => tab.texts("server").at(-1)?.endsWith("which has 2 streams open")),
+      tabs.slice(0, 2).every((tab) => tab.texts("server").at(-1)?.includes("which holds 2 streams in ")),
     );
   });
 
