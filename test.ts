@@ -14,3 +14,6 @@
 
 // Lesson 1: the countdown. One process serves every tab; a blocking worker serves one.
 import "./test/countdown.ts";
+
+// The wall: both servers on one screen for a workshop.
+import "./test/wall.ts";

@@ -283,11 +283,15 @@ export function workerPids(child: Child): number[] {
   return [...child.output.matchAll(/\[(\d+)\] \[INFO\] Booting worker with pid: \1\n/g)].map((match) => Number(match[1]));
 }
 
-/** Starts blocking-server.ts on an ephemeral loopback port and waits until `workers` workers have booted. */
+/**
+ * Starts blocking-server.ts on an ephemeral loopback port and waits until
+ * `workers` workers have booted. `--host localhost` in `args` listens on both
+ * loopback addresses instead, as a browser's *.localhost names need.
+ */
 export async function startBlocking(children: Child[], args: string[], workers = 1) {
   const child = new Child("blocking-server.ts", ["--port", "0", "--host", "127.0.0.1", "--workers", String(workers), ...args]);
   children.push(child);
-  const [, url = ""] = await child.waitFor(/Listening at: (http:\/\/127\.0\.0\.1:\d+) \(\d+\)\n/);
+  const [, url = ""] = await child.waitFor(/Listening at: (http:\/\/(?:127\.0\.0\.1|localhost):\d+) \(\d+\)\n/);
   await until(`${workers} workers to boot`, () => workerPids(child).length >= workers, BOOT_DEADLINE_MS).catch((error) => {
     throw new Error(`${error.message}; output so far:\n${child.output}`);
   });

@@ -1,0 +1,317 @@
+/**
+ * test/wall.ts: the wall, both servers side by side for a workshop projector
+ * (/wall on server.ts, pages/wall.html), the one header that lets its tiles
+ * stream from other origins, and the crowd (bench/crowd.ts) that loads
+ * server.ts with thousands of streams while the wall keeps counting.
+ */
+
+import { readFileSync } from "node:fs";
+import net from "node:net";
+import { once } from "node:events";
+import { setTimeout as delay } from "node:timers/promises";
+import * as assert from "uvu/assert";
+import type { Page } from "playwright-core";
+import { ROUTES, type CountdownServer } from "../server.ts";
+import {
+  BOOT_DEADLINE_MS,
+  browserLesson,
+  Child,
+  DEADLINE_MS,
+  lesson,
+  Profile,
+  RECONNECT_DELAY_MS,
+  refusesBadFlags,
+  request,
+  startBlocking,
+  startLoopbackServer,
+  startServer,
+  stopBlocking,
+  stopLoopbackServer,
+  stopServer,
+  until,
+  within,
+  workerPids,
+  type BadFlags,
+  type LoopbackServer,
+} from "./helpers.ts";
+
+const WALL_PAGE = readFileSync(new URL("../pages/wall.html", import.meta.url), "utf8");
+const ALLOW_ORIGIN = "access-control-allow-origin";
+
+// ─── Over HTTP: the page, and who may read the stream ────────────────────────
+
+lesson("wall http: the page, and the stream's CORS header on both servers", (test) => {
+  let server: CountdownServer | undefined;
+  let url = "";
+  const children: Child[] = [];
+  let blockingUrl = "";
+  test.before(async () => {
+    ({ server, url } = await startServer());
+    ({ url: blockingUrl } = await startBlocking(children, ["--timeout", "0"]));
+  });
+  test.after(async () => {
+    await stopServer(server);
+    await stopBlocking(children);
+  });
+
+  test("GET /wall is pages/wall.html as it is, whatever the query says; HEAD gets its length", async () => {
+    for (const query of ["", "?tiles=3&blocking=8101", "?tiles=<script>alert(1)</script>"]) {
+      const page = await request(`${url}/wall${query}`);
+      assert.is(page.status, 200);
+      assert.is(page.headers["content-type"], "text/html; charset=utf-8");
+      assert.is(page.body, WALL_PAGE, `the same bytes for /wall${query}`);
+    }
+    const head = await request(`${url}/wall`, { method: "HEAD" });
+    assert.is(head.headers["content-length"], String(Buffer.byteLength(WALL_PAGE)));
+    assert.is(head.body, "");
+  });
+
+  test("server.ts's stream allows every origin, and so do its 204 and its 400", async () => {
+    const stream = await request(`${url}/sse/?from=1&interval=10`);
+    assert.is(stream.status, 200);
+    assert.is(stream.headers[ALLOW_ORIGIN], "*");
+    const finished = await request(`${url}/sse/`, { headers: { "Last-Event-ID": "0" } });
+    assert.is(finished.status, 204);
+    assert.is(finished.headers[ALLOW_ORIGIN], "*");
+    const bad = await request(`${url}/sse/?from=x`);
+    assert.is(bad.status, 400);
+    assert.is(bad.headers[ALLOW_ORIGIN], "*");
+  });
+
+  test("no other route of server.ts says so, for any method, nor a 404, nor a POST to the stream", async () => {
+    const asked: string[] = [];
+    for (const [path, methods] of Object.entries(ROUTES)) {
+      if (path === "/sse/") continue;
+      for (const method of Object.keys(methods)) {
+        const res = await request(`${url}${path}`, { method });
+        assert.is(res.headers[ALLOW_ORIGIN], undefined, `${method} ${path}`);
+        asked.push(`${method} ${path}`);
+      }
+    }
+    assert.ok(asked.includes("GET /") && asked.includes("GET /wall"), `every route was asked: ${asked}`);
+    assert.is((await request(`${url}/nope`)).headers[ALLOW_ORIGIN], undefined);
+    const post = await request(`${url}/sse/`, { method: "POST" });
+    assert.is(post.status, 405);
+    assert.is(post.headers[ALLOW_ORIGIN], undefined);
+  });
+
+  test("blocking-server.ts's worker allows every origin on the stream only", async () => {
+    const stream = await request(`${blockingUrl}/sse/?from=1&interval=10`);
+    assert.is(stream.status, 200);
+    assert.is(stream.headers[ALLOW_ORIGIN], "*");
+    for (const [method, path] of [["GET", "/"], ["HEAD", "/"], ["GET", "/nope"], ["POST", "/sse/"]] as const) {
+      const res = await request(`${blockingUrl}${path}`, { method });
+      assert.is(res.headers[ALLOW_ORIGIN], undefined, `${method} ${path}`);
+    }
+  });
+});
+
+// ─── The crowd ───────────────────────────────────────────────────────────────
+
+/** A small crowd, fast ticks: enough to see every stream open and every one closed. */
+const CROWD_STREAMS = 200;
+const CROWD_TICK_MS = 200;
+
+lesson("wall crowd: npm run crowd opens its streams and closes every one", (test) => {
+  let server: CountdownServer | undefined;
+  let port = "";
+  const children: Child[] = [];
+  test.before(async () => {
+    let url: string;
+    ({ server, url } = await startServer());
+    port = new URL(url).port;
+  });
+  test.after(async () => {
+    for (const child of children) child.kill();
+    await stopServer(server);
+  });
+  const run = (args: string[], env: NodeJS.ProcessEnv = {}) => {
+    const child = new Child("bench/crowd.ts", args, env);
+    children.push(child);
+    return child;
+  };
+
+  test(`${CROWD_STREAMS} streams for 3 seconds: reported open, then all closed, and the server holds none`, async () => {
+    const child = run(["--port", port, "--streams", String(CROWD_STREAMS), "--seconds", "3", "--interval", String(CROWD_TICK_MS)]);
+    await child.waitFor(new RegExp(`^\\[\\d\\d:\\d\\d:\\d\\d\\] ${CROWD_STREAMS} streams open · [\\d,]+ events in the last second · 0 lost so far$`, "m"));
+    assert.is(server!.streams.size, CROWD_STREAMS, "the server holds every stream the crowd says is open");
+    assert.is(await within("the crowd to stop after its seconds", child.exited, 3000 + DEADLINE_MS), 0);
+    assert.match(child.output, new RegExp(`Closed all ${CROWD_STREAMS} streams after [\\d.]+ s: ${CROWD_STREAMS} were open at once, [\\d,]+ events received; sockets left open: 0\\.\\n$`));
+    await until("the server's open streams to return to 0", () => server!.streams.size === 0);
+  });
+
+  test("Ctrl-C closes every stream, and the crowd exits 0", async () => {
+    const child = run(["--port", port, "--streams", "50"]);
+    await child.waitFor(/\] 50 streams open/);
+    assert.is(await child.stop("SIGINT"), 0);
+    assert.match(child.output, /SIGINT: closing every stream\n/);
+    assert.match(child.output, /sockets left open: 0\.\n$/);
+    await until("the server's open streams to return to 0", () => server!.streams.size === 0);
+  });
+
+  test("with no server there, it says so in one sentence and exits 1", async () => {
+    const closed = net.createServer().listen(0, "127.0.0.1");
+    await within("a port to borrow", once(closed, "listening"));
+    const { port: nobody } = closed.address() as net.AddressInfo;
+    await new Promise((resolve) => closed.close(resolve));
+    const child = run(["--port", String(nobody), "--streams", "3", "--seconds", "5"]);
+    assert.is(await within("the crowd to give up", child.exited), 1);
+    assert.match(child.output, new RegExp(`No stream opened at http://127\\.0\\.0\\.1:${nobody}/sse/ \\(ECONNREFUSED\\); is the server running\\? Start it with: npx tsx server\\.ts\\n$`));
+  });
+
+  const notHere = "--host must be this machine (127.0.0.1, another 127.x.x.x, ::1 or localhost): a crowd only loads a server of your own.";
+  const badFlags: BadFlags = [
+    [["--host", "10.0.0.1"], {}, notHere],
+    [["--host", "example.com"], {}, notHere],
+    [["--host", "0.0.0.0"], {}, notHere],
+    [["--streams", "19001"], {}, "--streams must be a whole number from 1 to 19000."],
+    [["--streams", "0"], {}, "--streams must be a whole number from 1 to 19000."],
+    [["--seconds", "soon"], {}, "--seconds must be a whole number from 1 to 86400."],
+    [["--interval", "5"], {}, "--interval must be a whole number from 10 to 60000."],
+    [["--url", "http://10.0.0.1/"], {}, "Unknown option '--url'. Try --help."],
+  ];
+  refusesBadFlags(test, run, badFlags);
+});
+
+// ─── The wall in a real browser ──────────────────────────────────────────────
+
+/** The blocking server's settings here: two workers, killed after this many seconds of silence. */
+const WALL_WORKERS = 2;
+const WALL_TIMEOUT_S = 2;
+const WALL_TILES = 4;
+const WALL_TICK_MS = 200;
+
+/** What one tile shows. */
+interface TileView {
+  tile: string;
+  state: string;
+  number: string;
+  pid: string;
+}
+
+function tilesOf(page: Page, column: "async" | "blocking"): Promise<TileView[]> {
+  return page.$$eval(`#${column} .tile`, (tiles) =>
+    tiles.map((tile) => ({
+      tile: (tile as HTMLElement).dataset.tile ?? "",
+      state: (tile as HTMLElement).dataset.state ?? "",
+      number: tile.querySelector(".number")?.textContent ?? "",
+      pid: tile.querySelector(".pid")?.textContent ?? "",
+    })),
+  );
+}
+
+const textOf = (page: Page, selector: string) => page.$eval(selector, (element) => element.textContent ?? "");
+
+/** Polls an asynchronous condition until it holds, or fails after the deadline with what it saw last. */
+async function eventually<T>(what: string, read: () => Promise<T>, holds: (value: T) => boolean, ms = DEADLINE_MS): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await read();
+    if (holds(value)) return value;
+    if (Date.now() > deadline) throw new Error(`gave up after ${ms} ms waiting for ${what}; last saw ${JSON.stringify(value)}`);
+    await delay(20);
+  }
+}
+
+browserLesson("browser: the wall shows both servers side by side", (test, browser) => {
+  let running: LoopbackServer | undefined;
+  const children: Child[] = [];
+  let blockingPort = "";
+  let profile: Profile | undefined;
+  let wall: Page | undefined;
+  let countingOnBlocking: TileView[] = [];
+
+  test.before(async () => {
+    running = await startLoopbackServer();
+    const { url } = await startBlocking(children, ["--host", "localhost", "--timeout", String(WALL_TIMEOUT_S)], WALL_WORKERS);
+    blockingPort = new URL(url).port;
+  });
+  test.before.each(async () => {
+    profile ??= await Profile.open(browser());
+  });
+  test.after(async () => {
+    await profile?.close();
+    await stopLoopbackServer(running);
+    await stopBlocking(children);
+  });
+
+  test(`every server.ts tile counts; on blocking-server.ts exactly ${WALL_WORKERS} count and the others wait`, async () => {
+    const query = `?tiles=${WALL_TILES}&blocking=${blockingPort}&interval=${WALL_TICK_MS}`;
+    wall = (await profile!.open(`http://localhost:${running!.port}/wall${query}`)).page;
+    // The blocking side first: its first kill comes WALL_TIMEOUT_S after its streams began.
+    const blocking = await eventually("two blocking tiles to count", () => tilesOf(wall!, "blocking"), (tiles) =>
+      tiles.filter((tile) => tile.state === "streaming" && /^\d+$/.test(tile.number)).length === WALL_WORKERS,
+    );
+    countingOnBlocking = blocking.filter((tile) => tile.state === "streaming");
+    const waiting = blocking.filter((tile) => tile.state !== "streaming");
+    assert.is(waiting.length, WALL_TILES - WALL_WORKERS);
+    for (const tile of waiting) assert.equal([tile.state, tile.number, tile.pid], ["waiting", "…", ""], `tab${tile.tile} waits`);
+    const workers = workerPids(children[0]!);
+    for (const tile of countingOnBlocking) assert.ok(workers.includes(Number(tile.pid.replace("pid ", ""))), `a worker serves tab${tile.tile}`);
+    assert.is.not(countingOnBlocking[0]!.pid, countingOnBlocking[1]!.pid, "each counting tile has a worker of its own");
+    await eventually("the blocking header", () => textOf(wall!, "#blocking .counting"), (text) => text === `${WALL_WORKERS} of ${WALL_TILES} counting, ${WALL_TILES - WALL_WORKERS} waiting`);
+
+    // server.ts: every tile advances, all served by this process, which says how much it holds.
+    await eventually("every server.ts tile to count down from 100 past 97", () => tilesOf(wall!, "async"), (tiles) =>
+      tiles.every((tile) => tile.state === "streaming" && Number(tile.number) <= 97),
+    );
+    for (const tile of await tilesOf(wall, "async")) assert.is(tile.pid, `pid ${process.pid}`);
+    assert.is(await textOf(wall, "#async .counting"), `${WALL_TILES} of ${WALL_TILES} counting`);
+    assert.match(await textOf(wall, "#async .servers"), new RegExp(`^pid ${process.pid} holds ${WALL_TILES} streams in \\d+ MB$`));
+    assert.is(running!.server.streams.size, WALL_TILES);
+    assert.ok(await wall.$eval("#async .notice", (notice) => (notice as HTMLElement).hidden), "no notice: server.ts answers");
+  });
+
+  test("after a kill the cut tiles say cut or reconnecting, and a waiting tile takes over", async () => {
+    await children[0]!.waitFor(/WORKER TIMEOUT \(pid:\d+\)/, WALL_TIMEOUT_S * 1000 + DEADLINE_MS);
+    const cut = countingOnBlocking.map((tile) => tile.tile);
+    const after = await eventually(
+      "the cut tiles to say so and a waiting tile to count",
+      () => tilesOf(wall!, "blocking"),
+      (tiles) =>
+        tiles.filter((tile) => cut.includes(tile.tile)).some((tile) => tile.state === "cut" || tile.state === "reconnecting") &&
+        tiles.some((tile) => !cut.includes(tile.tile) && tile.state === "streaming" && /^\d+$/.test(tile.number)),
+      BOOT_DEADLINE_MS,
+    );
+    const took = after.filter((tile) => !cut.includes(tile.tile) && tile.state === "streaming");
+    assert.ok(took.every((tile) => !countingOnBlocking.some((before) => before.pid === tile.pid)), "a new worker serves the tile that took over");
+    for (const tile of after.filter((tile) => cut.includes(tile.tile) && tile.state !== "streaming")) {
+      assert.ok(["cut", "reconnecting"].includes(tile.state), `tab${tile.tile} says ${tile.state}`);
+      assert.match(tile.number, /^\d+$/, `tab${tile.tile} keeps the number it stopped at`);
+    }
+    // Meanwhile the async side never stopped.
+    const asyncTiles = await tilesOf(wall!, "async");
+    assert.ok(asyncTiles.every((tile) => tile.state === "streaming"), JSON.stringify(asyncTiles));
+  });
+
+  test("without the blocking server its column shows the command that starts it, and server.ts's side still counts", async () => {
+    const closed = net.createServer().listen(0, "127.0.0.1");
+    await within("a port to borrow", once(closed, "listening"));
+    const { port: nobody } = closed.address() as net.AddressInfo;
+    await new Promise((resolve) => closed.close(resolve));
+    const page = (await profile!.open(`http://localhost:${running!.port}/wall?tiles=2&blocking=${nobody}&interval=${WALL_TICK_MS}`)).page;
+    const notice = await eventually("the blocking column's notice", () => textOf(page, "#blocking .notice"), (text) => text !== "");
+    assert.is(notice, `blocking-server.ts is not answering on port ${nobody}. Start it with:npx tsx blocking-server.ts --port ${nobody}`);
+    assert.ok(await page.$eval("#blocking .notice", (element) => !(element as HTMLElement).hidden));
+    assert.is(await textOf(page, "#blocking .counting"), "0 of 2 counting, 2 waiting");
+    await eventually("server.ts's tiles to count", () => tilesOf(page, "async"), (tiles) => tiles.every((tile) => tile.state === "streaming" && /^\d+$/.test(tile.number)));
+    // The browser keeps trying, quietly: the notice stays until the server answers.
+    await delay(RECONNECT_DELAY_MS);
+    assert.ok(await page.$eval("#blocking .notice", (element) => !(element as HTMLElement).hidden));
+    await page.close();
+  });
+
+  test("a bad ?tiles= or ?blocking= is one sentence on the page, and no stream is opened", async () => {
+    for (const [query, sentence] of [
+      ["?tiles=25", "tiles must be a whole number from 1 to 24."],
+      ["?tiles=<b>x</b>", "tiles must be a whole number from 1 to 24."],
+      ["?blocking=0", "blocking must be a whole number from 1 to 65535."],
+      ["?interval=5", "interval must be a whole number from 10 to 60000."],
+    ]) {
+      const tab = await profile!.open(`http://localhost:${running!.port}/wall${query}`);
+      assert.is(await textOf(tab.page, "#problem"), sentence);
+      assert.is(await tab.openEventSources(), 0);
+      await tab.page.close();
+    }
+  });
+});
