@@ -279,6 +279,8 @@ browserLesson("browser: the wall shows both servers side by side", (test, browse
       assert.ok(["cut", "reconnecting"].includes(tile.state), `tab${tile.tile} says ${tile.state}`);
       assert.match(tile.number, /^\d+$/, `tab${tile.tile} keeps the number it stopped at`);
     }
+    await eventually("the blocking strip to mark the cuts", () => textOf(wall!, "#blocking figcaption"), (text) => / [1-9]\d* streams? cut \(red\)/.test(text), 2000);
+    assert.match(await textOf(wall!, "#async figcaption"), / 0 streams cut \(red\)/);
     // Meanwhile the async side never stopped.
     const asyncTiles = await tilesOf(wall!, "async");
     assert.ok(asyncTiles.every((tile) => tile.state === "streaming"), JSON.stringify(asyncTiles));
