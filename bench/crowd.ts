@@ -150,6 +150,8 @@ async function main() {
     console.log(progressLine(now, eventsBefore));
     eventsBefore = now.eventsReceived;
   }, REPORT_EVERY_MS);
+  // Once stopping, the counts say nothing new until the summary.
+  stop.signal.addEventListener("abort", () => clearInterval(reporter));
 
   const report = await crowd.report;
   clearInterval(reporter);
