@@ -35,6 +35,7 @@ import {
   refusesBadFlags,
   refusesBusyPort,
   request,
+  runner,
   restartLoopbackServer,
   SseClient,
   startBlocking,
@@ -318,11 +319,7 @@ lesson("command line: server.ts", (test) => {
     for (const client of clients) client.close();
     for (const child of children) child.kill();
   });
-  const run = (args: string[], env: NodeJS.ProcessEnv = {}) => {
-    const child = new Child("server.ts", args, env);
-    children.push(child);
-    return child;
-  };
+  const run = runner("server.ts", children);
 
   test("it prints the URL to open, serves it, and Ctrl-C ends open streams and exits", async () => {
     const child = run(["--port", "0", "--host", "127.0.0.1"]);
@@ -540,11 +537,7 @@ lesson("blocking command line: blocking-server.ts", (test) => {
     for (const client of clients) client.close();
     await stopBlocking(children);
   });
-  const run = (args: string[], env: NodeJS.ProcessEnv = {}) => {
-    const child = new Child("blocking-server.ts", args, env);
-    children.push(child);
-    return child;
-  };
+  const run = runner("blocking-server.ts", children);
 
   test("Ctrl-C stops the arbiter and every worker, even one blocked in a stream", async () => {
     const { child, url } = await startBlocking(children, ["--timeout", "0"], 2);

@@ -216,6 +216,15 @@ export class Child {
   }
 }
 
+/** For a suite's command-line tests: runs `file` with the given arguments, each child kept in `children` for `after`. */
+export function runner(file: string, children: Child[]) {
+  return (args: string[], env: NodeJS.ProcessEnv = {}): Child => {
+    const child = new Child(file, args, env);
+    children.push(child);
+    return child;
+  };
+}
+
 /** True while a process with this pid exists. */
 export function isAlive(pid: number): boolean {
   try {

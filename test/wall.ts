@@ -22,6 +22,7 @@ import {
   RECONNECT_DELAY_MS,
   refusesBadFlags,
   request,
+  runner,
   startBlocking,
   startLoopbackServer,
   startServer,
@@ -125,11 +126,7 @@ lesson("wall crowd: npm run crowd opens its streams and closes every one", (test
     for (const child of children) child.kill();
     await stopServer(server);
   });
-  const run = (args: string[], env: NodeJS.ProcessEnv = {}) => {
-    const child = new Child("bench/crowd.ts", args, env);
-    children.push(child);
-    return child;
-  };
+  const run = runner("bench/crowd.ts", children);
 
   test(`${CROWD_STREAMS} streams for 3 seconds: reported open, then all closed, and the server holds none`, async () => {
     const child = run(["--port", port, "--streams", String(CROWD_STREAMS), "--seconds", "3", "--interval", String(CROWD_TICK_MS)]);
