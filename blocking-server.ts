@@ -141,7 +141,10 @@ const serveCountdown: Handler = (req, res, url, { heartbeat }) => {
   res.end();
 };
 
-/** The same routes as server.ts; only the countdown's handler is the blocking one. */
+/**
+ * The same routes as server.ts; only the countdown's handler is the blocking one.
+ * The wall (/wall) has no twin here: server.ts serves it, and its right column streams from this server.
+ */
 const ROUTES: Routes = {
   "/": { GET: servePage, HEAD: servePage },
   "/sse/": { GET: serveCountdown },

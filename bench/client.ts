@@ -9,6 +9,8 @@
  *
  * Run:  npx tsx bench/client.ts --url http://127.0.0.1:8000/sse/ --streams 10000 --seconds 20
  *       (add --json for one line of JSON, which is what bench/run.ts reads)
+ * bench/crowd.ts runs it in its own process with startClient(), which also
+ * gives the counts while the run goes on, and stops it on Ctrl-C.
  *
  * What it measures, per run:
  *   - streams connected (status 200, text/event-stream), failed, cut short;

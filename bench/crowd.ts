@@ -16,7 +16,7 @@
  */
 
 import { isIP } from "node:net";
-import { exitWith, INTERVAL_RANGE, isMain, readFlags, TICK_INTERVAL_MS, wholeNumber, FROM_RANGE } from "../server.ts";
+import { exitWith, FROM_RANGE, INTERVAL_RANGE, isMain, readFlags, TICK_INTERVAL_MS, wholeNumber } from "../server.ts";
 import { startClient, type ClientReport, type RunningCounts } from "./client.ts";
 
 // ─── Settings ────────────────────────────────────────────────────────────────

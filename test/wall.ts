@@ -36,8 +36,18 @@ import {
   type LoopbackServer,
 } from "./helpers.ts";
 
-const WALL_PAGE = readFileSync(new URL("../pages/wall.html", import.meta.url), "utf8");
+const WALL_FILE = new URL("../pages/wall.html", import.meta.url);
+const WALL_PAGE = readFileSync(WALL_FILE, "utf8");
 const ALLOW_ORIGIN = "access-control-allow-origin";
+
+/** A loopback port that nothing listens on: borrowed from the kernel, then given back. */
+async function closedPort(): Promise<number> {
+  const borrowed = net.createServer().listen(0, "127.0.0.1");
+  await within("a port to borrow", once(borrowed, "listening"));
+  const { port } = borrowed.address() as net.AddressInfo;
+  await new Promise((resolve) => borrowed.close(resolve));
+  return port;
+}
 
 // ─── Over HTTP: the page, and who may read the stream ────────────────────────
 
@@ -147,10 +157,7 @@ lesson("wall crowd: npm run crowd opens its streams and closes every one", (test
   });
 
   test("with no server there, it says so in one sentence and exits 1", async () => {
-    const closed = net.createServer().listen(0, "127.0.0.1");
-    await within("a port to borrow", once(closed, "listening"));
-    const { port: nobody } = closed.address() as net.AddressInfo;
-    await new Promise((resolve) => closed.close(resolve));
+    const nobody = await closedPort();
     const child = run(["--port", String(nobody), "--streams", "3", "--seconds", "5"]);
     assert.is(await within("the crowd to give up", child.exited), 1);
     assert.match(child.output, new RegExp(`No stream opened at http://127\\.0\\.0\\.1:${nobody}/sse/ \\(ECONNREFUSED\\); is the server running\\? Start it with: npx tsx server\\.ts\\n$`));
@@ -284,10 +291,7 @@ browserLesson("browser: the wall shows both servers side by side", (test, browse
   });
 
   test("without the blocking server its column shows the command that starts it, and server.ts's side still counts", async () => {
-    const closed = net.createServer().listen(0, "127.0.0.1");
-    await within("a port to borrow", once(closed, "listening"));
-    const { port: nobody } = closed.address() as net.AddressInfo;
-    await new Promise((resolve) => closed.close(resolve));
+    const nobody = await closedPort();
     const page = (await profile!.open(`http://localhost:${running!.port}/wall?tiles=2&blocking=${nobody}&interval=${WALL_TICK_MS}`)).page;
     const notice = await eventually("the blocking column's notice", () => textOf(page, "#blocking .notice"), (text) => text !== "");
     assert.is(notice, `blocking-server.ts is not answering on port ${nobody}. Start it with:npx tsx blocking-server.ts --port ${nobody}`);
@@ -300,11 +304,23 @@ browserLesson("browser: the wall shows both servers side by side", (test, browse
     await page.close();
   });
 
+  test("opened as a saved file, it streams from server.ts on ?server=, and names the command when nothing answers there", async () => {
+    const page = (await profile!.open(`${WALL_FILE.href}?server=${running!.port}&blocking=${await closedPort()}&tiles=2&interval=${WALL_TICK_MS}`)).page;
+    await eventually("server.ts's tiles to count from a file", () => tilesOf(page, "async"), (tiles) => tiles.every((tile) => tile.state === "streaming" && /^\d+$/.test(tile.number)));
+    await page.close();
+    const nobody = await closedPort();
+    const lost = (await profile!.open(`${WALL_FILE.href}?server=${nobody}&blocking=${nobody}&tiles=2`)).page;
+    const notice = await eventually("server.ts's notice", () => textOf(lost, "#async .notice"), (text) => text !== "");
+    assert.is(notice, `server.ts is not answering on port ${nobody}. Start it with:npx tsx server.ts --port ${nobody}`);
+    await lost.close();
+  });
+
   test("a bad ?tiles= or ?blocking= is one sentence on the page, and no stream is opened", async () => {
     for (const [query, sentence] of [
       ["?tiles=25", "tiles must be a whole number from 1 to 24."],
       ["?tiles=<b>x</b>", "tiles must be a whole number from 1 to 24."],
       ["?blocking=0", "blocking must be a whole number from 1 to 65535."],
+      ["?server=65536", "server must be a whole number from 1 to 65535."],
       ["?interval=5", "interval must be a whole number from 10 to 60000."],
     ]) {
       const tab = await profile!.open(`http://localhost:${running!.port}/wall${query}`);
