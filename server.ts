@@ -125,7 +125,7 @@ export function serverEvent(pid: number, streams: number, rss: number): string {
 
 /**
  * The countdown may be read from any origin: it carries nothing private, and
- * the wall (lesson "The wall") opens each tile's stream on a host name of its
+ * the wall (see "The wall" below) opens each tile's stream on a host name of its
  * own. Only the stream says so; no other route does.
  */
 export function allowEveryOrigin(res: ServerResponse): void {
@@ -170,6 +170,7 @@ export const PAGE = `<!doctype html>
   const state = document.getElementById("state");
   const server = document.getElementById("server");
   const another = document.getElementById("another");
+  const BYTES_PER_MB = 1024 * 1024;
 
   function show(name) {
     state.dataset.state = name;
@@ -208,7 +209,7 @@ export const PAGE = `<!doctype html>
   source.addEventListener("server", (event) => {
     const { pid, streams, rss } = JSON.parse(event.data);
     const count = streams.toLocaleString("en-US") + (streams === 1 ? " stream" : " streams");
-    server.textContent = "served by pid " + pid + ", which holds " + count + " in " + Math.round(rss / 1048576) + " MB";
+    server.textContent = "served by pid " + pid + ", which holds " + count + " in " + Math.round(rss / BYTES_PER_MB) + " MB";
     if (streams + 1 > nextTab) {
       nextTab = streams + 1;
       if (onLoopback) updateLink();
@@ -398,8 +399,9 @@ export function createCountdownServer(options: ServerOptions = {}): CountdownSer
 // A page for a workshop projector: tiles counting on this server on the left,
 // the same tiles on blocking-server.ts on the right. Its markup and script
 // would crowd this file, so it lives in pages/wall.html, read once at start-up
-// and served as is: the page's own script reads ?tiles=, ?blocking=, ?from= and
-// ?interval=, so nothing from a request is ever put into it.
+// and served as is: the page's own script reads ?tiles=, ?blocking=, ?server=,
+// ?from= and ?interval=, so nothing from a request is ever put into it.
+// serveWall is a function declaration, so the route table above can name it.
 
 const WALL_PAGE = readFileSync(new URL("./pages/wall.html", import.meta.url));
 
