@@ -369,14 +369,16 @@ export function router(routes: Routes, state: ServerState): http.RequestListener
 }
 
 /**
- * The request target as a URL of this server. Only a path is one: read as a
- * URL on its own, "//sse/" would be the host "sse", so it is read as a path
- * ("//sse/", which no route has) after this server's own origin.
+ * The request target as a URL of this server. A target that starts with "/"
+ * is a path, even "//sse/": read as a URL on its own, that one would name the
+ * host "sse" and reach another route. A full URL (absolute-form, which HTTP/1.1
+ * servers must accept) keeps its own path.
  */
 function readTarget(target: string): URL {
-  const url = `http://localhost${target}`;
-  if (!target.startsWith("/") || !URL.canParse(url)) throw new RequestError(400, "The request target is not a path this server can read.");
-  return new URL(url);
+  const path = `http://localhost${target}`;
+  if (target.startsWith("/") && URL.canParse(path)) return new URL(path);
+  if (/^https?:\/\//i.test(target) && URL.canParse(target)) return new URL(target);
+  throw new RequestError(400, "The request target is not a path this server can read.");
 }
 
 /** 308, not 301: the browser repeats the same method, and no cache keeps the answer forever. */

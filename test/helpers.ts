@@ -44,13 +44,13 @@ export async function until(what: string, condition: () => boolean, ms = DEADLIN
 }
 
 /** A plain HTTP request, its whole body read; agent: false so no socket outlives it. */
-export async function request(url: string, options: http.RequestOptions = {}) {
+export async function request(url: string, options: http.RequestOptions = {}, ms = DEADLINE_MS) {
   const req = http.request(url, { agent: false, ...options });
   req.end();
-  const [res] = (await within(`a response from ${url}`, once(req, "response"))) as [http.IncomingMessage];
+  const [res] = (await within(`a response from ${url}`, once(req, "response"), ms)) as [http.IncomingMessage];
   let body = "";
   res.setEncoding("utf8").on("data", (chunk: string) => (body += chunk));
-  await within(`the whole body from ${url}`, once(res, "end"));
+  await within(`the whole body from ${url}`, once(res, "end"), ms);
   return { status: res.statusCode, headers: res.headers, body };
 }
 
