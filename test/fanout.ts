@@ -19,6 +19,7 @@ import {
   startServer,
   stopBlocking,
   stopServer,
+  until,
   workerPids,
 } from "./helpers.ts";
 
@@ -194,6 +195,7 @@ lesson("fan-out: server.ts awaits its calls", (test) => {
 
   test("a call that fails otherwise makes the view answer 502 with one sentence", async () => {
     // One connection at most: the view's own. Node closes the self-call's connection at once.
+    await noConnectionsLeft(server!);
     server!.maxConnections = 1;
     try {
       const res = await request(`${url}/api/aggregated/sequential/?n=2&delay=0`);
@@ -204,6 +206,16 @@ lesson("fan-out: server.ts awaits its calls", (test) => {
     }
   });
 });
+
+/** Closes the keep-alive connections earlier tests left idle, and waits until none is open. */
+async function noConnectionsLeft(server: CountdownServer) {
+  server.closeIdleConnections();
+  let open = -1;
+  await until("the earlier connections to close", () => {
+    server.getConnections((_error, count) => (open = count));
+    return open === 0;
+  });
+}
 
 // ─── blocking-server.ts ──────────────────────────────────────────────────────
 
