@@ -1,0 +1,328 @@
+/**
+ * bench/fanout.ts: lesson 2 in numbers. How long the aggregated view takes,
+ * and what it does to the countdowns that run beside it.
+ *
+ * Each server runs as its own process on loopback, started by this one:
+ *   - latency: /api/aggregated/?n=N&delay=D, timed from the client, --runs
+ *     times, median: on server.ts awaited at once, awaited one after another
+ *     (/api/aggregated/sequential/), and fanned out to /api/blocking/
+ *     (?via=blocking); on blocking-server.ts with two workers, and with one
+ *     (which answers 504 when the read timeout ends its deadlock);
+ *   - lateness: --streams countdowns on one server.ts, measured by the load
+ *     client (bench/client.ts), while nothing else runs, while /api/aggregated/
+ *     runs again and again, and while /api/aggregated/?via=blocking does.
+ *
+ * Run:  npx tsx bench/fanout.ts [--n 10] [--delay 1000] [--runs 3] [--streams 200] [--seconds 20] [--interval 1000] [--json]
+ *       (npm run bench runs it after the soak; npm run bench -- --fanout runs only this)
+ *
+ * It asserts nothing about speed; it exits 1 when a server does not start.
+ */
+
+import { spawn, type ChildProcess } from "node:child_process";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { setTimeout as delay } from "node:timers/promises";
+import { exitWith, isMain, readFlags, wholeNumber } from "../server.ts";
+import type { ClientReport } from "./client.ts";
+
+const BENCH = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.dirname(BENCH);
+/** The flags that make Node run TypeScript with tsx, as `npx tsx file.ts` does. */
+const TSX = process.execArgv.some((flag) => flag.includes("tsx")) ? process.execArgv : ["--import", "tsx"];
+/** How long a server may take to start, and one view to answer, before the run gives up. */
+const START_DEADLINE_MS = 30_000;
+const VIEW_DEADLINE_MS = 120_000;
+/** Long enough that two warm-up calls overlap, so both of two workers take one. */
+const WARM_UP_DELAY_MS = 200;
+
+export interface FanOutOptions {
+  n: number;
+  delay: number;
+  runs: number;
+  streams: number;
+  seconds: number;
+  interval: number;
+}
+
+export interface LatencyRow {
+  label: string;
+  /** Each run's status and seconds, as the client saw them. */
+  runs: { status: number; seconds: number }[];
+}
+
+export interface LatenessRow {
+  label: string;
+  /** How many views answered while the countdowns ran. */
+  views: number;
+  lateness: ClientReport["lateness"];
+  eventsReceived: number;
+  eventsExpected: number;
+}
+
+export interface FanOutReport {
+  options: FanOutOptions;
+  latency: LatencyRow[];
+  lateness: LatenessRow[];
+}
+
+// ─── Servers as child processes ──────────────────────────────────────────────
+
+interface Started {
+  child: ChildProcess;
+  output: () => string;
+}
+
+const children = new Set<ChildProcess>();
+
+/** Starts a file of this project under tsx, in a process group of its own so its workers stop with it. */
+function start(file: string, args: string[]): Started {
+  const child = spawn(process.execPath, [...TSX, path.join(ROOT, file), ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], detached: true });
+  children.add(child);
+  child.once("exit", () => children.delete(child));
+  let output = "";
+  child.stdout!.setEncoding("utf8").on("data", (text: string) => (output += text));
+  child.stderr!.setEncoding("utf8").on("data", (text: string) => (output += text));
+  return { child, output: () => output };
+}
+
+function stop({ child }: Started) {
+  try {
+    process.kill(-child.pid!, "SIGKILL");
+  } catch {
+    // already gone
+  }
+}
+
+process.on("exit", () => {
+  for (const child of children) stop({ child, output: () => "" });
+});
+
+/** Waits until the output has `times` lines matching `pattern`. */
+async function waitForLines({ child, output }: Started, pattern: RegExp, times = 1, ms = START_DEADLINE_MS): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (output().split("\n").filter((line) => pattern.test(line)).length < times) {
+    if (child.exitCode !== null) throw new Error(`a server exited before it was ready:\n${output()}`);
+    if (Date.now() > deadline) throw new Error(`a server was not ready after ${ms / 1000} s:\n${output()}`);
+    await delay(50);
+  }
+}
+
+async function freePort(): Promise<number> {
+  const probe = net.createServer();
+  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
+  const { port } = probe.address() as net.AddressInfo;
+  await new Promise((resolve) => probe.close(resolve));
+  return port;
+}
+
+async function startServer(): Promise<{ server: Started; origin: string }> {
+  const port = await freePort();
+  const server = start("server.ts", ["--port", String(port), "--host", "127.0.0.1", "--quiet"]);
+  await waitForLines(server, /listening at/);
+  const origin = `http://127.0.0.1:${port}`;
+  await warmUp(origin);
+  return { server, origin };
+}
+
+async function startBlocking(workers: number): Promise<{ server: Started; origin: string }> {
+  const port = await freePort();
+  const server = start("blocking-server.ts", ["--port", String(port), "--host", "127.0.0.1", "--workers", String(workers)]);
+  await waitForLines(server, /Booting worker with pid/, workers);
+  const origin = `http://127.0.0.1:${port}`;
+  await warmUp(origin);
+  return { server, origin };
+}
+
+// ─── Latency ─────────────────────────────────────────────────────────────────
+
+/** One view, timed from the request to the last byte of its answer. */
+async function timeView(url: string): Promise<{ status: number; seconds: number }> {
+  const startedAt = performance.now();
+  const answer = await fetch(url, { signal: AbortSignal.timeout(VIEW_DEADLINE_MS) });
+  await answer.text();
+  return { status: answer.status, seconds: (performance.now() - startedAt) / 1000 };
+}
+
+/** Two calls at once before any timing: every worker has booted, and the first call's one-off costs are paid. */
+async function warmUp(origin: string) {
+  await Promise.all([timeView(`${origin}/api/?delay=${WARM_UP_DELAY_MS}`), timeView(`${origin}/api/?delay=${WARM_UP_DELAY_MS}`)]);
+}
+
+async function latency(options: FanOutOptions): Promise<LatencyRow[]> {
+  const query = `n=${options.n}&delay=${options.delay}`;
+  const rows: LatencyRow[] = [];
+  const timeRuns = async (label: string, url: string, between = async () => {}) => {
+    const row: LatencyRow = { label, runs: [] };
+    for (let run = 0; run < options.runs; run++) {
+      row.runs.push(await timeView(url));
+      await between();
+    }
+    rows.push(row);
+    console.error(`fan-out: ${label}: ${row.runs.map((r) => `${r.status} in ${r.seconds.toFixed(2)} s`).join(", ")}`);
+  };
+
+  const { server, origin } = await startServer();
+  try {
+    await timeRuns("server.ts, awaited at once", `${origin}/api/aggregated/?${query}`);
+    await timeRuns("server.ts, awaited one after another", `${origin}/api/aggregated/sequential/?${query}`);
+    await timeRuns("server.ts, ?via=blocking (a sync sleep per call)", `${origin}/api/aggregated/?${query}&via=blocking`);
+  } finally {
+    stop(server);
+  }
+
+  const two = await startBlocking(2);
+  try {
+    await timeRuns("blocking-server.ts --workers 2", `${two.origin}/api/aggregated/?${query}`);
+  } finally {
+    stop(two.server);
+  }
+
+  const one = await startBlocking(1);
+  try {
+    // After its 504 the worker still serves the call that timed out: wait for that, so each run starts idle.
+    let served = 0;
+    const orphanServed = () => waitForLines(one.server, /: answered$/, ++served, VIEW_DEADLINE_MS);
+    await timeRuns("blocking-server.ts --workers 1", `${one.origin}/api/aggregated/?${query}`, orphanServed);
+  } finally {
+    stop(one.server);
+  }
+  return rows;
+}
+
+// ─── Lateness of the countdowns beside the views ─────────────────────────────
+
+/** Runs the load client against `origin` while `view` (if any) is requested again and again. */
+async function latenessBeside(label: string, origin: string, view: string | undefined, options: FanOutOptions): Promise<LatenessRow> {
+  const client = start("bench/client.ts", [
+    "--json",
+    ...["--url", `${origin}/sse/`],
+    ...["--streams", String(options.streams)],
+    ...["--seconds", String(options.seconds)],
+    ...["--interval", String(options.interval)],
+    ...["--grace", "5"],
+  ]);
+  const clientExited = new Promise<void>((resolve) => client.child.once("exit", () => resolve()));
+  let running = true;
+  clientExited.then(() => (running = false));
+  let views = 0;
+  while (running && view) {
+    await timeView(`${origin}${view}`);
+    views++;
+  }
+  await clientExited;
+  const line = client.output().split("\n").find((text) => text.startsWith("{"));
+  if (client.child.exitCode !== 0 || !line) throw new Error(`the load client failed:\n${client.output()}`);
+  const report = JSON.parse(line) as ClientReport;
+  console.error(`fan-out: countdowns ${label}: lateness p99 ${report.lateness.p99} ms, max ${report.lateness.max} ms, ${views} views`);
+  return { label, views, lateness: report.lateness, eventsReceived: report.eventsReceived, eventsExpected: report.eventsExpected };
+}
+
+async function lateness(options: FanOutOptions): Promise<LatenessRow[]> {
+  const query = `n=${options.n}&delay=${options.delay}`;
+  const rows: LatenessRow[] = [];
+  for (const [label, view] of [
+    ["alone", undefined],
+    ["while /api/aggregated/ runs", `/api/aggregated/?${query}`],
+    ["while /api/aggregated/?via=blocking runs", `/api/aggregated/?${query}&via=blocking`],
+  ] as const) {
+    // A fresh server each time, so one measurement's leftovers cannot slow the next.
+    const { server, origin } = await startServer();
+    try {
+      rows.push(await latenessBeside(label, origin, view, options));
+    } finally {
+      stop(server);
+    }
+  }
+  return rows;
+}
+
+// ─── The report ──────────────────────────────────────────────────────────────
+
+export async function runFanOut(options: FanOutOptions): Promise<FanOutReport> {
+  return { options, latency: await latency(options), lateness: await lateness(options) };
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}
+
+/** The report as Markdown, the way bench/run.ts writes its own sections. */
+export function fanOutSection({ options, latency, lateness }: FanOutReport): string {
+  const { n, delay: delayMs, runs, streams, seconds, interval } = options;
+  const lines = [
+    `**Fan-out** (lesson 2): \`/api/aggregated/?n=${n}&delay=${delayMs}\`, timed from the client, median of ${runs} run${runs === 1 ? "" : "s"} (bench/fanout.ts).`,
+    "",
+    "| view | answer | median | every run |",
+    "|---|---|---|---|",
+  ];
+  for (const row of latency) {
+    const statuses = [...new Set(row.runs.map((run) => run.status))].join(", ");
+    lines.push(`| ${row.label} | ${statuses} | **${median(row.runs.map((run) => run.seconds)).toFixed(2)} s** | ${row.runs.map((run) => `${run.seconds.toFixed(2)} s`).join(" · ")} |`);
+  }
+  lines.push(
+    "",
+    `${streams} countdowns on one server.ts (one tick every ${interval} ms for ${seconds} s), beside the view requested again and again:`,
+    "",
+    "| countdowns | views answered meanwhile | events received / expected | tick lateness p50 · p99 · max |",
+    "|---|---|---|---|",
+  );
+  for (const row of lateness) {
+    const { p50, p99, max } = row.lateness;
+    lines.push(`| ${row.label} | ${row.views} | ${row.eventsReceived} / ${row.eventsExpected} | ${p50} ms · **${p99} ms** · ${max} ms |`);
+  }
+  return lines.join("\n");
+}
+
+// ─── Command line ────────────────────────────────────────────────────────────
+
+const HELP = `Usage: npx tsx bench/fanout.ts [flags]
+
+  --n N           Calls per aggregated view (default 10).
+  --delay MS      Each call's wait (default 1000).
+  --runs R        Times each view, R times, and reports the median (default 3).
+  --streams S     Countdowns open beside the views (default 200).
+  --seconds S     Makes each countdown last this long (default 20).
+  --interval MS   One tick every MS milliseconds (default 1000).
+  --json          Prints the report as one line of JSON (bench/run.ts reads it).`;
+
+if (isMain(import.meta.url)) {
+  const flags = readFlags(
+    {
+      n: { type: "string", default: "10" },
+      delay: { type: "string", default: "1000" },
+      runs: { type: "string", default: "3" },
+      streams: { type: "string", default: "200" },
+      seconds: { type: "string", default: "20" },
+      interval: { type: "string", default: "1000" },
+      json: { type: "boolean", default: false },
+      help: { type: "boolean", default: false },
+    },
+    HELP,
+  );
+  const whole = (flag: string, text: string, min: number, max: number) => {
+    try {
+      return wholeNumber(`--${flag}`, text, { min, max });
+    } catch (error) {
+      exitWith(2, (error as Error).message);
+    }
+  };
+  try {
+    const report = await runFanOut({
+      n: whole("n", flags.n, 1, 50),
+      delay: whole("delay", flags.delay, 0, 10_000),
+      runs: whole("runs", flags.runs, 1, 100),
+      streams: whole("streams", flags.streams, 1, 100_000),
+      seconds: whole("seconds", flags.seconds, 1, 3600),
+      interval: whole("interval", flags.interval, 10, 60_000),
+    });
+    console.log(flags.json ? JSON.stringify(report) : fanOutSection(report));
+  } catch (error) {
+    console.error(`fan-out: ${error instanceof Error ? error.message : String(error)}`);
+    process.exitCode = 1;
+  } finally {
+    for (const child of children) stop({ child, output: () => "" });
+  }
+}
