@@ -10,7 +10,8 @@
  *     (which answers 504 when the read timeout ends its deadlock);
  *   - lateness: --streams countdowns on one server.ts, measured by the load
  *     client (bench/client.ts), while nothing else runs, while /api/aggregated/
- *     runs again and again, and while /api/aggregated/?via=blocking does.
+ *     runs again and again, and while /api/aggregated/?via=blocking does (the
+ *     views start once the countdowns have ticked twice, so every stream is open).
  *
  * Run:  npx tsx bench/fanout.ts [--n 10] [--delay 1000] [--runs 3] [--streams 200] [--seconds 20] [--interval 1000] [--json]
  *       (npm run bench runs it after the soak; npm run bench -- --fanout runs only this)
@@ -33,6 +34,10 @@ const TSX = process.execArgv.some((flag) => flag.includes("tsx")) ? process.exec
 /** How long a server may take to start, and one view to answer, before the run gives up. */
 const START_DEADLINE_MS = 30_000;
 const VIEW_DEADLINE_MS = 120_000;
+/** How long a server gets to stop after SIGTERM. */
+const STOP_GRACE_MS = 5000;
+/** The countdowns open, and get their first ticks, before the views start. */
+const RAMP_INTERVALS = 2;
 /** Long enough that two warm-up calls overlap, so both of two workers take one. */
 const WARM_UP_DELAY_MS = 200;
 
@@ -71,31 +76,36 @@ export interface FanOutReport {
 interface Started {
   child: ChildProcess;
   output: () => string;
+  exited: Promise<void>;
 }
 
 const children = new Set<ChildProcess>();
 
-/** Starts a file of this project under tsx, in a process group of its own so its workers stop with it. */
+/**
+ * Starts a file of this project under tsx. It stays in this process's group,
+ * so whoever stops this process's group (bench/run.ts, a Ctrl-C) stops it too.
+ */
 function start(file: string, args: string[]): Started {
-  const child = spawn(process.execPath, [...TSX, path.join(ROOT, file), ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], detached: true });
+  const child = spawn(process.execPath, [...TSX, path.join(ROOT, file), ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
   children.add(child);
-  child.once("exit", () => children.delete(child));
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  exited.then(() => children.delete(child));
   let output = "";
   child.stdout!.setEncoding("utf8").on("data", (text: string) => (output += text));
   child.stderr!.setEncoding("utf8").on("data", (text: string) => (output += text));
-  return { child, output: () => output };
+  return { child, output: () => output, exited };
 }
 
-function stop({ child }: Started) {
-  try {
-    process.kill(-child.pid!, "SIGKILL");
-  } catch {
-    // already gone
-  }
+/** SIGTERM, which both servers answer by stopping (the arbiter takes its workers along); SIGKILL after a grace period. */
+async function stop({ child, exited }: Started) {
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), STOP_GRACE_MS);
+  await exited;
+  clearTimeout(timer);
 }
 
 process.on("exit", () => {
-  for (const child of children) stop({ child, output: () => "" });
+  for (const child of children) child.kill("SIGKILL");
 });
 
 /** Waits until the output has `times` lines matching `pattern`. */
@@ -168,14 +178,14 @@ async function latency(options: FanOutOptions): Promise<LatencyRow[]> {
     await timeRuns("server.ts, awaited one after another", `${origin}/api/aggregated/sequential/?${query}`);
     await timeRuns("server.ts, ?via=blocking (a sync sleep per call)", `${origin}/api/aggregated/?${query}&via=blocking`);
   } finally {
-    stop(server);
+    await stop(server);
   }
 
   const two = await startBlocking(2);
   try {
     await timeRuns("blocking-server.ts --workers 2", `${two.origin}/api/aggregated/?${query}`);
   } finally {
-    stop(two.server);
+    await stop(two.server);
   }
 
   const one = await startBlocking(1);
@@ -185,7 +195,7 @@ async function latency(options: FanOutOptions): Promise<LatencyRow[]> {
     const orphanServed = () => waitForLines(one.server, /: answered$/, ++served, VIEW_DEADLINE_MS);
     await timeRuns("blocking-server.ts --workers 1", `${one.origin}/api/aggregated/?${query}`, orphanServed);
   } finally {
-    stop(one.server);
+    await stop(one.server);
   }
   return rows;
 }
@@ -202,15 +212,16 @@ async function latenessBeside(label: string, origin: string, view: string | unde
     ...["--interval", String(options.interval)],
     ...["--grace", "5"],
   ]);
-  const clientExited = new Promise<void>((resolve) => client.child.once("exit", () => resolve()));
   let running = true;
-  clientExited.then(() => (running = false));
+  client.exited.then(() => (running = false));
+  // The views start once the countdowns run, so they measure ticks on schedule, not connections waiting to be accepted.
+  await Promise.race([delay(RAMP_INTERVALS * options.interval), client.exited]);
   let views = 0;
   while (running && view) {
     await timeView(`${origin}${view}`);
     views++;
   }
-  await clientExited;
+  await client.exited;
   const line = client.output().split("\n").find((text) => text.startsWith("{"));
   if (client.child.exitCode !== 0 || !line) throw new Error(`the load client failed:\n${client.output()}`);
   const report = JSON.parse(line) as ClientReport;
@@ -231,7 +242,7 @@ async function lateness(options: FanOutOptions): Promise<LatenessRow[]> {
     try {
       rows.push(await latenessBeside(label, origin, view, options));
     } finally {
-      stop(server);
+      await stop(server);
     }
   }
   return rows;
@@ -323,6 +334,6 @@ if (isMain(import.meta.url)) {
     console.error(`fan-out: ${error instanceof Error ? error.message : String(error)}`);
     process.exitCode = 1;
   } finally {
-    for (const child of children) stop({ child, output: () => "" });
+    for (const child of children) child.kill("SIGKILL");
   }
 }
