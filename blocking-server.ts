@@ -502,7 +502,7 @@ async function main() {
 // A sync worker cannot await. Its aggregated view calls /api/ on this same
 // server one call after another, with a blocking HTTP client, like
 // `httpx.get(url)` in a loop: the worker's thread waits for each answer. With
-// one worker that is seed 004's deadlock: the first call waits at the arbiter
+// one worker that is the post's deadlock: the first call waits at the arbiter
 // for a free worker, and the only worker is the one waiting for the call. The
 // read timeout ends it. server.ts's /api/aggregated/sequential/ and
 // /api/blocking/ have no twin here: every call here is one after another, and
@@ -521,7 +521,7 @@ function serveApi(_req: IncomingMessage, res: ServerResponse, url: URL) {
   log("INFO", `${call}: answered`);
 }
 
-/** Seed 004's view on a sync worker: n calls to this server, each one waited for in turn. */
+/** The post's view on a sync worker: n calls to this server, each one waited for in turn. */
 function serveAggregated(_req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) {
   const startedAt = performance.now();
   const responses = taskUrls(state.origin(), "/api/", readFanOutOptions(url)).map(callSelfSync);

@@ -569,7 +569,7 @@ async function main() {
 
 // ─── Lesson 2: fan-out ───────────────────────────────────────────────────────
 //
-// Seed 004's story. /api/ is a slow endpoint: it waits, then answers. The
+// The story of the post "Django 3.1 Async". /api/ is a slow endpoint: it waits, then answers. The
 // aggregated view calls it ten times on this same server and answers with all
 // ten answers. Awaiting the ten calls together takes about one wait; awaiting
 // them one after another takes ten; and neither stops a countdown, because
@@ -582,7 +582,7 @@ export const DELAY_RANGE = { min: 0, max: 10_000 };
 /** How many calls the aggregated view makes, unless ?n= says otherwise. */
 export const FAN_OUT = 10;
 export const FAN_OUT_RANGE = { min: 1, max: 50 };
-/** A call to this server that has no answer after this long fails: httpx's default read timeout, the one seed 004 ran into. */
+/** A call to this server that has no answer after this long fails: httpx's default read timeout, the one the post ran into. */
 export const SELF_CALL_TIMEOUT_MS = 5000;
 export const TASK_ID = /^[A-Za-z0-9_-]{1,20}$/;
 /** Which endpoint the aggregated view calls, by ?via=. */
@@ -622,7 +622,7 @@ export function readFanOutOptions(url: URL): { n: number; delay: number } {
   return { n, delay: readApiOptions(url).delay };
 }
 
-/** seed 004's answer, the task id included when the caller gave one. */
+/** The post's answer, the task id included when the caller gave one. */
 export function apiAnswer(taskId: string | null): { message: string; task_id?: string } {
   return taskId === null ? { message: "Hello Async World!" } : { message: "Hello Async World!", task_id: taskId };
 }
@@ -706,7 +706,7 @@ function plannedCalls(url: URL, state: ServerState): string[] {
   return taskUrls(state.origin(), path, readFanOutOptions(url));
 }
 
-/** Seed 004's async view: every call starts at once, and Promise.all waits for the last. */
+/** The post's async view: every call starts at once, and Promise.all waits for the last. */
 async function serveAggregated(_req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) {
   const calls = plannedCalls(url, state);
   const startedAt = performance.now();

@@ -50,8 +50,8 @@ function assertAggregated(res: { status?: number; headers: Record<string, unknow
 
 // ─── What both servers share: /api/, the 400s, the routing ───────────────────
 
-function answersLikeSeed004(test: Test, base: () => string) {
-  test("/api/ answers seed 004's JSON, with the task id only when one was given", async () => {
+function answersLikeThePost(test: Test, base: () => string) {
+  test("/api/ answers the post's JSON, with the task id only when one was given", async () => {
     const plain = await request(`${base()}/api/?delay=0`);
     assert.is(plain.status, 200);
     assert.is(plain.headers["content-type"], "application/json");
@@ -130,7 +130,7 @@ lesson("fan-out: server.ts awaits its calls", (test) => {
   });
   test.after(() => stopServer(server));
 
-  answersLikeSeed004(test, () => url);
+  answersLikeThePost(test, () => url);
   routesPathsAsPaths(test, () => url);
 
   test("400 for a ?via= that names no endpoint", async () => {
@@ -238,7 +238,7 @@ lesson("fan-out: blocking-server.ts calls itself with a blocking client", (test)
   });
   test.after(() => stopBlocking(children));
 
-  answersLikeSeed004(test, () => url);
+  answersLikeThePost(test, () => url);
   routesPathsAsPaths(test, () => url);
 
   test("two workers: 200 and the n answers, the other worker serving the calls one by one", async () => {
