@@ -569,12 +569,13 @@ async function main() {
 
 // ─── Lesson 2: fan-out ───────────────────────────────────────────────────────
 //
-// The story of the post "Django 3.1 Async". /api/ is a slow endpoint: it waits, then answers. The
-// aggregated view calls it ten times on this same server and answers with all
-// ten answers. Awaiting the ten calls together takes about one wait; awaiting
-// them one after another takes ten; and neither stops a countdown, because
-// awaiting is not blocking. /api/blocking/ is the mistake, on purpose: the same
-// wait as a synchronous sleep, which stops everything this process serves.
+// The story of the post "Django 3.1 Async". /api/ is a slow endpoint: it
+// waits, then answers. The aggregated view calls it ten times on this same
+// server and answers with all ten answers. Awaiting the ten calls together
+// takes about one wait; awaiting them one after another takes ten; and neither
+// stops a countdown, because awaiting is not blocking. /api/blocking/ is the
+// mistake, on purpose: the same wait as a synchronous sleep, which stops
+// everything this process serves until it ends.
 
 /** How long /api/ waits, unless ?delay= says otherwise. */
 export const API_DELAY_MS = 1000;

@@ -20,7 +20,6 @@
  */
 
 import { spawn, type ChildProcess } from "node:child_process";
-import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { setTimeout as delay } from "node:timers/promises";
@@ -34,6 +33,7 @@ const TSX = process.execArgv.some((flag) => flag.includes("tsx")) ? process.exec
 /** How long a server may take to start, and one view to answer, before the run gives up. */
 const START_DEADLINE_MS = 30_000;
 const VIEW_DEADLINE_MS = 120_000;
+const LISTENING = /listening at:? (http:\/\/127\.0\.0\.1:\d+)/i;
 /** How long a server gets to stop after SIGTERM. */
 const STOP_GRACE_MS = 5000;
 /** The countdowns open, and get their first ticks, before the views start. */
@@ -118,30 +118,26 @@ async function waitForLines({ child, output }: Started, pattern: RegExp, times =
   }
 }
 
-async function freePort(): Promise<number> {
-  const probe = net.createServer();
-  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
-  const { port } = probe.address() as net.AddressInfo;
-  await new Promise((resolve) => probe.close(resolve));
-  return port;
+/** The address a server printed, once it listens: both print "listening at http://127.0.0.1:PORT" in their own words. */
+async function origin(server: Started): Promise<string> {
+  await waitForLines(server, LISTENING);
+  return LISTENING.exec(server.output())![1]!;
 }
 
 async function startServer(): Promise<{ server: Started; origin: string }> {
-  const port = await freePort();
-  const server = start("server.ts", ["--port", String(port), "--host", "127.0.0.1", "--quiet"]);
-  await waitForLines(server, /listening at/);
-  const origin = `http://127.0.0.1:${port}`;
-  await warmUp(origin);
-  return { server, origin };
+  // Port 0: the system picks a free port, which the server prints.
+  const server = start("server.ts", ["--port", "0", "--host", "127.0.0.1", "--quiet"]);
+  const address = await origin(server);
+  await warmUp(address);
+  return { server, origin: address };
 }
 
 async function startBlocking(workers: number): Promise<{ server: Started; origin: string }> {
-  const port = await freePort();
-  const server = start("blocking-server.ts", ["--port", String(port), "--host", "127.0.0.1", "--workers", String(workers)]);
+  const server = start("blocking-server.ts", ["--port", "0", "--host", "127.0.0.1", "--workers", String(workers)]);
+  const address = await origin(server);
   await waitForLines(server, /Booting worker with pid/, workers);
-  const origin = `http://127.0.0.1:${port}`;
-  await warmUp(origin);
-  return { server, origin };
+  await warmUp(address);
+  return { server, origin: address };
 }
 
 // ─── Latency ─────────────────────────────────────────────────────────────────
