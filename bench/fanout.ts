@@ -108,10 +108,15 @@ process.on("exit", () => {
   for (const child of children) child.kill("SIGKILL");
 });
 
+function linesMatching({ output }: Started, pattern: RegExp): number {
+  return output().split("\n").filter((line) => pattern.test(line)).length;
+}
+
 /** Waits until the output has `times` lines matching `pattern`. */
-async function waitForLines({ child, output }: Started, pattern: RegExp, times = 1, ms = START_DEADLINE_MS): Promise<void> {
+async function waitForLines(started: Started, pattern: RegExp, times = 1, ms = START_DEADLINE_MS): Promise<void> {
+  const { child, output } = started;
   const deadline = Date.now() + ms;
-  while (output().split("\n").filter((line) => pattern.test(line)).length < times) {
+  while (linesMatching(started, pattern) < times) {
     if (child.exitCode !== null) throw new Error(`a server exited before it was ready:\n${output()}`);
     if (Date.now() > deadline) throw new Error(`a server was not ready after ${ms / 1000} s:\n${output()}`);
     await delay(50);
@@ -187,8 +192,8 @@ async function latency(options: FanOutOptions): Promise<LatencyRow[]> {
   const one = await startBlocking(1);
   try {
     // After its 504 the worker still serves the call that timed out: wait for that, so each run starts idle.
-    let served = 0;
-    const orphanServed = () => waitForLines(one.server, /: answered$/, ++served, VIEW_DEADLINE_MS);
+    const answered = /: answered$/;
+    const orphanServed = () => waitForLines(one.server, answered, linesMatching(one.server, answered) + 1, VIEW_DEADLINE_MS);
     await timeRuns("blocking-server.ts --workers 1", `${one.origin}/api/aggregated/?${query}`, orphanServed);
   } finally {
     await stop(one.server);
