@@ -21,7 +21,8 @@
  *     after another: about ten seconds, and every countdown tab keeps counting;
  *   - curl "http://localhost:8000/api/blocking/?delay=3000" while a tab counts: the
  *     tab stops for three seconds, then catches up: a sync sleep blocks everything;
- *   - curl "http://localhost:8000/api/aggregated/?via=blocking" makes ten such calls.
+ *   - curl "http://localhost:8000/api/aggregated/?via=blocking&n=4" makes four such calls,
+ *     four seconds frozen; with ten, the last ones miss their read timeout: 504.
  */
 
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
