@@ -542,11 +542,11 @@ function callSelfSync(url: string): unknown {
 // ─── A blocking HTTP client ──────────────────────────────────────────────────
 //
 // Node's own HTTP clients are all asynchronous. So one helper thread per
-// worker process runs fetch, writes the answer into memory both threads
+// worker process makes the call, writes the answer into memory both threads
 // share, and wakes the worker's thread, which waits with Atomics.wait meanwhile:
 // as blocked as in sleepSync.
 
-/** Room for an answer: /api/'s is a few dozen bytes, and a longer one is cut. */
+/** Room for an answer: /api/'s is a few dozen bytes; a longer one counts as a failed call. */
 const ANSWER_LIMIT_BYTES = 64 * 1024;
 /** The helper's own timeout ends every call; this much longer, the worker stops waiting for a helper that hangs. */
 const HELPER_GRACE_MS = 1000;
@@ -569,7 +569,7 @@ const HELPER_THREAD = `
   function finish(outcome, status, bytes) {
     answer.set(bytes.subarray(0, answer.length));
     header[1] = status;
-    header[2] = Math.min(bytes.length, answer.length);
+    header[2] = Math.min(bytes.length, answer.length); // an error's text may be cut
     Atomics.store(header, 0, outcome);
     Atomics.notify(header, 0);
   }
@@ -584,7 +584,11 @@ const HELPER_THREAD = `
     const request = http.get(url, { agent: false, timeout: timeoutMs }, (response) => {
       const chunks = [];
       response.on("data", (chunk) => chunks.push(chunk));
-      response.on("end", () => once(${OUTCOMES.indexOf("answered")}, response.statusCode, Buffer.concat(chunks)));
+      response.on("end", () => {
+        const body = Buffer.concat(chunks);
+        if (body.length > answer.length) once(${OUTCOMES.indexOf("failed")}, 0, Buffer.from("its answer is too long"));
+        else once(${OUTCOMES.indexOf("answered")}, response.statusCode, body);
+      });
     });
     request.on("timeout", () => request.destroy(timedOut));
     request.on("error", (error) => {
@@ -607,7 +611,7 @@ export function getSync(url: string, timeoutMs: number): { outcome: (typeof OUTC
   Atomics.wait(header, 0, OUTCOMES.indexOf("waiting"), timeoutMs + HELPER_GRACE_MS);
   const outcome = OUTCOMES[Atomics.load(header, 0)]!;
   if (outcome === "waiting") {
-    // The helper hangs: a fresh one takes the next call, so a late answer cannot land in it.
+    // The helper hangs: it is stopped, and a fresh one takes the next call.
     void helper.terminate();
     helper = undefined;
     return { outcome: "timed out", status: 0, text: "" };
