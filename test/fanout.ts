@@ -13,6 +13,7 @@ import {
   Child,
   DEADLINE_MS,
   lesson,
+  RawRequest,
   request,
   SseClient,
   startBlocking,
@@ -103,6 +104,17 @@ function routesPathsAsPaths(test: Test, base: () => string) {
     assert.is(head.status, 308);
     assert.is(head.headers.location, "/api/");
     assert.is(head.body, "");
+  });
+
+  test("a full URL as the request target (absolute-form) is served by its path", async () => {
+    const raw = new RawRequest(base(), "http://example.test/api/?delay=0&task_id=full");
+    try {
+      await until("the answer to an absolute-form request", () => raw.text.includes("}"));
+      assert.match(raw.text, /^HTTP\/1\.1 200 OK\r\n/);
+      assert.ok(raw.text.endsWith('{"message":"Hello Async World!","task_id":"full"}'), raw.text);
+    } finally {
+      raw.close();
+    }
   });
 
   test("other methods, and paths nothing lives at, get no redirect", async () => {
