@@ -19,14 +19,26 @@
  *   - curl -N http://localhost:8001/sse/ shows the cut: the events stop at 70, curl exits 18;
  *   - --workers 2 lets two tabs count at once; a third tab waits;
  *   - --timeout 0 lets one tab count down to "Blastoff!" while every other tab waits.
+ *
+ * Lesson 2, fan-out (the section "Lesson 2" below). Then try:
+ *   - curl http://localhost:8001/api/ answers after a one-second sleep, as server.ts's does;
+ *   - curl http://localhost:8001/api/aggregated/ hangs, then answers 504 after five
+ *     seconds: the only worker waits for an answer that only it could give;
+ *   - --workers 2: the same curl answers after about ten seconds, the second worker
+ *     serving the ten calls one by one.
  */
 
-import http, { type ServerResponse } from "node:http";
+import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import net from "node:net";
 import { fork, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { Worker as Thread } from "node:worker_threads";
 import {
+  aggregatedAnswer,
   allowEveryOrigin,
+  apiAnswer,
+  callFailed,
+  callTimedOut,
   clientName,
   countdownEvent,
   DEFAULT_HOST,
@@ -36,12 +48,19 @@ import {
   HEARTBEAT_MS,
   isMain,
   listen,
+  readApiOptions,
   readCountdownOptions,
+  readFanOutOptions,
   readFlags,
   router,
+  selfOrigin,
+  SELF_CALL_TIMEOUT_MS,
+  sendJson,
   serverEvent,
   servePage,
+  sleepSync,
   SSE_HEADERS,
+  taskUrls,
   urlsFor,
   type Handler,
   type Routes,
@@ -72,13 +91,7 @@ const THIS_FILE = fileURLToPath(import.meta.url);
 // The sync twin of server.ts's `countdown`: the same schedule and the same
 // events, but a plain generator whose sleep holds the thread. While it sleeps,
 // this process runs nothing else: no other request, no timer, no heartbeat.
-
-const sleeper = new Int32Array(new SharedArrayBuffer(4));
-
-/** Blocks the whole thread for `ms`, like Python's time.sleep(): nothing else in this process runs meanwhile. */
-export function sleepSync(ms: number): void {
-  if (ms > 0) Atomics.wait(sleeper, 0, 0, ms);
-}
+// (`sleepSync` lives in server.ts, whose lesson 2 makes the same mistake on purpose.)
 
 /**
  * Yields the SSE messages of one countdown: `from`, `from - 1`, ... 0.
@@ -148,6 +161,9 @@ const serveCountdown: Handler = (req, res, url, { heartbeat }) => {
 const ROUTES: Routes = {
   "/": { GET: servePage, HEAD: servePage },
   "/sse/": { GET: serveCountdown },
+  // Lesson 2: fan-out.
+  "/api/": { GET: serveApi },
+  "/api/aggregated/": { GET: serveAggregated },
 };
 
 // ─── The log, in gunicorn's format ───────────────────────────────────────────
@@ -177,12 +193,28 @@ function gunicornTime(date: Date): string {
 
 type WorkerMessage = "ready" | "alive";
 
-function runWorker(notifyEveryMs: number): void {
+/** What the arbiter tells each worker it forks: how often to say it is alive, where the server listens, how many workers there are. */
+interface WorkerSettings {
+  notifyEveryMs: number;
+  origin: string;
+  workers: number;
+}
+
+function runWorker({ notifyEveryMs, origin, workers }: WorkerSettings): void {
   if (!process.send) exitWith(2, `${WORKER_FLAG} is how the arbiter starts its workers; run the file without it.`);
   const tell = (message: WorkerMessage) => process.send?.(message);
 
   // The router logs only what went wrong; a worker holds one stream at most, so it keeps no set of them.
-  const state: ServerState = { streams: new Set(), log: (line) => log("ERROR", line), quiet: false, heartbeat: HEARTBEAT_MS };
+  const state: ServerState = {
+    streams: new Set(),
+    log: (line) => log("ERROR", line),
+    quiet: false,
+    heartbeat: HEARTBEAT_MS,
+    origin: () => origin,
+    // One request at a time per worker: a count here would never pass 1. The log shows the /api/ calls instead.
+    apiCalls: { inFlight: 0, peak: 0 },
+  };
+  onlyWorker = workers === 1;
   const answer = router(ROUTES, state);
   const server = http.createServer((req, res) => {
     // gunicorn's sync worker serves one request per connection, so the next request queues at the arbiter again.
@@ -234,6 +266,8 @@ export class Arbiter {
   listeners: net.Server[] = [];
   stopping = false;
   exitCode = 0;
+  /** Where the workers call this server (lesson 2), known once it listens. */
+  origin = "";
   private numWorkers: number;
   private timeoutMs: number;
   /** gunicorn's loop sleeps a second; a short timeout needs closer looks, and idle workers notify as often. */
@@ -272,7 +306,7 @@ export class Arbiter {
 
   /** Forks one worker: this same file with --worker, under the same loader (tsx or Node's type stripping). */
   spawnWorker(): void {
-    const child = fork(THIS_FILE, [WORKER_FLAG, String(this.checkEveryMs)]);
+    const child = fork(THIS_FILE, [WORKER_FLAG, String(this.checkEveryMs), this.origin, String(this.numWorkers)]);
     const worker: Worker = {
       process: child,
       pid: child.pid ?? 0,
@@ -452,6 +486,7 @@ async function main() {
   // pauseOnConnect: the arbiter never reads a byte, so a connection reaches its worker untouched.
   const server = net.createServer({ pauseOnConnect: true }, (socket) => arbiter.accept(socket));
   arbiter.listeners = await listen(server, host, port, { pauseOnConnect: true });
+  arbiter.origin = selfOrigin(server);
   const actualPort = (server.address() as net.AddressInfo).port;
   const urls = urlsFor(host, actualPort).map((url) => url.replace(/\/$/, ""));
   log("INFO", "Starting blocking-server.ts (the sync twin of server.ts)");
@@ -467,7 +502,130 @@ async function main() {
   await arbiter.run();
 }
 
+// ─── Lesson 2: fan-out, the blocking way ─────────────────────────────────────
+//
+// A sync worker cannot await. Its aggregated view calls /api/ on this same
+// server one call after another, with a blocking HTTP client, like
+// `httpx.get(url)` in a loop: the worker's thread waits for each answer. With
+// one worker that is the post's deadlock: the first call waits at the arbiter
+// for a free worker, and the only worker is the one waiting for the call. The
+// read timeout ends it. server.ts's /api/aggregated/sequential/ and
+// /api/blocking/ have no twin here: every call here is one after another, and
+// every sleep blocks.
+
+/** Whether this worker is the server's only one (set by runWorker): it decides what a timed-out call means. */
+let onlyWorker = false;
+
+/** The slow endpoint on a sync worker: the sleep holds the worker, which logs the call's start and end. */
+function serveApi(_req: IncomingMessage, res: ServerResponse, url: URL) {
+  const { delay, taskId } = readApiOptions(url);
+  const call = url.pathname + url.search;
+  log("INFO", `${call}: sleeping ${delay} ms, this worker blocked`);
+  sleepSync(delay);
+  sendJson(res, apiAnswer(taskId));
+  log("INFO", `${call}: answered`);
+}
+
+/** The post's view on a sync worker: n calls to this server, each one waited for in turn. */
+function serveAggregated(_req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) {
+  const startedAt = performance.now();
+  const responses = taskUrls(state.origin(), "/api/", readFanOutOptions(url)).map(callSelfSync);
+  sendJson(res, aggregatedAnswer(responses, startedAt));
+}
+
+/** One call to this server, its answer as JSON; the thread waits. A timeout or a failure becomes that call's one sentence. */
+function callSelfSync(url: string): unknown {
+  const answer = getSync(url, SELF_CALL_TIMEOUT_MS);
+  if (answer.outcome === "timed out") {
+    throw callTimedOut(url, onlyWorker ? ", because this server's only worker is the one waiting for it: the call queues behind the very request that made it (try --workers 2)" : "");
+  }
+  if (answer.outcome === "failed") throw callFailed(url, answer.text);
+  if (answer.status !== 200) throw callFailed(url, `it answered ${answer.status}`);
+  return JSON.parse(answer.text);
+}
+
+// ─── A blocking HTTP client ──────────────────────────────────────────────────
+//
+// Node's own HTTP clients are all asynchronous. So one helper thread per
+// worker process makes the call, writes the answer into memory both threads
+// share, and wakes the worker's thread, which waits with Atomics.wait meanwhile:
+// as blocked as in sleepSync.
+
+/** Room for an answer: /api/'s is a few dozen bytes; a longer one counts as a failed call. */
+const ANSWER_LIMIT_BYTES = 64 * 1024;
+/** The helper's own timeout ends every call; this much longer, the worker stops waiting for a helper that hangs. */
+const HELPER_GRACE_MS = 1000;
+/** The shared memory: [outcome, status, length] as 32-bit integers, then the answer's bytes. */
+const OUTCOMES = ["waiting", "answered", "timed out", "failed"] as const;
+const HEADER_BYTES = 3 * Int32Array.BYTES_PER_ELEMENT;
+
+/**
+ * The helper thread, as plain JavaScript: it runs without the TypeScript loader.
+ * It uses node:http with no connection pool (agent: false), so each call is a
+ * connection of its own that the arbiter queues, as gunicorn's would be. Its
+ * timeout is a read timeout, as httpx's is: how long the socket may stay silent.
+ */
+const HELPER_THREAD = `
+  const http = require("node:http");
+  const { parentPort, workerData: shared } = require("node:worker_threads");
+  const header = new Int32Array(shared, 0, 3);
+  const answer = new Uint8Array(shared, ${HEADER_BYTES});
+
+  function finish(outcome, status, bytes) {
+    answer.set(bytes.subarray(0, answer.length));
+    header[1] = status;
+    header[2] = Math.min(bytes.length, answer.length); // an error's text may be cut
+    Atomics.store(header, 0, outcome);
+    Atomics.notify(header, 0);
+  }
+
+  parentPort.on("message", ({ url, timeoutMs }) => {
+    const timedOut = new Error("timed out");
+    let done = false;
+    const once = (outcome, status, bytes) => {
+      if (!done) finish(outcome, status, bytes);
+      done = true;
+    };
+    const request = http.get(url, { agent: false, timeout: timeoutMs }, (response) => {
+      const chunks = [];
+      response.on("data", (chunk) => chunks.push(chunk));
+      response.on("end", () => {
+        const body = Buffer.concat(chunks);
+        if (body.length > answer.length) once(${OUTCOMES.indexOf("failed")}, 0, Buffer.from("its answer is too long"));
+        else once(${OUTCOMES.indexOf("answered")}, response.statusCode, body);
+      });
+    });
+    request.on("timeout", () => request.destroy(timedOut));
+    request.on("error", (error) => {
+      const outcome = error === timedOut ? ${OUTCOMES.indexOf("timed out")} : ${OUTCOMES.indexOf("failed")};
+      once(outcome, 0, Buffer.from(error.code ?? error.message));
+    });
+  });
+`;
+
+const shared = new SharedArrayBuffer(HEADER_BYTES + ANSWER_LIMIT_BYTES);
+const header = new Int32Array(shared, 0, 3);
+let helper: Thread | undefined;
+
+/** GETs `url` and blocks this thread until the answer, a failure, or `timeoutMs`. */
+export function getSync(url: string, timeoutMs: number): { outcome: (typeof OUTCOMES)[number]; status: number; text: string } {
+  // Started on the first call, without tsx or type stripping (execArgv: []), since its code is plain JavaScript.
+  helper ??= new Thread(HELPER_THREAD, { eval: true, workerData: shared, execArgv: [] });
+  Atomics.store(header, 0, OUTCOMES.indexOf("waiting"));
+  helper.postMessage({ url, timeoutMs });
+  Atomics.wait(header, 0, OUTCOMES.indexOf("waiting"), timeoutMs + HELPER_GRACE_MS);
+  const outcome = OUTCOMES[Atomics.load(header, 0)]!;
+  if (outcome === "waiting") {
+    // The helper hangs: it is stopped, and a fresh one takes the next call.
+    void helper.terminate();
+    helper = undefined;
+    return { outcome: "timed out", status: 0, text: "" };
+  }
+  return { outcome, status: header[1]!, text: new TextDecoder().decode(new Uint8Array(shared, HEADER_BYTES, header[2]!)) };
+}
+
 if (isMain(import.meta.url)) {
-  if (process.argv[2] === WORKER_FLAG) runWorker(Number(process.argv[3]));
+  const [, , flag, notifyEveryMs, origin = "", workers] = process.argv;
+  if (flag === WORKER_FLAG) runWorker({ notifyEveryMs: Number(notifyEveryMs), origin, workers: Number(workers) });
   else await main();
 }

@@ -13,6 +13,17 @@
  *   - curl -N http://localhost:8000/sse/ shows the raw events as they are sent;
  *   - press Ctrl-C and start the server again: open tabs carry on where they were;
  *   - http://localhost:8000/?from=10&interval=200 makes a short, fast countdown.
+ *
+ * Lesson 2, fan-out (the section "Lesson 2" below). Then try:
+ *   - curl http://localhost:8000/api/aggregated/ calls /api/ ten times at once and
+ *     answers in about one second: ten waits of one second, awaited together;
+ *   - curl http://localhost:8000/api/aggregated/sequential/ makes the same calls one
+ *     after another: about ten seconds, and every countdown tab keeps counting;
+ *   - curl "http://localhost:8000/api/blocking/?delay=3000" while a tab counts: the
+ *     tab stops for three seconds, then catches up: a sync sleep blocks everything;
+ *   - curl "http://localhost:8000/api/aggregated/?via=blocking&n=4" makes four such calls,
+ *     four seconds frozen; with ten, the last ones miss their read timeout: 504.
+ *
  * The wall, for a workshop projector (see "The wall" below):
  *   - start blocking-server.ts as well and open http://localhost:8000/wall: eight
  *     tiles count on the left; on the right one counts and seven wait;
@@ -25,6 +36,7 @@ import os from "node:os";
 import { readFileSync, realpathSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { setTimeout as wait } from "node:timers/promises";
 
 // ─── Settings ────────────────────────────────────────────────────────────────
 
@@ -227,11 +239,15 @@ export interface ServerState {
   log: (line: string) => void;
   quiet: boolean;
   heartbeat: number;
+  /** Lesson 2: where this server calls itself, such as http://127.0.0.1:8000. */
+  origin: () => string;
+  /** Lesson 2: the /api/ requests being answered now, and the most at once so far. */
+  apiCalls: ApiCalls;
 }
 
 export type Handler = (req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) => void | Promise<void>;
 
-/** A user's mistake, answered with one sentence and a 4xx status. */
+/** An answer of one sentence: a user's mistake (4xx), or a call to this server that failed (502, 504). */
 export class RequestError extends Error {
   status: number;
   constructor(status: number, message: string) {
@@ -333,16 +349,26 @@ export type Routes = Record<string, Partial<Record<string, Handler>>>;
 export const ROUTES: Routes = {
   "/": { GET: servePage, HEAD: servePage },
   "/sse/": { GET: serveCountdown },
+  // Lesson 2: fan-out.
+  "/api/": { GET: serveApi },
+  "/api/aggregated/": { GET: serveAggregated },
+  "/api/aggregated/sequential/": { GET: serveAggregatedSequential },
+  "/api/blocking/": { GET: serveBlockingApi },
+  // The wall.
   "/wall": { GET: serveWall, HEAD: serveWall },
 };
 
-/** Turns a route table into a request listener that answers 400, 404 and 405 with one sentence. */
+/**
+ * Turns a route table into a request listener that answers 400, 404 and 405
+ * with one sentence, and sends a known path without its trailing slash to the
+ * path with it (308, query kept), as Django's APPEND_SLASH does.
+ */
 export function router(routes: Routes, state: ServerState): http.RequestListener {
   return async (req, res) => {
     try {
-      const url = URL.canParse(req.url ?? "", "http://localhost") ? new URL(req.url ?? "", "http://localhost") : undefined;
-      if (!url) throw new RequestError(400, "The request target is not a path this server can read.");
+      const url = readTarget(req.url ?? "");
       const methods = routes[url.pathname];
+      if (!methods && routes[`${url.pathname}/`] && (req.method === "GET" || req.method === "HEAD")) return redirect(res, `${url.pathname}/${url.search}`);
       if (!methods) throw new RequestError(404, `Nothing here at ${url.pathname}; the countdown is at /.`);
       const handler = methods[req.method ?? "GET"];
       if (!handler) {
@@ -353,11 +379,32 @@ export function router(routes: Routes, state: ServerState): http.RequestListener
     } catch (error) {
       if (res.headersSent) return; // never an error page after the stream started
       const known = error instanceof RequestError;
+      // A failed call is news for whoever runs the server; a user's 4xx is not.
       if (!known) state.log(`error: ${error instanceof Error ? error.message : String(error)}`);
+      else if (error.status >= 500) state.log(error.message);
       res.writeHead(known ? error.status : 500, { "Content-Type": "text/plain; charset=utf-8" });
       res.end(known ? `${error.message}\n` : "Something went wrong on the server.\n");
     }
   };
+}
+
+/**
+ * The request target as a URL of this server. A target that starts with "/"
+ * is a path, even "//sse/": read as a URL on its own, that one would name the
+ * host "sse" and reach another route. A full URL (absolute-form, which HTTP/1.1
+ * servers must accept) keeps its own path.
+ */
+function readTarget(target: string): URL {
+  const path = `http://localhost${target}`;
+  if (target.startsWith("/") && URL.canParse(path)) return new URL(path);
+  if (/^https?:\/\//i.test(target) && URL.canParse(target)) return new URL(target);
+  throw new RequestError(400, "The request target is not a path this server can read.");
+}
+
+/** 308, not 301: the browser repeats the same method, and no cache keeps the answer forever. */
+function redirect(res: ServerResponse, location: string) {
+  res.writeHead(308, { Location: location, "Content-Type": "text/plain; charset=utf-8" });
+  res.end(`This page is at ${location}\n`);
 }
 
 // ─── The server ──────────────────────────────────────────────────────────────
@@ -367,6 +414,8 @@ export interface CountdownServer extends http.Server {
   streams: Set<ServerResponse>;
   /** Ends every open stream cleanly; browsers reconnect and resume. */
   endStreams(): void;
+  /** Lesson 2: the /api/ requests being answered now, and the most at once so far. */
+  apiCalls: ApiCalls;
 }
 
 export interface ServerOptions {
@@ -384,10 +433,13 @@ export function createCountdownServer(options: ServerOptions = {}): CountdownSer
     log: options.log ?? ((line) => console.log(`[${new Date().toTimeString().slice(0, 8)}] [${process.pid}] ${line}`)),
     quiet: options.quiet ?? false,
     heartbeat: options.heartbeat ?? HEARTBEAT_MS,
+    origin: () => selfOrigin(server),
+    apiCalls: { inFlight: 0, peak: 0 },
   };
   const server = http.createServer(router(ROUTES, state));
   return Object.assign(server, {
     streams: state.streams,
+    apiCalls: state.apiCalls,
     endStreams() {
       for (const res of state.streams) res.end();
     },
@@ -553,6 +605,163 @@ async function main() {
   };
   process.once("SIGINT", () => stop("SIGINT"));
   process.once("SIGTERM", () => stop("SIGTERM"));
+}
+
+// ─── Lesson 2: fan-out ───────────────────────────────────────────────────────
+//
+// The story of the post "Django 3.1 Async". /api/ is a slow endpoint: it
+// waits, then answers. The aggregated view calls it ten times on this same
+// server and answers with all ten answers. Awaiting the ten calls together
+// takes about one wait; awaiting them one after another takes ten; and neither
+// stops a countdown, because awaiting is not blocking. /api/blocking/ is the
+// mistake, on purpose: the same wait as a synchronous sleep, which stops
+// everything this process serves until it ends.
+
+/** How long /api/ waits, unless ?delay= says otherwise. */
+export const API_DELAY_MS = 1000;
+export const DELAY_RANGE = { min: 0, max: 10_000 };
+/** How many calls the aggregated view makes, unless ?n= says otherwise. */
+export const FAN_OUT = 10;
+export const FAN_OUT_RANGE = { min: 1, max: 50 };
+/** A call to this server that has no answer after this long fails: httpx's default read timeout, the one the post ran into. */
+export const SELF_CALL_TIMEOUT_MS = 5000;
+export const TASK_ID = /^[A-Za-z0-9_-]{1,20}$/;
+/** Which endpoint the aggregated view calls, by ?via=. */
+export const VIA: Record<string, string> = { api: "/api/", blocking: "/api/blocking/" };
+
+export interface ApiCalls {
+  inFlight: number;
+  peak: number;
+}
+
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+
+/** Blocks the whole thread for `ms`, like Python's time.sleep(): nothing else in this process runs meanwhile. */
+export function sleepSync(ms: number): void {
+  if (ms > 0) Atomics.wait(sleeper, 0, 0, ms);
+}
+
+/** Where a server can call itself: the address it listens on, or loopback when it listens on every address. */
+export function selfOrigin(server: net.Server): string {
+  const { address, port } = server.address() as net.AddressInfo;
+  const host = address === "0.0.0.0" ? "127.0.0.1" : address === "::" ? "::1" : address;
+  return `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
+}
+
+/** What /api/ is asked for: ?delay= and, when given, ?task_id=, which the answer repeats. */
+export function readApiOptions(url: URL): { delay: number; taskId: string | null } {
+  const delayParam = url.searchParams.get("delay");
+  const taskId = url.searchParams.get("task_id");
+  if (taskId !== null && !TASK_ID.test(taskId)) throw new RequestError(400, "task_id must be 1 to 20 characters of A-Z, a-z, 0-9, _ and -.");
+  return { delay: delayParam === null ? API_DELAY_MS : wholeNumber("delay", delayParam, DELAY_RANGE), taskId };
+}
+
+/** What the aggregated view is asked for: ?n= calls, each with ?delay=. */
+export function readFanOutOptions(url: URL): { n: number; delay: number } {
+  const nParam = url.searchParams.get("n");
+  const n = nParam === null ? FAN_OUT : wholeNumber("n", nParam, FAN_OUT_RANGE);
+  return { n, delay: readApiOptions(url).delay };
+}
+
+/** The post's answer, the task id included when the caller gave one. */
+export function apiAnswer(taskId: string | null): { message: string; task_id?: string } {
+  return taskId === null ? { message: "Hello Async World!" } : { message: "Hello Async World!", task_id: taskId };
+}
+
+/** The n calls of one aggregated view: task_id 0 to n - 1, each passing the delay on. */
+export function taskUrls(origin: string, path: string, { n, delay }: { n: number; delay: number }): string[] {
+  return Array.from({ length: n }, (_, taskId) => `${origin}${path}?task_id=${taskId}&delay=${delay}`);
+}
+
+/** The aggregated view's answer: the n answers in task order, and how long the calls took. */
+export function aggregatedAnswer(responses: unknown[], startedAt: number) {
+  const seconds = ((performance.now() - startedAt) / 1000).toFixed(2);
+  return { message: "Hello Async World!", responses, debug_message: `fetch executed in ${seconds} seconds.` };
+}
+
+export function sendJson(res: ServerResponse, body: unknown) {
+  const text = JSON.stringify(body);
+  res.writeHead(200, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text) });
+  res.end(text);
+}
+
+/** The one sentence for a call that timed out (504) or failed otherwise (502); `why` may explain the timeout. */
+export function callTimedOut(url: string, why = ""): RequestError {
+  return new RequestError(504, `The call to ${pathOf(url)} got no answer within ${SELF_CALL_TIMEOUT_MS / 1000} s (its read timeout)${why}.`);
+}
+
+export function callFailed(url: string, what: string): RequestError {
+  return new RequestError(502, `The call to ${pathOf(url)} failed: ${what}.`);
+}
+
+function pathOf(url: string): string {
+  const { pathname, search } = new URL(url);
+  return pathname + search;
+}
+
+/** Counts one /api/ request as in flight while `answer` runs: the tests read the peak. */
+async function counted({ apiCalls }: ServerState, answer: () => unknown): Promise<void> {
+  apiCalls.inFlight++;
+  apiCalls.peak = Math.max(apiCalls.peak, apiCalls.inFlight);
+  try {
+    await answer();
+  } finally {
+    apiCalls.inFlight--;
+  }
+}
+
+/** The slow endpoint, done right: `await` hands the thread back while it waits. */
+async function serveApi(_req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) {
+  const { delay, taskId } = readApiOptions(url);
+  await counted(state, () => wait(delay));
+  sendJson(res, apiAnswer(taskId));
+}
+
+/** The same endpoint with the mistake: a sync sleep stops every countdown of this process until it ends. */
+async function serveBlockingApi(_req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) {
+  const { delay, taskId } = readApiOptions(url);
+  await counted(state, () => sleepSync(delay));
+  sendJson(res, apiAnswer(taskId));
+}
+
+/** One call to this server, its answer as JSON; a timeout or a failure becomes that call's one sentence. */
+export async function callSelf(url: string): Promise<unknown> {
+  let answer: Response;
+  try {
+    answer = await fetch(url, { signal: AbortSignal.timeout(SELF_CALL_TIMEOUT_MS) });
+    if (answer.status !== 200) throw callFailed(url, `it answered ${answer.status}`);
+    return await answer.json();
+  } catch (error) {
+    if (error instanceof RequestError) throw error;
+    if ((error as Error).name === "TimeoutError") throw callTimedOut(url);
+    const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+    throw callFailed(url, cause?.code ?? cause?.message ?? (error as Error).message);
+  }
+}
+
+/** Reads ?n=, ?delay= and ?via=, and lists the calls to make. */
+function plannedCalls(url: URL, state: ServerState): string[] {
+  const via = url.searchParams.get("via") ?? "api";
+  const path = VIA[via];
+  if (path === undefined) throw new RequestError(400, `via must be ${Object.keys(VIA).join(" or ")}.`);
+  return taskUrls(state.origin(), path, readFanOutOptions(url));
+}
+
+/** The post's async view: every call starts at once, and Promise.all waits for the last. */
+async function serveAggregated(_req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) {
+  const calls = plannedCalls(url, state);
+  const startedAt = performance.now();
+  const responses = await Promise.all(calls.map(callSelf));
+  sendJson(res, aggregatedAnswer(responses, startedAt));
+}
+
+/** The same calls awaited one after another: n waits long, yet the thread stays free between them. */
+async function serveAggregatedSequential(_req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) {
+  const calls = plannedCalls(url, state);
+  const startedAt = performance.now();
+  const responses: unknown[] = [];
+  for (const call of calls) responses.push(await callSelf(call));
+  sendJson(res, aggregatedAnswer(responses, startedAt));
 }
 
 if (isMain(import.meta.url)) await main();

@@ -15,5 +15,8 @@
 // Lesson 1: the countdown. One process serves every tab; a blocking worker serves one.
 import "./test/countdown.ts";
 
+// Lesson 2: fan-out. Awaiting ten calls at once, one after another, or blocking; a lone sync worker deadlocks on itself.
+import "./test/fanout.ts";
+
 // The wall: both servers on one screen for a workshop.
 import "./test/wall.ts";

@@ -14,11 +14,15 @@
  * the median of the runs, ratios to the floor of the same run, and events and
  * failures summed over all runs. Then the soak (bench/soak.ts) opens and
  * abandons --cycles streams against one in-process server.ts and checks that
- * nothing is left behind.
+ * nothing is left behind. Then lesson 2's fan-out (bench/fanout.ts): the
+ * aggregated view's latency on both servers, and the lateness of 200
+ * countdowns beside it (ten calls of 1000 ms in a full-size run, of 100 ms
+ * in a smaller one, so the tiny run stays tiny).
  *
  * Run:   npm run bench                                             (10,000 streams for 20 s, 3 runs)
  *        npm run bench -- --streams 200 --seconds 3 --runs 1       (the tiny one, for CI)
  *        npm run bench -- --soak                                   (only the soak)
+ *        npm run bench -- --fanout                                 (only the fan-out, full size)
  *
  * It asserts nothing about speed. It exits 1 when it cannot run (a server that
  * does not start) or when an async server loses, duplicates or garbles events.
@@ -37,6 +41,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { readFlags } from "../server.ts";
 import type { ClientReport } from "./client.ts";
 import type { SoakReport } from "./soak.ts";
+import { fanOutSection, type FanOutOptions, type FanOutReport } from "./fanout.ts";
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.dirname(BENCH);
@@ -54,7 +59,8 @@ const HELP = `Usage: npm run bench -- [flags]
   --node24 X      "auto" finds Node 24 with npx, "off" skips its rows, or a path to a node binary (default auto).
   --also FILE     Measures another server file too (may be repeated): a .ts file under tsx like server.ts, a .js or .mjs on plain Node.
   --only TEXT     Measures only the configurations whose label contains TEXT (may be repeated); skips the soak.
-  --soak          Runs only the soak.`;
+  --soak          Runs only the soak.
+  --fanout        Runs only lesson 2's fan-out measurements (bench/fanout.ts), full size.`;
 
 const flags = readFlags({
   streams: { type: "string", default: "10000" },
@@ -67,6 +73,7 @@ const flags = readFlags({
   also: { type: "string", multiple: true, default: [] },
   only: { type: "string", multiple: true, default: [] },
   soak: { type: "boolean", default: false },
+  fanout: { type: "boolean", default: false },
   help: { type: "boolean", default: false },
 }, HELP);
 
@@ -398,6 +405,30 @@ async function runSoak(): Promise<SoakReport> {
   return JSON.parse(report) as SoakReport;
 }
 
+// ─── Lesson 2: fan-out ───────────────────────────────────────────────────────
+
+/** Countdowns open beside the aggregated view: a classroom's worth, not a load test. */
+const FAN_OUT_STREAMS = 200;
+
+/** The fan-out in its own process (bench/fanout.ts), full size for an official run or with --fanout. */
+async function runFanOutProcess(): Promise<FanOutReport> {
+  const full = FULL_SIZE || flags.fanout;
+  const options: FanOutOptions = {
+    n: 10,
+    delay: full ? 1000 : 100,
+    runs: full ? Math.max(RUNS, 3) : RUNS,
+    streams: Math.min(STREAMS, FAN_OUT_STREAMS),
+    seconds: SECONDS,
+    interval: INTERVAL,
+  };
+  const args = Object.entries(options).flatMap(([name, value]) => [`--${name}`, String(value)]);
+  const fanOut = start(process.execPath, [...TSX, path.join(BENCH, "fanout.ts"), ...args, "--json"]);
+  await fanOut.exited;
+  const report = fanOut.output().split("\n").find((line) => line.startsWith("{"));
+  if (!report) throw new Error(`the fan-out failed:\n${fanOut.output()}`);
+  return JSON.parse(report) as FanOutReport;
+}
+
 function soakSection(soak: SoakReport): string {
   const handles = (counts: Record<string, number>) =>
     Object.entries(counts)
@@ -446,15 +477,20 @@ function ratioToFloor(results: Measurement[][], label: string, floor: string, fi
   );
 }
 
-function table(configs: Config[], results: Measurement[][], soak: SoakReport | undefined, notes: string[]): string {
+/** When and where: the first line of every report. */
+function machine(): string {
+  return (
+    `**${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC** · Node ${process.version} (runner) · ` +
+    `${os.cpus().length} cores (${os.cpus()[0]?.model.trim() ?? "unknown CPU"}), ${(os.totalmem() / 1024 ** 3).toFixed(0)} GiB · ` +
+    `${os.type()} ${os.release()} · loopback only`
+  );
+}
+
+function table(configs: Config[], results: Measurement[][], soak: SoakReport | undefined, fanOut: FanOutReport | undefined, notes: string[]): string {
   const of = (label: string) => results.flatMap((run) => run.filter((m) => m.config.label === label));
   const firstEvents = (m: Measurement) => m.client.allFirstEventsMs ?? NaN;
   const lines: string[] = [];
-  lines.push(
-    `**${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC** · Node ${process.version} (runner) · ` +
-      `${os.cpus().length} cores (${os.cpus()[0]?.model.trim() ?? "unknown CPU"}), ${(os.totalmem() / 1024 ** 3).toFixed(0)} GiB · ` +
-      `${os.type()} ${os.release()} · loopback only`,
-  );
+  lines.push(machine());
   lines.push("");
   lines.push(
     `${count(STREAMS)} streams per async server, each a countdown of ${SECONDS} s with one tick every ${INTERVAL} ms; ` +
@@ -565,6 +601,10 @@ function table(configs: Config[], results: Measurement[][], soak: SoakReport | u
     lines.push("");
     lines.push(soakSection(soak));
   }
+  if (fanOut) {
+    lines.push("");
+    lines.push(fanOutSection(fanOut));
+  }
   if (notes.length) {
     lines.push("");
     for (const note of notes) lines.push(`Note: ${note}`);
@@ -583,8 +623,8 @@ function table(configs: Config[], results: Measurement[][], soak: SoakReport | u
 
 function write(report: string) {
   mkdirSync(path.join(BENCH, "results"), { recursive: true });
-  writeFileSync(path.join(BENCH, "results", flags.soak ? "soak.md" : "latest.md"), report);
-  if (OFFICIAL && !flags.soak) writeFileSync(path.join(BENCH, "results.md"), report);
+  writeFileSync(path.join(BENCH, "results", flags.soak ? "soak.md" : flags.fanout ? "fanout.md" : "latest.md"), report);
+  if (OFFICIAL && !flags.soak && !flags.fanout) writeFileSync(path.join(BENCH, "results.md"), report);
 }
 
 async function main(): Promise<number> {
@@ -594,6 +634,12 @@ async function main(): Promise<number> {
     console.log(report);
     write(report);
     return soak.matches ? 0 : 1;
+  }
+  if (flags.fanout) {
+    const report = `${machine()}\n\n${fanOutSection(await runFanOutProcess())}\n`;
+    console.log(report);
+    write(report);
+    return 0;
   }
 
   const notes: string[] = [];
@@ -621,7 +667,9 @@ async function main(): Promise<number> {
 
   if (!flags.only.length) console.error(`soak: ${count(CYCLES)} open-then-abort cycles`);
   const soak = flags.only.length ? undefined : await runSoak();
-  const report = table(configs, results, soak, notes);
+  if (!flags.only.length) console.error("fan-out: the aggregated view on both servers, and countdowns beside it");
+  const fanOut = flags.only.length ? undefined : await runFanOutProcess();
+  const report = table(configs, results, soak, fanOut, notes);
   console.log(report);
   write(report);
 

@@ -165,7 +165,7 @@ lesson("stream: the wire format", (test) => {
   test("a request target that is not a path gets 400, not a server error", async () => {
     const socket = net.connect(Number(new URL(url).port), "127.0.0.1");
     try {
-      socket.end("GET // HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+      socket.end("GET * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
       let reply = "";
       socket.setEncoding("utf8").on("data", (chunk: string) => (reply += chunk));
       await within("the reply to a bad request target", once(socket, "end"));

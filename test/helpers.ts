@@ -44,14 +44,27 @@ export async function until(what: string, condition: () => boolean, ms = DEADLIN
 }
 
 /** A plain HTTP request, its whole body read; agent: false so no socket outlives it. */
-export async function request(url: string, options: http.RequestOptions = {}) {
+export async function request(url: string, options: http.RequestOptions = {}, ms = DEADLINE_MS) {
   const req = http.request(url, { agent: false, ...options });
   req.end();
-  const [res] = (await within(`a response from ${url}`, once(req, "response"))) as [http.IncomingMessage];
+  const [res] = (await within(`a response from ${url}`, once(req, "response"), ms)) as [http.IncomingMessage];
   let body = "";
   res.setEncoding("utf8").on("data", (chunk: string) => (body += chunk));
-  await within(`the whole body from ${url}`, once(res, "end"));
+  await within(`the whole body from ${url}`, once(res, "end"), ms);
   return { status: res.statusCode, headers: res.headers, body };
+}
+
+/** A response's headers alone: the request is cut as soon as they arrive, for routes whose body never ends. */
+export async function responseHeaders(url: string, method = "GET"): Promise<http.IncomingHttpHeaders> {
+  const req = http.request(url, { agent: false, method });
+  req.on("error", () => {}); // the cut below is ours
+  req.end();
+  try {
+    const [res] = (await within(`the headers of ${method} ${url}`, once(req, "response"))) as [http.IncomingMessage];
+    return res.headers;
+  } finally {
+    req.destroy();
+  }
 }
 
 /** One SSE message as the browser's EventSource would see it. */

@@ -22,6 +22,7 @@ import {
   RECONNECT_DELAY_MS,
   refusesBadFlags,
   request,
+  responseHeaders,
   runner,
   startBlocking,
   startLoopbackServer,
@@ -94,8 +95,9 @@ lesson("wall http: the page, and the stream's CORS header on both servers", (tes
     for (const [path, methods] of Object.entries(ROUTES)) {
       if (path === "/sse/") continue;
       for (const method of Object.keys(methods)) {
-        const res = await request(`${url}${path}`, { method });
-        assert.is(res.headers[ALLOW_ORIGIN], undefined, `${method} ${path}`);
+        // Headers are enough: some routes stream for as long as the client stays; ?delay=0 keeps the fan-out short.
+        const headers = await responseHeaders(`${url}${path}?delay=0`, method);
+        assert.is(headers[ALLOW_ORIGIN], undefined, `${method} ${path}`);
         asked.push(`${method} ${path}`);
       }
     }

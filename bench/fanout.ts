@@ -1,0 +1,340 @@
+/**
+ * bench/fanout.ts: lesson 2 in numbers. How long the aggregated view takes,
+ * and what it does to the countdowns that run beside it.
+ *
+ * Each server runs as its own process on loopback, started by this one:
+ *   - latency: /api/aggregated/?n=N&delay=D, timed from the client, --runs
+ *     times, median: on server.ts awaited at once, awaited one after another
+ *     (/api/aggregated/sequential/), and fanned out to /api/blocking/
+ *     (?via=blocking); on blocking-server.ts with two workers, and with one
+ *     (which answers 504 when the read timeout ends its deadlock);
+ *   - lateness: --streams countdowns on one server.ts, measured by the load
+ *     client (bench/client.ts), while nothing else runs, while /api/aggregated/
+ *     runs again and again, and while /api/aggregated/?via=blocking does (the
+ *     views start once the countdowns have ticked twice, so every stream is open).
+ *
+ * Run:  npx tsx bench/fanout.ts [--n 10] [--delay 1000] [--runs 3] [--streams 200] [--seconds 20] [--interval 1000] [--json]
+ *       (npm run bench runs it after the soak; npm run bench -- --fanout runs only this)
+ *
+ * It asserts nothing about speed; it exits 1 when a server does not start.
+ */
+
+import { spawn, type ChildProcess } from "node:child_process";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { setTimeout as delay } from "node:timers/promises";
+import { exitWith, isMain, readFlags, wholeNumber } from "../server.ts";
+import type { ClientReport } from "./client.ts";
+
+const BENCH = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.dirname(BENCH);
+/** The flags that make Node run TypeScript with tsx, as `npx tsx file.ts` does. */
+const TSX = process.execArgv.some((flag) => flag.includes("tsx")) ? process.execArgv : ["--import", "tsx"];
+/** How long a server may take to start, and one view to answer, before the run gives up. */
+const START_DEADLINE_MS = 30_000;
+const VIEW_DEADLINE_MS = 120_000;
+const LISTENING = /listening at:? (http:\/\/127\.0\.0\.1:\d+)/i;
+/** How long a server gets to stop after SIGTERM. */
+const STOP_GRACE_MS = 5000;
+/** The countdowns open, and get their first ticks, before the views start. */
+const RAMP_INTERVALS = 2;
+/** Long enough that two warm-up calls overlap, so both of two workers take one. */
+const WARM_UP_DELAY_MS = 200;
+
+export interface FanOutOptions {
+  n: number;
+  delay: number;
+  runs: number;
+  streams: number;
+  seconds: number;
+  interval: number;
+}
+
+export interface LatencyRow {
+  label: string;
+  /** Each run's status and seconds, as the client saw them. */
+  runs: { status: number; seconds: number }[];
+}
+
+export interface LatenessRow {
+  label: string;
+  /** How many views answered while the countdowns ran. */
+  views: number;
+  lateness: ClientReport["lateness"];
+  eventsReceived: number;
+  eventsExpected: number;
+}
+
+export interface FanOutReport {
+  options: FanOutOptions;
+  latency: LatencyRow[];
+  lateness: LatenessRow[];
+}
+
+// ─── Servers as child processes ──────────────────────────────────────────────
+
+interface Started {
+  child: ChildProcess;
+  output: () => string;
+  exited: Promise<void>;
+}
+
+const children = new Set<ChildProcess>();
+
+/**
+ * Starts a file of this project under tsx. It stays in this process's group,
+ * so whoever stops this process's group (bench/run.ts, a Ctrl-C) stops it too.
+ */
+function start(file: string, args: string[]): Started {
+  const child = spawn(process.execPath, [...TSX, path.join(ROOT, file), ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+  children.add(child);
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  exited.then(() => children.delete(child));
+  let output = "";
+  child.stdout!.setEncoding("utf8").on("data", (text: string) => (output += text));
+  child.stderr!.setEncoding("utf8").on("data", (text: string) => (output += text));
+  return { child, output: () => output, exited };
+}
+
+/** SIGTERM, which both servers answer by stopping (the arbiter takes its workers along); SIGKILL after a grace period. */
+async function stop({ child, exited }: Started) {
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), STOP_GRACE_MS);
+  await exited;
+  clearTimeout(timer);
+}
+
+process.on("exit", () => {
+  for (const child of children) child.kill("SIGKILL");
+});
+
+function linesMatching({ output }: Started, pattern: RegExp): number {
+  return output().split("\n").filter((line) => pattern.test(line)).length;
+}
+
+/** Waits until the output has `times` lines matching `pattern`. */
+async function waitForLines(started: Started, pattern: RegExp, times = 1, ms = START_DEADLINE_MS): Promise<void> {
+  const { child, output } = started;
+  const deadline = Date.now() + ms;
+  while (linesMatching(started, pattern) < times) {
+    if (child.exitCode !== null) throw new Error(`a server exited before it was ready:\n${output()}`);
+    if (Date.now() > deadline) throw new Error(`a server was not ready after ${ms / 1000} s:\n${output()}`);
+    await delay(50);
+  }
+}
+
+/** The address a server printed, once it listens: both print "listening at http://127.0.0.1:PORT" in their own words. */
+async function origin(server: Started): Promise<string> {
+  await waitForLines(server, LISTENING);
+  return LISTENING.exec(server.output())![1]!;
+}
+
+async function startServer(): Promise<{ server: Started; origin: string }> {
+  // Port 0: the system picks a free port, which the server prints.
+  const server = start("server.ts", ["--port", "0", "--host", "127.0.0.1", "--quiet"]);
+  const address = await origin(server);
+  await warmUp(address);
+  return { server, origin: address };
+}
+
+async function startBlocking(workers: number): Promise<{ server: Started; origin: string }> {
+  const server = start("blocking-server.ts", ["--port", "0", "--host", "127.0.0.1", "--workers", String(workers)]);
+  const address = await origin(server);
+  await waitForLines(server, /Booting worker with pid/, workers);
+  await warmUp(address);
+  return { server, origin: address };
+}
+
+// ─── Latency ─────────────────────────────────────────────────────────────────
+
+/** One view, timed from the request to the last byte of its answer. */
+async function timeView(url: string): Promise<{ status: number; seconds: number }> {
+  const startedAt = performance.now();
+  const answer = await fetch(url, { signal: AbortSignal.timeout(VIEW_DEADLINE_MS) });
+  await answer.text();
+  return { status: answer.status, seconds: (performance.now() - startedAt) / 1000 };
+}
+
+/** Two calls at once before any timing: every worker has booted, and the first call's one-off costs are paid. */
+async function warmUp(origin: string) {
+  await Promise.all([timeView(`${origin}/api/?delay=${WARM_UP_DELAY_MS}`), timeView(`${origin}/api/?delay=${WARM_UP_DELAY_MS}`)]);
+}
+
+async function latency(options: FanOutOptions): Promise<LatencyRow[]> {
+  const query = `n=${options.n}&delay=${options.delay}`;
+  const rows: LatencyRow[] = [];
+  const timeRuns = async (label: string, url: string, between = async () => {}) => {
+    const row: LatencyRow = { label, runs: [] };
+    for (let run = 0; run < options.runs; run++) {
+      row.runs.push(await timeView(url));
+      await between();
+    }
+    rows.push(row);
+    console.error(`fan-out: ${label}: ${row.runs.map((r) => `${r.status} in ${r.seconds.toFixed(2)} s`).join(", ")}`);
+  };
+
+  const { server, origin } = await startServer();
+  try {
+    await timeRuns("server.ts, awaited at once", `${origin}/api/aggregated/?${query}`);
+    await timeRuns("server.ts, awaited one after another", `${origin}/api/aggregated/sequential/?${query}`);
+    await timeRuns("server.ts, ?via=blocking (a sync sleep per call)", `${origin}/api/aggregated/?${query}&via=blocking`);
+  } finally {
+    await stop(server);
+  }
+
+  const two = await startBlocking(2);
+  try {
+    await timeRuns("blocking-server.ts --workers 2", `${two.origin}/api/aggregated/?${query}`);
+  } finally {
+    await stop(two.server);
+  }
+
+  const one = await startBlocking(1);
+  try {
+    // After its 504 the worker still serves the call that timed out: wait for that, so each run starts idle.
+    const answered = /: answered$/;
+    const orphanServed = () => waitForLines(one.server, answered, linesMatching(one.server, answered) + 1, VIEW_DEADLINE_MS);
+    await timeRuns("blocking-server.ts --workers 1", `${one.origin}/api/aggregated/?${query}`, orphanServed);
+  } finally {
+    await stop(one.server);
+  }
+  return rows;
+}
+
+// ─── Lateness of the countdowns beside the views ─────────────────────────────
+
+/** Runs the load client against `origin` while `view` (if any) is requested again and again. */
+async function latenessBeside(label: string, origin: string, view: string | undefined, options: FanOutOptions): Promise<LatenessRow> {
+  const client = start("bench/client.ts", [
+    "--json",
+    ...["--url", `${origin}/sse/`],
+    ...["--streams", String(options.streams)],
+    ...["--seconds", String(options.seconds)],
+    ...["--interval", String(options.interval)],
+    ...["--grace", "5"],
+  ]);
+  let running = true;
+  client.exited.then(() => (running = false));
+  // The views start once the countdowns run, so they measure ticks on schedule, not connections waiting to be accepted.
+  await Promise.race([delay(RAMP_INTERVALS * options.interval), client.exited]);
+  let views = 0;
+  while (running && view) {
+    await timeView(`${origin}${view}`);
+    views++;
+  }
+  await client.exited;
+  const line = client.output().split("\n").find((text) => text.startsWith("{"));
+  if (client.child.exitCode !== 0 || !line) throw new Error(`the load client failed:\n${client.output()}`);
+  const report = JSON.parse(line) as ClientReport;
+  console.error(`fan-out: countdowns ${label}: lateness p99 ${report.lateness.p99} ms, max ${report.lateness.max} ms, ${views} views`);
+  return { label, views, lateness: report.lateness, eventsReceived: report.eventsReceived, eventsExpected: report.eventsExpected };
+}
+
+async function lateness(options: FanOutOptions): Promise<LatenessRow[]> {
+  const query = `n=${options.n}&delay=${options.delay}`;
+  const rows: LatenessRow[] = [];
+  for (const [label, view] of [
+    ["alone", undefined],
+    ["while /api/aggregated/ runs", `/api/aggregated/?${query}`],
+    ["while /api/aggregated/?via=blocking runs", `/api/aggregated/?${query}&via=blocking`],
+  ] as const) {
+    // A fresh server each time, so one measurement's leftovers cannot slow the next.
+    const { server, origin } = await startServer();
+    try {
+      rows.push(await latenessBeside(label, origin, view, options));
+    } finally {
+      await stop(server);
+    }
+  }
+  return rows;
+}
+
+// ─── The report ──────────────────────────────────────────────────────────────
+
+export async function runFanOut(options: FanOutOptions): Promise<FanOutReport> {
+  return { options, latency: await latency(options), lateness: await lateness(options) };
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}
+
+/** The report as Markdown, the way bench/run.ts writes its own sections. */
+export function fanOutSection({ options, latency, lateness }: FanOutReport): string {
+  const { n, delay: delayMs, runs, streams, seconds, interval } = options;
+  const lines = [
+    `**Fan-out** (lesson 2): \`/api/aggregated/?n=${n}&delay=${delayMs}\`, timed from the client, median of ${runs} run${runs === 1 ? "" : "s"} (bench/fanout.ts).`,
+    "",
+    "| view | answer | median | every run |",
+    "|---|---|---|---|",
+  ];
+  for (const row of latency) {
+    const statuses = [...new Set(row.runs.map((run) => run.status))].join(", ");
+    lines.push(`| ${row.label} | ${statuses} | **${median(row.runs.map((run) => run.seconds)).toFixed(2)} s** | ${row.runs.map((run) => `${run.seconds.toFixed(2)} s`).join(" · ")} |`);
+  }
+  lines.push(
+    "",
+    `${streams} countdowns on one server.ts (one tick every ${interval} ms for ${seconds} s), beside the view requested again and again:`,
+    "",
+    "| countdowns | views answered meanwhile | events received / expected | tick lateness p50 · p99 · max |",
+    "|---|---|---|---|",
+  );
+  for (const row of lateness) {
+    const { p50, p99, max } = row.lateness;
+    lines.push(`| ${row.label} | ${row.views} | ${row.eventsReceived} / ${row.eventsExpected} | ${p50} ms · **${p99} ms** · ${max} ms |`);
+  }
+  return lines.join("\n");
+}
+
+// ─── Command line ────────────────────────────────────────────────────────────
+
+const HELP = `Usage: npx tsx bench/fanout.ts [flags]
+
+  --n N           Calls per aggregated view (default 10).
+  --delay MS      Each call's wait (default 1000).
+  --runs R        Times each view, R times, and reports the median (default 3).
+  --streams S     Countdowns open beside the views (default 200).
+  --seconds S     Makes each countdown last this long (default 20).
+  --interval MS   One tick every MS milliseconds (default 1000).
+  --json          Prints the report as one line of JSON (bench/run.ts reads it).`;
+
+if (isMain(import.meta.url)) {
+  const flags = readFlags(
+    {
+      n: { type: "string", default: "10" },
+      delay: { type: "string", default: "1000" },
+      runs: { type: "string", default: "3" },
+      streams: { type: "string", default: "200" },
+      seconds: { type: "string", default: "20" },
+      interval: { type: "string", default: "1000" },
+      json: { type: "boolean", default: false },
+      help: { type: "boolean", default: false },
+    },
+    HELP,
+  );
+  const whole = (flag: string, text: string, min: number, max: number) => {
+    try {
+      return wholeNumber(`--${flag}`, text, { min, max });
+    } catch (error) {
+      exitWith(2, (error as Error).message);
+    }
+  };
+  try {
+    const report = await runFanOut({
+      n: whole("n", flags.n, 1, 50),
+      delay: whole("delay", flags.delay, 0, 10_000),
+      runs: whole("runs", flags.runs, 1, 100),
+      streams: whole("streams", flags.streams, 1, 100_000),
+      seconds: whole("seconds", flags.seconds, 1, 3600),
+      interval: whole("interval", flags.interval, 10, 60_000),
+    });
+    console.log(flags.json ? JSON.stringify(report) : fanOutSection(report));
+  } catch (error) {
+    console.error(`fan-out: ${error instanceof Error ? error.message : String(error)}`);
+    process.exitCode = 1;
+  } finally {
+    for (const child of children) child.kill("SIGKILL");
+  }
+}

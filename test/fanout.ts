@@ -1,0 +1,290 @@
+/**
+ * test/fanout.ts: lesson 2, fan-out. server.ts's aggregated view awaits its
+ * calls to itself all at once, or one after another, and neither stops a
+ * countdown; its /api/blocking/ does. blocking-server.ts makes the same calls
+ * with a blocking client: one worker deadlocks until the read timeout, two
+ * workers answer. And the routing fixes this lesson's paths brought, on both.
+ */
+
+import type { Test } from "uvu";
+import * as assert from "uvu/assert";
+import { SELF_CALL_TIMEOUT_MS, type CountdownServer } from "../server.ts";
+import {
+  Child,
+  DEADLINE_MS,
+  lesson,
+  RawRequest,
+  request,
+  SseClient,
+  startBlocking,
+  startServer,
+  stopBlocking,
+  stopServer,
+  until,
+  workerPids,
+} from "./helpers.ts";
+
+/** A view that waits for a read timeout needs longer than the usual deadline. */
+const TIMEOUT_DEADLINE_MS = SELF_CALL_TIMEOUT_MS + DEADLINE_MS;
+/** Short waits, so the suites stay quick; a countdown ticks several times during one. */
+const DELAY_MS = 300;
+/** Long enough that every call of a view has arrived before the first one answers, even on a busy machine. */
+const OVERLAP_DELAY_MS = 1000;
+const TICK_MS = 100;
+/** A tick long enough that a request reaches the server well before the next one is due. */
+const SLOW_TICK_MS = 300;
+
+/** The answers /api/ gives for task ids 0 to n - 1, in order. */
+function answersInOrder(n: number) {
+  return Array.from({ length: n }, (_, taskId) => ({ message: "Hello Async World!", task_id: String(taskId) }));
+}
+
+/** Checks an aggregated view's answer: the n answers in task order, and how long the calls took. */
+function assertAggregated(res: { status?: number; headers: Record<string, unknown>; body: string }, n: number) {
+  assert.is(res.status, 200, res.body);
+  assert.is(res.headers["content-type"], "application/json");
+  const answer = JSON.parse(res.body);
+  assert.is(answer.message, "Hello Async World!");
+  assert.equal(answer.responses, answersInOrder(n));
+  assert.match(answer.debug_message, /^fetch executed in \d+\.\d\d seconds\.$/);
+}
+
+// ─── What both servers share: /api/, the 400s, the routing ───────────────────
+
+function answersLikeThePost(test: Test, base: () => string) {
+  test("/api/ answers the post's JSON, with the task id only when one was given", async () => {
+    const plain = await request(`${base()}/api/?delay=0`);
+    assert.is(plain.status, 200);
+    assert.is(plain.headers["content-type"], "application/json");
+    assert.equal(JSON.parse(plain.body), { message: "Hello Async World!" });
+    const tagged = await request(`${base()}/api/?delay=0&task_id=Task_7-b`);
+    assert.equal(JSON.parse(tagged.body), { message: "Hello Async World!", task_id: "Task_7-b" });
+  });
+
+  const badRequests: [string, string][] = [
+    ["/api/?delay=-1", "delay must be a whole number from 0 to 10000."],
+    ["/api/?delay=10001", "delay must be a whole number from 0 to 10000."],
+    ["/api/?delay=1.5", "delay must be a whole number from 0 to 10000."],
+    ["/api/?task_id=", "task_id must be 1 to 20 characters of A-Z, a-z, 0-9, _ and -."],
+    ["/api/?task_id=123456789012345678901", "task_id must be 1 to 20 characters of A-Z, a-z, 0-9, _ and -."],
+    ["/api/?task_id=%3Cscript%3E", "task_id must be 1 to 20 characters of A-Z, a-z, 0-9, _ and -."],
+    ["/api/aggregated/?n=0", "n must be a whole number from 1 to 50."],
+    ["/api/aggregated/?n=51", "n must be a whole number from 1 to 50."],
+    ["/api/aggregated/?n=ten", "n must be a whole number from 1 to 50."],
+    ["/api/aggregated/?delay=10001", "delay must be a whole number from 0 to 10000."],
+  ];
+  for (const [path, sentence] of badRequests) {
+    test(`400 for ${path}`, async () => {
+      const res = await request(`${base()}${path}`);
+      assert.is(res.status, 400);
+      assert.is(res.headers["content-type"], "text/plain; charset=utf-8");
+      assert.is(res.body, `${sentence}\n`);
+    });
+  }
+}
+
+function routesPathsAsPaths(test: Test, base: () => string) {
+  test("//sse/ is a path nothing lives at (404), not a URL whose host is sse", async () => {
+    const res = await request(`${base()}//sse/?from=1&interval=10`);
+    assert.is(res.status, 404);
+    assert.is(res.body, "Nothing here at //sse/; the countdown is at /.\n");
+  });
+
+  test("a known path without its slash redirects to the slash (308), query kept, for GET and HEAD", async () => {
+    for (const [path, location] of [
+      ["/sse?from=3&interval=10", "/sse/?from=3&interval=10"],
+      ["/api?delay=0", "/api/?delay=0"],
+      ["/api/aggregated?n=2", "/api/aggregated/?n=2"],
+    ]) {
+      const res = await request(`${base()}${path}`);
+      assert.is(res.status, 308, path);
+      assert.is(res.headers.location, location);
+    }
+    const head = await request(`${base()}/api`, { method: "HEAD" });
+    assert.is(head.status, 308);
+    assert.is(head.headers.location, "/api/");
+    assert.is(head.body, "");
+  });
+
+  test("a full URL as the request target (absolute-form) is served by its path", async () => {
+    const raw = new RawRequest(base(), "http://example.test/api/?delay=0&task_id=full");
+    try {
+      await until("the answer to an absolute-form request", () => raw.text.includes("}"));
+      assert.match(raw.text, /^HTTP\/1\.1 200 OK\r\n/);
+      assert.ok(raw.text.endsWith('{"message":"Hello Async World!","task_id":"full"}'), raw.text);
+    } finally {
+      raw.close();
+    }
+  });
+
+  test("other methods, and paths nothing lives at, get no redirect", async () => {
+    const post = await request(`${base()}/api`, { method: "POST" });
+    assert.is(post.status, 404);
+    assert.is((await request(`${base()}//api`)).status, 404);
+    assert.is((await request(`${base()}/nope`)).status, 404);
+  });
+}
+
+// ─── server.ts ───────────────────────────────────────────────────────────────
+
+lesson("fan-out: server.ts awaits its calls", (test) => {
+  let server: CountdownServer | undefined;
+  let url = "";
+  const streams: SseClient[] = [];
+  test.before(async () => {
+    ({ server, url } = await startServer());
+  });
+  test.before.each(() => {
+    server!.apiCalls.peak = 0;
+  });
+  test.after.each(() => {
+    for (const stream of streams.splice(0)) stream.close();
+  });
+  test.after(() => stopServer(server));
+
+  answersLikeThePost(test, () => url);
+  routesPathsAsPaths(test, () => url);
+
+  test("400 for a ?via= that names no endpoint", async () => {
+    const res = await request(`${url}/api/aggregated/?via=elsewhere`);
+    assert.is(res.status, 400);
+    assert.is(res.body, "via must be api or blocking.\n");
+  });
+
+  test("the aggregated view answers the n answers in task order, all n calls in flight at once", async () => {
+    // The server listens on a port the system chose (port 0): the view found it by itself.
+    assertAggregated(await request(`${url}/api/aggregated/?n=7&delay=${OVERLAP_DELAY_MS}`), 7);
+    assert.is(server!.apiCalls.peak, 7);
+    assert.is(server!.apiCalls.inFlight, 0);
+  });
+
+  test("without ?n= it makes ten calls", async () => {
+    assertAggregated(await request(`${url}/api/aggregated/?delay=${OVERLAP_DELAY_MS}`), 10);
+    assert.is(server!.apiCalls.peak, 10);
+  });
+
+  test("the sequential view gives the same answers, never more than one call in flight", async () => {
+    assertAggregated(await request(`${url}/api/aggregated/sequential/?n=4&delay=${DELAY_MS}`), 4);
+    assert.is(server!.apiCalls.peak, 1);
+  });
+
+  test("?via=blocking calls /api/blocking/: the same answers, and the sync sleeps take their turns", async () => {
+    assertAggregated(await request(`${url}/api/aggregated/?n=3&delay=${DELAY_MS}&via=blocking`), 3);
+    assert.is(server!.apiCalls.peak, 1);
+  });
+
+  test("a countdown gets its next events while the aggregated views wait: awaiting is not blocking", async () => {
+    const stream = new SseClient(`${url}/sse/?from=1000&interval=${TICK_MS}`);
+    streams.push(stream);
+    await stream.next();
+    for (const view of ["/api/aggregated/", "/api/aggregated/sequential/"]) {
+      const before = stream.numbers.length;
+      assertAggregated(await request(`${url}${view}?n=3&delay=${DELAY_MS}`), 3);
+      assert.ok(stream.numbers.length > before, `no event came while ${view} waited`);
+    }
+  });
+
+  test("a countdown gets no event while /api/blocking/ sleeps, then catches up without a gap", async () => {
+    const stream = new SseClient(`${url}/sse/?from=1000&interval=${SLOW_TICK_MS}`);
+    streams.push(stream);
+    await stream.next();
+    // Asked right after a tick, so the sleep starts long before the next one is due.
+    const before = stream.numbers.length;
+    const answer = await request(`${url}/api/blocking/?delay=${3 * SLOW_TICK_MS}&task_id=b`);
+    assert.equal(JSON.parse(answer.body), { message: "Hello Async World!", task_id: "b" });
+    assert.is(stream.numbers.length, before, "an event came while the thread slept");
+    // The ticks due during the sleep come after it, each number once, in order.
+    for (let tick = 0; tick < 3; tick++) await stream.next();
+    const numbers = stream.numbers;
+    assert.equal(numbers, numbers.map((_, index) => numbers[0]! - index));
+  });
+
+  test("a call that gets no answer within the read timeout makes the view answer 504 with one sentence", async () => {
+    const res = await request(`${url}/api/aggregated/?n=2&delay=${SELF_CALL_TIMEOUT_MS + 1000}`, {}, TIMEOUT_DEADLINE_MS);
+    assert.is(res.status, 504);
+    assert.is(res.body, `The call to /api/?task_id=0&delay=${SELF_CALL_TIMEOUT_MS + 1000} got no answer within 5 s (its read timeout).\n`);
+  });
+
+  test("a call that fails otherwise makes the view answer 502 with one sentence", async () => {
+    // One connection at most: the view's own. Node closes the self-call's connection at once.
+    await noConnectionsLeft(server!);
+    server!.maxConnections = 1;
+    try {
+      const res = await request(`${url}/api/aggregated/sequential/?n=2&delay=0`);
+      assert.is(res.status, 502);
+      assert.match(res.body, /^The call to \/api\/\?task_id=0&delay=0 failed: [^\n]+\.\n$/);
+    } finally {
+      server!.maxConnections = Infinity;
+    }
+  });
+});
+
+/** Closes the keep-alive connections earlier tests left idle, and waits until none is open. */
+async function noConnectionsLeft(server: CountdownServer) {
+  server.closeIdleConnections();
+  let open = -1;
+  await until("the earlier connections to close", () => {
+    server.getConnections((_error, count) => (open = count));
+    return open === 0;
+  });
+}
+
+// ─── blocking-server.ts ──────────────────────────────────────────────────────
+
+/** Per /api/ call, the worker logs a line when it starts sleeping and one when it answered: the most calls open at once. */
+function mostCallsAtOnce(output: string): number {
+  let open = 0;
+  let most = 0;
+  for (const [, what] of output.matchAll(/\/api\/\?\S+: (sleeping|answered)/g)) {
+    open += what === "sleeping" ? 1 : -1;
+    most = Math.max(most, open);
+  }
+  return most;
+}
+
+lesson("fan-out: blocking-server.ts calls itself with a blocking client", (test) => {
+  const children: Child[] = [];
+  let url = "";
+  test.before(async () => {
+    ({ url } = await startBlocking(children, [], 2));
+  });
+  test.after(() => stopBlocking(children));
+
+  answersLikeThePost(test, () => url);
+  routesPathsAsPaths(test, () => url);
+
+  test("two workers: 200 and the n answers, the other worker serving the calls one by one", async () => {
+    const child = children[0]!;
+    const from = child.output.length;
+    assertAggregated(await request(`${url}/api/aggregated/?n=4&delay=${DELAY_MS}`, {}, TIMEOUT_DEADLINE_MS), 4);
+    const log = child.output.slice(from);
+    assert.is(mostCallsAtOnce(log), 1);
+    const servedBy = new Set([...log.matchAll(/\[(\d+)\] \[INFO\] \/api\/\?task_id=\d+&delay=\d+: answered/g)].map((match) => match[1]));
+    assert.is(servedBy.size, 1, log);
+    assert.is([...log.matchAll(/: answered/g)].length, 4);
+  });
+});
+
+lesson("fan-out: one blocking worker deadlocks on itself", (test) => {
+  const children: Child[] = [];
+  let url = "";
+  test.before(async () => {
+    ({ url } = await startBlocking(children, []));
+  });
+  test.after(() => stopBlocking(children));
+
+  test("one worker: the first call waits behind its own caller, and the read timeout ends it with 504", async () => {
+    const child = children[0]!;
+    const res = await request(`${url}/api/aggregated/?n=3&delay=${DELAY_MS}`, {}, TIMEOUT_DEADLINE_MS);
+    assert.is(res.status, 504);
+    assert.is(
+      res.body,
+      `The call to /api/?task_id=0&delay=${DELAY_MS} got no answer within 5 s (its read timeout), because this server's only worker ` +
+        "is the one waiting for it: the call queues behind the very request that made it (try --workers 2).\n",
+    );
+    // The arbiter saw the call queue, and the read timeout came before its own WORKER TIMEOUT.
+    assert.match(child.output, /\[INFO\] No idle worker: the connection from 127\.0\.0\.1:\d+ waits \(1 waiting\)/);
+    assert.not.match(child.output, /WORKER TIMEOUT/);
+    assert.is(workerPids(child).length, 1);
+  });
+});
