@@ -15,6 +15,7 @@
  *   - http://localhost:8000/?from=10&interval=200 makes a short, fast countdown.
  */
 
+import cluster from "node:cluster";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import net from "node:net";
 import os from "node:os";
@@ -39,6 +40,10 @@ export const HEARTBEAT_MS = 15_000;
 
 /** On Ctrl-C, how long open connections get to close before the process exits anyway. */
 const SHUTDOWN_GRACE_MS = 1000;
+
+/** How many processes serve the port: one, unless --workers says more (see "Several processes"). */
+export const DEFAULT_WORKERS = 1;
+export const WORKERS_RANGE = { min: 1, max: 64 };
 
 // ─── The stream ──────────────────────────────────────────────────────────────
 //
@@ -361,10 +366,15 @@ export interface ServerOptions {
   heartbeat?: number;
 }
 
+/** One log line: the time, this process's pid, what changed. */
+export function logLine(line: string): void {
+  console.log(`[${new Date().toTimeString().slice(0, 8)}] [${process.pid}] ${line}`);
+}
+
 export function createCountdownServer(options: ServerOptions = {}): CountdownServer {
   const state: ServerState = {
     streams: new Set(),
-    log: options.log ?? ((line) => console.log(`[${new Date().toTimeString().slice(0, 8)}] [${process.pid}] ${line}`)),
+    log: options.log ?? logLine,
     quiet: options.quiet ?? false,
     heartbeat: options.heartbeat ?? HEARTBEAT_MS,
   };
@@ -375,6 +385,76 @@ export function createCountdownServer(options: ServerOptions = {}): CountdownSer
       for (const res of state.streams) res.end();
     },
   });
+}
+
+// ─── Lesson 3: several processes, one port ──────────────────────────────────
+//
+// One Node process uses one core. `--workers N` runs N copies of this file on
+// one port, as uvicorn's and gunicorn's --workers do: node:cluster's primary
+// accepts each connection and hands it to the next worker in turn. Countdowns
+// need nothing more. The room and the toasts do: each process has its own
+// in-memory hub, so a message posted to one worker reaches only that worker's
+// tabs, until --database puts them all on one PostgreSQL.
+
+/**
+ * The primary of `--workers N` serves nothing itself. It forks N workers,
+ * prints the banner once the first one listens (on port 0 it learns the port then), replaces any worker that dies,
+ * and on Ctrl-C asks each to stop and waits for them, never longer than the grace.
+ */
+export async function superviseWorkers(count: number, host: string, port: number): Promise<void> {
+  // Try the address once here, so a busy port is one sentence, not one per worker.
+  for (const probe of await listen(net.createServer(), host, port)) await new Promise((resolve) => probe.close(resolve));
+
+  let stopping = false;
+  let bannerPrinted = false;
+  const listened = new Set<number>();
+  const alive = () => Object.values(cluster.workers ?? {}).filter((worker) => worker !== undefined);
+
+  // A worker listens once per address (twice for localhost); the first time counts.
+  cluster.on("listening", (worker, address) => {
+    if (listened.has(worker.id)) return;
+    listened.add(worker.id);
+    logLine(`primary: worker ${worker.process.pid} is serving`);
+    if (bannerPrinted) return;
+    bannerPrinted = true;
+    printBanner(host, address.port, count);
+  });
+  cluster.on("exit", (worker, code, signal) => {
+    const how = signal ?? `code ${code}`;
+    if (stopping) {
+      if (alive().length === 0) process.exit(0);
+      return;
+    }
+    if (!listened.has(worker.id)) {
+      // It never got to serve: it said why on stderr. Forking it again would fail the same way.
+      stopping = true;
+      for (const other of alive()) other.process.kill("SIGKILL");
+      process.exit(code ?? 1);
+    }
+    logLine(`primary: worker ${worker.process.pid} exited (${how}); starting another`);
+    cluster.fork();
+  });
+
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logLine(`primary: ${signal}: stopping ${alive().length} workers`);
+    // A terminal's Ctrl-C reaches every process of the group already; a signal sent to the primary alone does not.
+    for (const worker of alive()) worker.process.kill("SIGTERM");
+    setTimeout(() => {
+      for (const worker of alive()) worker.process.kill("SIGKILL");
+      process.exit(0);
+    }, SHUTDOWN_GRACE_MS + SHUTDOWN_GRACE_MS / 2).unref();
+    // A second Ctrl-C means "now".
+    process.once("SIGINT", () => {
+      for (const worker of alive()) worker.process.kill("SIGKILL");
+      process.exit(130);
+    });
+  };
+  process.once("SIGINT", () => stop("SIGINT"));
+  process.once("SIGTERM", () => stop("SIGTERM"));
+
+  for (let i = 0; i < count; i++) cluster.fork();
 }
 
 // ─── Start-up: flags, listening, stopping ────────────────────────────────────
@@ -471,21 +551,36 @@ export function isMain(moduleUrl: string): boolean {
   }
 }
 
-const HELP = `Usage: npx tsx server.ts [--port N] [--host H] [--quiet]
+const HELP = `Usage: npx tsx server.ts [--port N] [--host H] [--workers N] [--quiet]
 
 Serves a countdown page and its event stream from one async process.
 
-  --port N   Listens on this TCP port (env PORT; default ${DEFAULT_PORT}).
-  --host H   Listens on this address (env HOST; default ${DEFAULT_HOST}, meaning
-             127.0.0.1 and ::1). Use 0.0.0.0 to share it on your LAN at a workshop.
-  --quiet    Leaves out the one line per stream opened and closed (for load tests).
-  --help     Shows this help.`;
+  --port N      Listens on this TCP port (env PORT; default ${DEFAULT_PORT}).
+  --host H      Listens on this address (env HOST; default ${DEFAULT_HOST}, meaning
+                127.0.0.1 and ::1). Use 0.0.0.0 to share it on your LAN at a workshop.
+  --workers N   Runs this many processes on the one port, each serving many tabs
+                (env WEB_CONCURRENCY; default ${DEFAULT_WORKERS}).
+  --quiet       Leaves out the one line per stream opened and closed (for load tests).
+  --help        Shows this help.`;
+
+/** What a person reads first: where to point the browser, and what to try. */
+function printBanner(host: string, port: number, workers: number): void {
+  const urls = urlsFor(host, port);
+  const [url = ""] = urls;
+  const who = workers === 1 ? `async, pid ${process.pid}` : `async, ${workers} worker processes, primary pid ${process.pid}`;
+  console.log(`Countdown server (${who}) listening at ${urls.join(" and ")}`);
+  console.log(`  Open ${url} in a tab, then in more tabs: ${workers === 1 ? "one process serves them all" : "each worker serves many"}.`);
+  console.log(`  Past 6 tabs, use the page's "Open another tab" link: a browser opens at most 6 connections`);
+  console.log(`  per host name, so tab7.localhost, tab8.localhost, ... each get their own.`);
+  console.log(`  Raw events: curl -N ${url}sse/   Short demo: ${url}?from=10&interval=200`);
+}
 
 async function main() {
   const flags = readFlags(
     {
       port: { type: "string" },
       host: { type: "string" },
+      workers: { type: "string" },
       quiet: { type: "boolean", default: false },
       help: { type: "boolean", default: false },
     },
@@ -493,20 +588,20 @@ async function main() {
   );
   const port = flagNumber("port", flags.port, "PORT", DEFAULT_PORT, { min: 0, max: 65535 });
   const host = flags.host || process.env.HOST || DEFAULT_HOST;
+  const workers = flagNumber("workers", flags.workers, "WEB_CONCURRENCY", DEFAULT_WORKERS, WORKERS_RANGE);
+  if (workers > 1 && cluster.isPrimary) return superviseWorkers(workers, host, port);
 
   const server = createCountdownServer({ quiet: flags.quiet });
   const listeners = await listen(server, host, port);
   const actualPort = (server.address() as net.AddressInfo).port;
-  const urls = urlsFor(host, actualPort);
-  const [url = ""] = urls;
-  console.log(`Countdown server (async, pid ${process.pid}) listening at ${urls.join(" and ")}`);
-  console.log(`  Open ${url} in a tab, then in more tabs: one process serves them all.`);
-  console.log(`  Past 6 tabs, use the page's "Open another tab" link: a browser opens at most 6 connections`);
-  console.log(`  per host name, so tab7.localhost, tab8.localhost, ... each get their own.`);
-  console.log(`  Raw events: curl -N ${url}sse/   Short demo: ${url}?from=10&interval=200`);
+  // A worker's banner is its primary's.
+  if (cluster.isPrimary) printBanner(host, actualPort, workers);
 
-  const stop = (signal: string) => {
-    console.log(`${signal}: ending ${server.streams.size} open streams (their browsers will reconnect and resume)`);
+  let stopping = false;
+  const stop = (why: string) => {
+    if (stopping) return;
+    stopping = true;
+    logLine(`${why}: ending ${server.streams.size} open streams (their browsers will reconnect and resume)`);
     // A second Ctrl-C means "now".
     process.once("SIGINT", () => process.exit(130));
     for (const listener of listeners) listener.close();
@@ -516,6 +611,8 @@ async function main() {
   };
   process.once("SIGINT", () => stop("SIGINT"));
   process.once("SIGTERM", () => stop("SIGTERM"));
+  // A worker whose primary is gone would serve a port nobody hands connections to.
+  if (cluster.isWorker) process.once("disconnect", () => stop("the primary process is gone"));
 }
 
 if (isMain(import.meta.url)) await main();

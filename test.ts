@@ -14,3 +14,6 @@
 
 // Lesson 1: the countdown. One process serves every tab; a blocking worker serves one.
 import "./test/countdown.ts";
+
+// Lesson 3: several processes. --workers N on one port, one room through PostgreSQL.
+import "./test/processes.ts";
