@@ -22,6 +22,8 @@ import os from "node:os";
 import { realpathSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { parseArgs, type ParseArgsConfig } from "node:util";
+// Types only: the postgres package itself is loaded with await import() when --database is given.
+import type { Sql } from "postgres";
 
 // ─── Settings ────────────────────────────────────────────────────────────────
 
@@ -455,6 +457,74 @@ export async function superviseWorkers(count: number, host: string, port: number
   process.once("SIGTERM", () => stop("SIGTERM"));
 
   for (let i = 0; i < count; i++) cluster.fork();
+}
+
+// ─── Lesson 3: one room across processes, through PostgreSQL ─────────────────
+//
+// With --database, every process keeps the room and the toasts in PostgreSQL
+// and hears of each new event through LISTEN/NOTIFY. The package is loaded only
+// here, so a server without --database needs nothing installed.
+
+/** How long a connection attempt may take before the database counts as unreachable. */
+export const DATABASE_CONNECT_TIMEOUT_S = 5;
+
+/** The URL as a log line may show it: the password replaced by ***. */
+export function redactUrl(url: string): string {
+  if (!URL.canParse(url)) return "(not a URL)";
+  const parsed = new URL(url);
+  if (parsed.password) parsed.password = "***";
+  return parsed.href;
+}
+
+/** Connects to the database from --database and checks it answers, or exits with one sentence that says why not. */
+export async function openDatabase(url: string): Promise<Sql> {
+  const parsed = URL.canParse(url) ? new URL(url) : undefined;
+  if (!parsed || !["postgres:", "postgresql:"].includes(parsed.protocol) || !parsed.hostname) {
+    exitWith(1, "--database must be a URL such as postgres://user:password@localhost:5432/countdown.");
+  }
+  const { default: postgres } = await import("postgres").catch(() =>
+    exitWith(1, "--database needs the postgres package, which is not installed: run npm ci first."),
+  );
+  const sql = postgres(url, { connect_timeout: DATABASE_CONNECT_TIMEOUT_S, onnotice: () => {} });
+  try {
+    await sql`select 1`;
+    return sql;
+  } catch (error) {
+    await sql.end({ timeout: 0 });
+    exitWith(1, databaseErrorSentence(error as NodeJS.ErrnoException, parsed));
+  }
+}
+
+/** A URL part as a person typed it; left encoded when it is not valid percent-encoding. */
+function decodeSafely(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
+/** One sentence for what went wrong while connecting, never with the password in it. */
+function databaseErrorSentence(error: NodeJS.ErrnoException, url: URL): string {
+  const where = `${url.hostname}:${url.port || 5432}`;
+  const user = decodeSafely(url.username);
+  const database = decodeSafely(url.pathname.slice(1)) || user;
+  switch (error.code) {
+    case "ECONNREFUSED":
+      return `Cannot reach PostgreSQL at ${where}: the connection was refused. Is the server running?`;
+    case "ENOTFOUND":
+    case "EAI_AGAIN":
+      return `Cannot reach PostgreSQL at ${where}: there is no such host.`;
+    case "CONNECT_TIMEOUT":
+      return `Cannot reach PostgreSQL at ${where}: no answer within ${DATABASE_CONNECT_TIMEOUT_S} seconds.`;
+    case "28P01":
+    case "28000":
+      return `PostgreSQL at ${where} refused the login of user "${user}": check the user and password in --database.`;
+    case "3D000":
+      return `PostgreSQL at ${where} has no database "${database}": create it, or name another in --database.`;
+    default:
+      return `Cannot use PostgreSQL at ${where}: ${error.message}.`;
+  }
 }
 
 // ─── Start-up: flags, listening, stopping ────────────────────────────────────
