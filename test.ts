@@ -14,3 +14,6 @@
 
 // Lesson 1: the countdown. One process serves every tab; a blocking worker serves one.
 import "./test/countdown.ts";
+
+// Lesson 3: push, don't poll. A posted message reaches every open tab through the hub; polling is kept beside it.
+import "./test/room.ts";
