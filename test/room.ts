@@ -467,3 +467,72 @@ lesson("room on the blocking server: not there, and it says why", (test) => {
     assert.is(answer.body, "The room is served by server.ts only: a blocking worker cannot push (see lesson 3 in the README).\n");
   });
 });
+
+// ─── The room in a real browser ──────────────────────────────────────────────
+
+browserLesson("browser: the room pushes to every tab", (test, browser) => {
+  let running: LoopbackServer | undefined;
+  let profile: Profile | undefined;
+  const roomUrl = (query = "") => `http://localhost:${running!.port}/room/${query}`;
+  const texts = (tab: { page: import("playwright-core").Page }) => tab.page.locator("#messages li .text").allTextContents();
+
+  test.before(async () => {
+    running = await startLoopbackServer();
+  });
+  test.before.each(async () => {
+    profile = await Profile.open(browser());
+  });
+  test.after.each(async () => {
+    await profile?.close();
+    await until("the room's streams to close", () => running!.server.room.size === 0);
+  });
+  test.after(() => stopLoopbackServer(running));
+
+  test("two tabs: one posts, the other shows it at once, and only the poster marks it as its own", async () => {
+    const [poster, reader] = [await profile!.open(roomUrl()), await profile!.open(roomUrl())];
+    for (const tab of [poster, reader]) {
+      await tab.page.locator("#state", { hasText: "streaming" }).waitFor();
+      await tab.page.locator("#tabs", { hasText: "tabs in the room: 2" }).waitFor();
+    }
+    await poster.page.fill("#name", "Ada");
+    await poster.page.fill("#text", "hello from the first tab");
+    await poster.page.click("button");
+    await reader.page.locator("#messages li", { hasText: "hello from the first tab" }).waitFor();
+    await poster.page.locator("#messages li.own", { hasText: "hello from the first tab" }).waitFor();
+    assert.is(await reader.page.locator("#messages li.own").count(), 0, "the other tab does not mark it as its own");
+    assert.is(await poster.page.inputValue("#text"), "", "the text field is cleared for the next message");
+    assert.match(await reader.page.textContent("#requests") ?? "", /requests for news: 1$/);
+    assert.match(await reader.page.textContent("#delay") ?? "", /^last message shown \d+ ms after it was posted$/);
+  });
+
+  test("a message that looks like HTML shows as text and creates no element", async () => {
+    const attack = "<img src=x onerror=alert(1)>";
+    const tab = await profile!.open(roomUrl());
+    let dialogs = 0;
+    tab.page.on("dialog", (dialog) => {
+      dialogs++;
+      void dialog.dismiss();
+    });
+    await tab.page.locator("#state", { hasText: "streaming" }).waitFor();
+    await until("the tab to subscribe", () => running!.server.hub.subscribers(ROOM_TOPIC) === 1);
+    const answer = await request(`http://127.0.0.1:${running!.port}/room/messages`, { method: "POST", headers: { "Content-Type": "application/json" } }, JSON.stringify({ name: attack, text: attack }));
+    assert.is(answer.status, 201);
+    await tab.page.locator("#messages li .text", { hasText: attack }).waitFor();
+    assert.is(await tab.page.locator("#messages img").count(), 0);
+    assert.is(await tab.page.locator("#messages li .name", { hasText: attack }).count(), 1);
+    assert.is(dialogs, 0);
+  });
+
+  test("with ?poll=2 the page asks every 2 seconds and shows a message by the next request after it was posted", async () => {
+    const tab = await profile!.open(roomUrl("?poll=2"));
+    await tab.page.locator("#state", { hasText: "polling" }).waitFor();
+    assert.is(running!.server.room.size, 0, "no stream is open in polling mode");
+    const answer = await request(`http://127.0.0.1:${running!.port}/room/messages`, { method: "POST", headers: { "Content-Type": "application/json" } }, JSON.stringify({ name: "Bo", text: "polled" }));
+    assert.is(answer.status, 201);
+    const requestsAtPost = Number((await tab.page.textContent("#requests"))!.match(/\d+$/)![0]);
+    await tab.page.locator("#messages li .text", { hasText: "polled" }).waitFor();
+    const requestsAtShow = Number((await tab.page.textContent("#requests"))!.match(/\d+$/)![0]);
+    assert.ok(requestsAtShow <= requestsAtPost + 1, `shown by request ${requestsAtShow}, posted after request ${requestsAtPost}`);
+    assert.ok((await texts(tab)).includes("polled"));
+  });
+});
