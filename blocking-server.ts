@@ -19,6 +19,10 @@
  *   - curl -N http://localhost:8001/sse/ shows the cut: the events stop at 70, curl exits 18;
  *   - --workers 2 lets two tabs count at once; a third tab waits;
  *   - --timeout 0 lets one tab count down to "Blastoff!" while every other tab waits.
+ *
+ * Lesson 3's room has no blocking twin: a worker blocked in one stream hears
+ * nothing of a message posted to another worker, so /room/ answers 404 here
+ * (the README's lesson 3 says why).
  */
 
 import http, { type ServerResponse } from "node:http";
@@ -35,8 +39,11 @@ import {
   HEARTBEAT_MS,
   isMain,
   listen,
+  MemoryHub,
   readCountdownOptions,
   readFlags,
+  RequestError,
+  RoomStreams,
   router,
   serverEvent,
   servePage,
@@ -139,10 +146,18 @@ const serveCountdown: Handler = (req, res, url, { heartbeat }) => {
   res.end();
 };
 
-/** The same routes as server.ts; only the countdown's handler is the blocking one. */
+/** Lesson 3's room is served by server.ts only. */
+const noRoom: Handler = () => {
+  throw new RequestError(404, "The room is served by server.ts only: a blocking worker cannot push (see lesson 3 in the README).");
+};
+
+/** The same routes as server.ts; only the countdown's handler is the blocking one, and the room is not here. */
 const ROUTES: Routes = {
   "/": { GET: servePage, HEAD: servePage },
   "/sse/": { GET: serveCountdown },
+  "/room/": { GET: noRoom, HEAD: noRoom },
+  "/room/messages": { GET: noRoom, POST: noRoom },
+  "/room/stream": { GET: noRoom },
 };
 
 // ─── The log, in gunicorn's format ───────────────────────────────────────────
@@ -176,8 +191,16 @@ function runWorker(notifyEveryMs: number): void {
   if (!process.send) exitWith(2, `${WORKER_FLAG} is how the arbiter starts its workers; run the file without it.`);
   const tell = (message: WorkerMessage) => process.send?.(message);
 
-  // The router logs only what went wrong; a worker holds one stream at most, so it keeps no set of them.
-  const state: ServerState = { streams: new Set(), log: (line) => log("ERROR", line), quiet: false, heartbeat: HEARTBEAT_MS };
+  // The router logs only what went wrong; a worker holds one stream at most, so it keeps no set of
+  // them, and it serves no room, so its hub and room stay empty.
+  const state: ServerState = {
+    streams: new Set(),
+    log: (line) => log("ERROR", line),
+    quiet: false,
+    heartbeat: HEARTBEAT_MS,
+    hub: new MemoryHub(),
+    room: new RoomStreams(HEARTBEAT_MS),
+  };
   const answer = router(ROUTES, state);
   const server = http.createServer((req, res) => {
     // gunicorn's sync worker serves one request per connection, so the next request queues at the arbiter again.

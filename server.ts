@@ -19,7 +19,7 @@ import cluster from "node:cluster";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import net from "node:net";
 import os from "node:os";
-import { realpathSync } from "node:fs";
+import { readFileSync, realpathSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 // Types only: the postgres package itself is loaded with await import() when --database is given.
@@ -219,6 +219,9 @@ export interface ServerState {
   log: (line: string) => void;
   quiet: boolean;
   heartbeat: number;
+  /** Lesson 3: where the room's messages are published, and the room's open streams in this process. */
+  hub: Hub;
+  room: RoomStreams;
 }
 
 export type Handler = (req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) => void | Promise<void>;
@@ -315,6 +318,485 @@ export function drainOrClose(res: ServerResponse): Promise<void> {
   });
 }
 
+// ─── Lesson 3: push, don't poll ──────────────────────────────────────────────
+//
+// A room where a posted message reaches every open tab at once. Seed 003's
+// first attempt asked the database for news once per tab every 5 seconds; here
+// the POST publishes the message to a hub, and every open stream is a
+// subscriber the hub hands it to. Nothing happens between messages: no timer,
+// no query, no request. The polling version is kept beside it, so a tab can
+// count what each costs.
+
+/** How many events the hub keeps per topic, for replay after a reconnect. */
+export const HUB_KEEP = 100;
+/** Events a subscriber may leave unread before the hub drops it, rather than queue without bound. */
+export const SUBSCRIBER_QUEUE_LIMIT = 1000;
+
+/** The one room there is. Topics name what they carry, so toasts can live beside it later. */
+export const ROOM_TOPIC = "room:lobby";
+/** How many recent messages a fresh tab is shown. */
+export const ROOM_REPLAY = 20;
+export const NAME_MAX = 40;
+export const TEXT_MAX = 280;
+export const BODY_LIMIT_BYTES = 4 * 1024;
+/** ?poll=SECONDS makes the page ask for news on a timer instead of opening a stream. */
+export const POLL_RANGE_S = { min: 1, max: 60 };
+/** Message ids a request may name: ?after= and Last-Event-ID. */
+export const MESSAGE_ID_RANGE = { min: 0, max: 1_000_000_000_000 };
+/** Head counts are sent at most this often, so 10,000 tabs arriving cost a few rounds of writes, not 10,000. */
+export const PRESENCE_DELAY_MS = 100;
+
+// ─── Lesson 3: the hub ───────────────────────────────────────────────────────
+//
+// Publish/subscribe, and nothing else. The room, and later the toasts and the
+// WebSocket groups, talk to this interface only; the in-memory hub below is
+// the default, and a PostgreSQL one can stand beside it.
+
+/** One stored event: a room message, a toast, a read mark. What every subscriber and every transport receives. */
+export interface HubEvent<Data = unknown> {
+  topic: string; // "room:lobby"; later "toasts:<visitor>", "toasts:everyone"
+  id: number; // increasing integers per topic, from 1
+  type: string; // the SSE event name: "message"; later "message_updated", "toast", "read"
+  data: Data;
+  at: string; // ISO 8601, when it was published
+}
+
+/** Yielded instead of (before) events when `after` is older than what is kept, or an id this hub never issued. */
+export interface HubGap {
+  type: "gap";
+  topic: string;
+  after: number;
+}
+
+export interface Hub {
+  /** Stores the event, delivers it to every live subscriber of the topic, returns it with its id. */
+  publish<Data>(topic: string, type: string, data: Data): Promise<HubEvent<Data>>;
+  /** What is kept after `after` (all kept when omitted), oldest first, at most `limit` (the newest ones). */
+  history(topic: string, options?: { after?: number; limit?: number }): Promise<HubEvent[]>;
+  /** First what is kept after `after` (a HubGap first when it cannot be exact), then live events, until `signal` aborts. With `after` omitted: live events only. */
+  subscribe(topic: string, options: { after?: number; signal: AbortSignal }): AsyncGenerator<HubEvent | HubGap>;
+  /** Live subscribers of a topic in this process. */
+  subscribers(topic: string): number;
+  close(): Promise<void>;
+}
+
+/** Thrown by a subscription whose reader fell more than the queue limit behind: it has been dropped. */
+export class SlowSubscriberError extends Error {
+  constructor(topic: string, limit: number) {
+    super(`a subscriber of ${topic} left ${limit} events unread and was dropped`);
+  }
+}
+
+/** One subscription's mailbox: what was published to it and not yet read, and how to wake its reader. */
+interface Subscriber {
+  queue: HubEvent[];
+  dropped: boolean;
+  wake: () => void;
+}
+
+interface Topic {
+  lastId: number;
+  kept: HubEvent[];
+  subscribers: Set<Subscriber>;
+}
+
+export interface MemoryHubOptions {
+  keep?: number;
+  queueLimit?: number;
+  /** Where the one line about a dropped subscriber goes. */
+  log?: (line: string) => void;
+}
+
+/**
+ * The hub of one process: each topic keeps its last events in an array, and
+ * every subscriber has a queue. Ids start again from 1 when the process does,
+ * which is why a reconnect can name an id this hub never issued.
+ */
+export class MemoryHub implements Hub {
+  private topics = new Map<string, Topic>();
+  private keep: number;
+  private queueLimit: number;
+  private log: (line: string) => void;
+  private closed = false;
+
+  constructor({ keep = HUB_KEEP, queueLimit = SUBSCRIBER_QUEUE_LIMIT, log = () => {} }: MemoryHubOptions = {}) {
+    this.keep = keep;
+    this.queueLimit = queueLimit;
+    this.log = log;
+  }
+
+  private topic(name: string): Topic {
+    let topic = this.topics.get(name);
+    if (!topic) this.topics.set(name, (topic = { lastId: 0, kept: [], subscribers: new Set() }));
+    return topic;
+  }
+
+  /** Synchronous up to its return: the event is stored and queued for every subscriber before anyone awaits. */
+  async publish<Data>(topicName: string, type: string, data: Data): Promise<HubEvent<Data>> {
+    if (this.closed) throw new Error("the hub is closed");
+    const topic = this.topic(topicName);
+    const event: HubEvent<Data> = { topic: topicName, id: ++topic.lastId, type, data, at: new Date().toISOString() };
+    topic.kept.push(event);
+    if (topic.kept.length > this.keep) topic.kept.shift();
+    for (const subscriber of topic.subscribers) this.deliver(topic, subscriber, event);
+    return event;
+  }
+
+  private deliver(topic: Topic, subscriber: Subscriber, event: HubEvent) {
+    if (subscriber.queue.length >= this.queueLimit) {
+      // Drop it now and free its queue: one reader that stopped reading must not hold memory for everyone else.
+      topic.subscribers.delete(subscriber);
+      subscriber.queue = [];
+      subscriber.dropped = true;
+      this.log(`hub: dropped a subscriber of ${event.topic}: ${this.queueLimit} events unread`);
+    } else {
+      subscriber.queue.push(event);
+    }
+    subscriber.wake();
+  }
+
+  async history(topicName: string, { after = 0, limit = this.keep }: { after?: number; limit?: number } = {}): Promise<HubEvent[]> {
+    const kept = this.topics.get(topicName)?.kept ?? [];
+    const newer = kept.filter((event) => event.id > after);
+    return limit > 0 ? newer.slice(-limit) : [];
+  }
+
+  /**
+   * Registers the subscriber, then reads what is kept, in the same turn of the
+   * event loop: nothing can be published in between, so replay and live
+   * events meet with no gap and no duplicate (the id check below guards the
+   * seam anyway). Like every async generator it starts at the first next(),
+   * and its `finally` removes the subscriber the moment it returns.
+   */
+  async *subscribe(topicName: string, { after, signal }: { after?: number; signal: AbortSignal }): AsyncGenerator<HubEvent | HubGap> {
+    if (this.closed || signal.aborted) return;
+    const topic = this.topic(topicName);
+    const subscriber: Subscriber = { queue: [], dropped: false, wake: () => {} };
+    const leave = () => subscriber.wake();
+    topic.subscribers.add(subscriber);
+    signal.addEventListener("abort", leave);
+    try {
+      let lastId = after ?? topic.lastId;
+      if (after !== undefined) {
+        const oldestKept = topic.kept[0]?.id ?? topic.lastId + 1;
+        const exact = after <= topic.lastId && after >= oldestKept - 1;
+        const replay = exact ? topic.kept.filter((event) => event.id > after) : [...topic.kept];
+        if (!exact) yield { type: "gap", topic: topicName, after };
+        for (const event of replay) {
+          if (signal.aborted) return;
+          yield event;
+          lastId = event.id;
+        }
+      }
+      for (;;) {
+        if (subscriber.dropped) throw new SlowSubscriberError(topicName, this.queueLimit);
+        if (signal.aborted || this.closed) return;
+        const event = subscriber.queue.shift();
+        if (!event) {
+          await new Promise<void>((resolve) => (subscriber.wake = resolve));
+          continue;
+        }
+        if (event.id <= lastId) continue;
+        lastId = event.id;
+        yield event;
+      }
+    } finally {
+      topic.subscribers.delete(subscriber);
+      signal.removeEventListener("abort", leave);
+    }
+  }
+
+  subscribers(topicName: string): number {
+    return this.topics.get(topicName)?.subscribers.size ?? 0;
+  }
+
+  /** Ends every subscription (their generators return) and refuses further publishing. */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const topic of this.topics.values()) for (const subscriber of topic.subscribers) subscriber.wake();
+  }
+}
+
+// ─── Lesson 3: the room's stream ─────────────────────────────────────────────
+
+/** What a client sees of one event: its id, its data, when it was published. The room's message is {"id", "name", "text", "at"}. */
+export function eventJson({ id, data, at }: HubEvent): Record<string, unknown> {
+  return { id, ...(data as object), at };
+}
+
+/** One hub event on the wire: `event: message`, `id: 42`, `data: {...}`; a gap has no id. */
+export function hubEventToSse(event: HubEvent | HubGap): string {
+  if (event.type === "gap") return formatEvent("gap", JSON.stringify({ after: (event as HubGap).after }));
+  const stored = event as HubEvent;
+  return formatEvent(stored.type, JSON.stringify(eventJson(stored)), stored.id);
+}
+
+/** How many tabs are in the room, as the page shows it. */
+export function presenceEvent(tabs: number): string {
+  return formatEvent("presence", JSON.stringify({ tabs }));
+}
+
+export const ROOM_HEARTBEAT = ": still here\n\n";
+
+/**
+ * Yields the SSE messages of one room stream: the last few messages (or,
+ * after a reconnect, exactly those after the last id the browser saw), then
+ * every message as it is published, until `signal` aborts. The countdown's
+ * generator awaited a timer; this one awaits the hub.
+ */
+export async function* roomStream(hub: Hub, lastEventId: number | undefined, signal: AbortSignal) {
+  let after = lastEventId;
+  if (after === undefined) {
+    const recent = await hub.history(ROOM_TOPIC, { limit: ROOM_REPLAY });
+    for (const event of recent) yield hubEventToSse(event);
+    // Anything published while those were written is replayed by the hub, from here.
+    after = recent.at(-1)?.id ?? 0;
+  }
+  for await (const event of hub.subscribe(ROOM_TOPIC, { after, signal })) yield hubEventToSse(event);
+}
+
+/**
+ * The room's open streams in this process. Presence is not stored in the hub:
+ * it is this process's head count, sent to every stream shortly after it
+ * changes. One shared timer gives every silent stream its heartbeat.
+ */
+export class RoomStreams {
+  private streams = new Map<ServerResponse, { told: number; wrote: boolean }>();
+  private presenceTimer: NodeJS.Timeout | undefined;
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private heartbeat: number;
+
+  constructor(heartbeat: number) {
+    this.heartbeat = heartbeat;
+  }
+
+  get size(): number {
+    return this.streams.size;
+  }
+
+  open(res: ServerResponse) {
+    this.streams.set(res, { told: 0, wrote: false });
+    this.heartbeatTimer ??= setInterval(() => this.beat(), this.heartbeat);
+    this.presenceTimer ??= setTimeout(() => this.tellPresence(), PRESENCE_DELAY_MS);
+  }
+
+  /** The stream wrote something, so it needs no heartbeat this round. */
+  wrote(res: ServerResponse) {
+    const stream = this.streams.get(res);
+    if (stream) stream.wrote = true;
+  }
+
+  close(res: ServerResponse) {
+    this.streams.delete(res);
+    if (this.streams.size > 0) {
+      this.presenceTimer ??= setTimeout(() => this.tellPresence(), PRESENCE_DELAY_MS);
+      return;
+    }
+    // Nobody left to tell: no timer stays behind.
+    clearInterval(this.heartbeatTimer);
+    clearTimeout(this.presenceTimer);
+    this.heartbeatTimer = this.presenceTimer = undefined;
+  }
+
+  /** Ends every stream cleanly (on Ctrl-C); browsers reconnect with the last id they saw. */
+  endAll() {
+    for (const res of this.streams.keys()) res.end();
+  }
+
+  private tellPresence() {
+    this.presenceTimer = undefined;
+    for (const [res, stream] of this.streams) {
+      if (stream.told === this.streams.size) continue;
+      stream.told = this.streams.size;
+      stream.wrote = true;
+      res.write(presenceEvent(this.streams.size));
+    }
+  }
+
+  private beat() {
+    for (const [res, stream] of this.streams) {
+      // A stream waiting for a slow reader to drain gets nothing more to hold.
+      if (!stream.wrote && !res.writableNeedDrain) res.write(ROOM_HEARTBEAT);
+      stream.wrote = false;
+    }
+  }
+}
+
+// ─── Lesson 3: the room's handlers ───────────────────────────────────────────
+
+let roomPage: string | undefined;
+
+/** The room's page, from pages/room.html beside this file, read once. */
+function readRoomPage(): string {
+  roomPage ??= readFileSync(new URL("./pages/room.html", import.meta.url), "utf8");
+  return roomPage;
+}
+
+/** ?poll=SECONDS: 0 (stream) when absent. A bad one fails on the page request, where the reader sees it. */
+export function readPollSeconds(url: URL): number {
+  const poll = url.searchParams.get("poll");
+  return poll === null ? 0 : wholeNumber("poll", poll, POLL_RANGE_S);
+}
+
+const serveRoomPage: Handler = (req, res, url) => {
+  readPollSeconds(url);
+  const page = readRoomPage();
+  res.writeHead(200, { "Content-Type": "text/html; charset=utf-8", "Content-Length": Buffer.byteLength(page) });
+  res.end(page);
+};
+
+/** Streams the room to one tab: recent messages, then every new one, until the tab closes. */
+const serveRoomStream: Handler = async (req, res, url, { hub, room, log, quiet }) => {
+  const lastEventId = readMessageId(req.headers["last-event-id"], "Last-Event-ID");
+  res.writeHead(200, SSE_HEADERS);
+  res.flushHeaders();
+  // The one listener that ends this stream's subscription when the tab goes.
+  const left = new AbortController();
+  const leave = () => left.abort();
+  res.on("close", leave);
+  room.open(res);
+  const from = lastEventId === undefined ? `with the last ${ROOM_REPLAY} messages` : `after message ${lastEventId}`;
+  if (!quiet) log(`room stream opened for ${clientName(req.socket)}, ${from} (${room.size} in the room)`);
+
+  let why = "the client left";
+  let eventsSent = 0;
+  try {
+    for await (const message of roomStream(hub, lastEventId, left.signal)) {
+      room.wrote(res);
+      eventsSent++;
+      if (!res.write(message)) await drainOrClose(res);
+    }
+    if (res.writableEnded) why = "the server is stopping";
+  } catch (error) {
+    if (!(error instanceof SlowSubscriberError)) throw error;
+    // Cut, not ended: its browser reconnects with the last id it read and is replayed the rest.
+    why = "too slow to read, cut";
+    res.destroy();
+  } finally {
+    res.off("close", leave);
+    room.close(res);
+    if (!res.destroyed) res.end();
+    if (!quiet) log(`room stream closed after ${eventsSent} events: ${why} (${room.size} in the room)`);
+  }
+};
+
+/** A message id from ?after= or Last-Event-ID; undefined when absent or empty. */
+function readMessageId(text: string | string[] | null | undefined, name: string): number | undefined {
+  if (typeof text !== "string" || text === "") return undefined;
+  return wholeNumber(name, text, MESSAGE_ID_RANGE);
+}
+
+/**
+ * The polling version, seed 003's first attempt: the page asks every few
+ * seconds what came after the last id it has. When that id is older than what
+ * is kept, or one this hub never issued (after a restart), it gets everything
+ * kept, and sees the gap from the ids.
+ */
+const listMessages: Handler = async (req, res, url, { hub }) => {
+  const after = readMessageId(url.searchParams.get("after"), "after");
+  let events = await hub.history(ROOM_TOPIC, after === undefined ? { limit: ROOM_REPLAY } : { after });
+  if (after !== undefined && events.length === 0) {
+    const [newest] = await hub.history(ROOM_TOPIC, { limit: 1 });
+    if (newest && newest.id < after) events = await hub.history(ROOM_TOPIC);
+  }
+  sendJson(res, 200, events.map(eventJson));
+};
+
+/** Posts one message: checks where it comes from, reads and checks it, publishes it, answers 201 with it. */
+const postMessage: Handler = async (req, res, url, { hub, log, quiet }) => {
+  checkOrigin(req);
+  const type = contentType(req);
+  const body = await readBody(req, res);
+  const fields = type === "application/json" ? parseJsonBody(body) : Object.fromEntries(new URLSearchParams(body));
+  const message = { name: checkField(fields, "name", NAME_MAX), text: checkField(fields, "text", TEXT_MAX) };
+  const event = await hub.publish(ROOM_TOPIC, "message", message);
+  // Never the text itself: a log is no place for what people wrote.
+  if (!quiet) log(`message ${event.id} posted (a name of ${[...message.name].length} characters)`);
+  sendJson(res, 201, eventJson(event));
+};
+
+function sendJson(res: ServerResponse, status: number, value: unknown) {
+  const body = JSON.stringify(value);
+  res.writeHead(status, { "Content-Type": "application/json; charset=utf-8", "Content-Length": Buffer.byteLength(body) });
+  res.end(body);
+}
+
+/**
+ * A page on another site could make a visitor's browser post here (a form
+ * submits across sites without asking). Browsers name the posting page's
+ * origin in `Origin`, which a page cannot forge, so a post whose Origin is not
+ * this server's own host name is refused. A request without Origin is not from
+ * a browser page (curl, a script), and is allowed.
+ */
+function checkOrigin(req: IncomingMessage) {
+  const origin = req.headers.origin;
+  if (origin === undefined) return;
+  const host = URL.canParse(origin) ? new URL(origin).host : "";
+  if (host === "" || host !== req.headers.host) {
+    throw new RequestError(403, `Posts from another site are refused: Origin ${origin} is not this server.`);
+  }
+}
+
+function contentType(req: IncomingMessage): string {
+  const type = (req.headers["content-type"] ?? "").split(";")[0]!.trim().toLowerCase();
+  if (type !== "application/json" && type !== "application/x-www-form-urlencoded") {
+    throw new RequestError(415, "Send the message as application/json or as a form (application/x-www-form-urlencoded).");
+  }
+  return type;
+}
+
+/** The whole body as text, or a 413 past the limit; the connection then closes, so the rest is never read. */
+function readBody(req: IncomingMessage, res: ServerResponse): Promise<string> {
+  const tooLarge = () => {
+    res.setHeader("Connection", "close");
+    return new RequestError(413, `The body is over ${BODY_LIMIT_BYTES} bytes.`);
+  };
+  if (Number(req.headers["content-length"]) > BODY_LIMIT_BYTES) return Promise.reject(tooLarge());
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= BODY_LIMIT_BYTES) return void chunks.push(chunk);
+      stop();
+      reject(tooLarge());
+    };
+    const onEnd = () => {
+      stop();
+      resolve(Buffer.concat(chunks).toString("utf8"));
+    };
+    const stop = () => {
+      req.off("data", onData);
+      req.off("end", onEnd);
+    };
+    req.on("data", onData);
+    req.on("end", onEnd);
+  });
+}
+
+function parseJsonBody(body: string): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(body);
+  } catch {
+    throw new RequestError(400, 'The body is not JSON; send {"name": "...", "text": "..."}.');
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new RequestError(400, 'The body must be one JSON object: {"name": "...", "text": "..."}.');
+  }
+  return value as Record<string, unknown>;
+}
+
+/** One field of a message, trimmed; a 400 that names the field and its limit when it is missing, empty, too long or not plain text. */
+function checkField(fields: Record<string, unknown>, name: string, max: number): string {
+  const value = fields[name];
+  const text = typeof value === "string" ? value.trim() : "";
+  if (text === "") throw new RequestError(400, `${name} is missing: it takes 1 to ${max} characters.`);
+  if ([...text].length > max) throw new RequestError(400, `${name} is too long: at most ${max} characters.`);
+  if (/\p{Cc}/u.test(text)) throw new RequestError(400, `${name} must not contain control characters such as line breaks.`);
+  return text;
+}
+
 // ─── Routing ─────────────────────────────────────────────────────────────────
 //
 // A path maps to its methods. A new lesson adds a line here.
@@ -324,6 +806,9 @@ export type Routes = Record<string, Partial<Record<string, Handler>>>;
 export const ROUTES: Routes = {
   "/": { GET: servePage, HEAD: servePage },
   "/sse/": { GET: serveCountdown },
+  "/room/": { GET: serveRoomPage, HEAD: serveRoomPage },
+  "/room/messages": { GET: listMessages, POST: postMessage },
+  "/room/stream": { GET: serveRoomStream },
 };
 
 /** Turns a route table into a request listener that answers 400, 404 and 405 with one sentence. */
@@ -355,6 +840,9 @@ export function router(routes: Routes, state: ServerState): http.RequestListener
 export interface CountdownServer extends http.Server {
   /** Every countdown being streamed right now. */
   streams: Set<ServerResponse>;
+  /** Lesson 3: the hub the room publishes to, and the room's open streams. */
+  hub: Hub;
+  room: RoomStreams;
   /** Ends every open stream cleanly; browsers reconnect and resume. */
   endStreams(): void;
 }
@@ -366,6 +854,8 @@ export interface ServerOptions {
   log?: (line: string) => void;
   /** Milliseconds of silence before a comment line; tests shorten it. */
   heartbeat?: number;
+  /** The hub the room publishes to: a new MemoryHub unless another is given. */
+  hub?: Hub;
 }
 
 /** One log line: the time, this process's pid, what changed. */
@@ -374,17 +864,24 @@ export function logLine(line: string): void {
 }
 
 export function createCountdownServer(options: ServerOptions = {}): CountdownServer {
+  const log = options.log ?? logLine;
+  const heartbeat = options.heartbeat ?? HEARTBEAT_MS;
   const state: ServerState = {
     streams: new Set(),
-    log: options.log ?? logLine,
+    log,
     quiet: options.quiet ?? false,
-    heartbeat: options.heartbeat ?? HEARTBEAT_MS,
+    heartbeat,
+    hub: options.hub ?? new MemoryHub({ log }),
+    room: new RoomStreams(heartbeat),
   };
   const server = http.createServer(router(ROUTES, state));
   return Object.assign(server, {
     streams: state.streams,
+    hub: state.hub,
+    room: state.room,
     endStreams() {
       for (const res of state.streams) res.end();
+      state.room.endAll();
     },
   });
 }

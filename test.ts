@@ -15,5 +15,8 @@
 // Lesson 1: the countdown. One process serves every tab; a blocking worker serves one.
 import "./test/countdown.ts";
 
+// Lesson 3: push, don't poll. A posted message reaches every open tab through the hub; polling is kept beside it.
+import "./test/room.ts";
+
 // Lesson 3: several processes. --workers N on one port, one room through PostgreSQL.
 import "./test/processes.ts";

@@ -13,7 +13,7 @@ import { suite, type Test } from "uvu";
 import * as assert from "uvu/assert";
 import type { Browser, BrowserContext, Page } from "playwright-core";
 import { chromiumMissing, launchChromium } from "../bench/chromium.ts";
-import { createCountdownServer, listen, type CountdownServer } from "../server.ts";
+import { createCountdownServer, listen, type CountdownServer, type ServerOptions } from "../server.ts";
 
 // ─── Helpers ─────────────────────────────────────────────────────────────────
 
@@ -43,10 +43,10 @@ export async function until(what: string, condition: () => boolean, ms = DEADLIN
   }
 }
 
-/** A plain HTTP request, its whole body read; agent: false so no socket outlives it. */
-export async function request(url: string, options: http.RequestOptions = {}) {
+/** A plain HTTP request (with a body, if given), its whole answer read; agent: false so no socket outlives it. */
+export async function request(url: string, options: http.RequestOptions = {}, requestBody?: string) {
   const req = http.request(url, { agent: false, ...options });
-  req.end();
+  req.end(requestBody);
   const [res] = (await within(`a response from ${url}`, once(req, "response"))) as [http.IncomingMessage];
   let body = "";
   res.setEncoding("utf8").on("data", (chunk: string) => (body += chunk));
@@ -152,9 +152,9 @@ export class SseClient {
 }
 
 /** A countdown server in this process, on an ephemeral loopback port, its log kept in `lines`. */
-export async function startServer() {
+export async function startServer(options: ServerOptions = {}) {
   const lines: string[] = [];
-  const server: CountdownServer = createCountdownServer({ log: (line) => lines.push(line) });
+  const server: CountdownServer = createCountdownServer({ log: (line) => lines.push(line), ...options });
   server.listen(0, "127.0.0.1");
   await within("the server to listen", once(server, "listening"));
   const { port } = server.address() as net.AddressInfo;
