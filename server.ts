@@ -434,12 +434,27 @@ export class MemoryHub implements Hub {
   /** Synchronous up to its return: the event is stored and queued for every subscriber before anyone awaits. */
   async publish<Data>(topicName: string, type: string, data: Data): Promise<HubEvent<Data>> {
     if (this.closed) throw new Error("the hub is closed");
-    const topic = this.topic(topicName);
-    const event: HubEvent<Data> = { topic: topicName, id: ++topic.lastId, type, data, at: new Date().toISOString() };
+    const event: HubEvent<Data> = { topic: topicName, id: this.lastId(topicName) + 1, type, data, at: new Date().toISOString() };
+    this.relay(event);
+    return event;
+  }
+
+  /**
+   * Keeps and delivers an event whose id is already decided: by publish, or,
+   * for the PostgreSQL hub, by the database. Ids only go up: an older one is ignored.
+   */
+  relay(event: HubEvent): void {
+    const topic = this.topic(event.topic);
+    if (event.id <= topic.lastId) return;
+    topic.lastId = event.id;
     topic.kept.push(event);
     if (topic.kept.length > this.keep) topic.kept.shift();
     for (const subscriber of topic.subscribers) this.deliver(topic, subscriber, event);
-    return event;
+  }
+
+  /** The newest id of a topic, 0 before its first event. */
+  lastId(topicName: string): number {
+    return this.topics.get(topicName)?.lastId ?? 0;
   }
 
   private deliver(topic: Topic, subscriber: Subscriber, event: HubEvent) {
@@ -533,7 +548,8 @@ export function hubEventToSse(event: HubEvent | HubGap): string {
 
 /** How many tabs are in the room, as the page shows it. */
 export function presenceEvent(tabs: number): string {
-  return formatEvent("presence", JSON.stringify({ tabs }));
+  // The pid tells tabs apart when --workers N runs several processes, each with a room of its own.
+  return formatEvent("presence", JSON.stringify({ tabs, pid: process.pid }));
 }
 
 export const ROOM_HEARTBEAT = ": still here\n\n";
@@ -900,9 +916,10 @@ export function createCountdownServer(options: ServerOptions = {}): CountdownSer
  * prints the banner once the first one listens (on port 0 it learns the port then), replaces any worker that dies,
  * and on Ctrl-C asks each to stop and waits for them, never longer than the grace.
  */
-export async function superviseWorkers(count: number, host: string, port: number): Promise<void> {
-  // Try the address once here, so a busy port is one sentence, not one per worker.
+export async function superviseWorkers(count: number, host: string, port: number, databaseUrl: string): Promise<void> {
+  // Try the address and the database once here, so a busy port or a database that is down is one sentence, not one per worker.
   for (const probe of await listen(net.createServer(), host, port)) await new Promise((resolve) => probe.close(resolve));
+  if (databaseUrl) await (await openDatabase(databaseUrl)).end();
 
   let stopping = false;
   let bannerPrinted = false;
@@ -916,7 +933,7 @@ export async function superviseWorkers(count: number, host: string, port: number
     logLine(`primary: worker ${worker.process.pid} is serving`);
     if (bannerPrinted) return;
     bannerPrinted = true;
-    printBanner(host, address.port, count);
+    printBanner(host, address.port, count, databaseUrl);
   });
   cluster.on("exit", (worker, code, signal) => {
     const how = signal ?? `code ${code}`;
@@ -958,9 +975,14 @@ export async function superviseWorkers(count: number, host: string, port: number
 
 // ─── Lesson 3: one room across processes, through PostgreSQL ─────────────────
 //
-// With --database, every process keeps the room and the toasts in PostgreSQL
-// and hears of each new event through LISTEN/NOTIFY. The package is loaded only
-// here, so a server without --database needs nothing installed.
+// With --database, the hub's events live in a table, and every process hears
+// of each new one through LISTEN/NOTIFY, on one connection of its own that
+// does nothing else. A publish is one transaction: the INSERT, and a NOTIFY
+// that PostgreSQL delivers only when it commits, to every listening process,
+// in commit order. A NOTIFY is not stored: a process whose connection was down
+// misses it. That is why the events are in a table: on reconnect, each process
+// reads what was committed meanwhile, and nothing is lost. The postgres
+// package is loaded only here, so a server without --database needs nothing installed.
 
 /** How long a connection attempt may take before the database counts as unreachable. */
 export const DATABASE_CONNECT_TIMEOUT_S = 5;
@@ -1021,6 +1043,210 @@ function databaseErrorSentence(error: NodeJS.ErrnoException, url: URL): string {
       return `PostgreSQL at ${where} has no database "${database}": create it, or name another in --database.`;
     default:
       return `Cannot use PostgreSQL at ${where}: ${error.message}.`;
+  }
+}
+
+/** The channel every process LISTENs on. */
+export const HUB_CHANNEL = "hub_events";
+/** NOTIFY refuses payloads of 8000 bytes or more; a larger event is announced by its id and read from the table. */
+export const NOTIFY_MAX_BYTES = 7900;
+/** Reconnecting the listener waits this long at first, doubling up to the maximum. */
+export const RECONNECT_FIRST_MS = 250;
+export const RECONNECT_MAX_MS = 8000;
+
+/** The tables, created at start when missing: a second start changes nothing. */
+const SCHEMA = `
+  create table if not exists hub_topics (
+    topic text primary key,
+    last_id bigint not null
+  );
+  create table if not exists hub_events (
+    topic text not null,
+    id bigint not null,
+    type text not null,
+    data jsonb not null,
+    at timestamptz not null default now(),
+    primary key (topic, id)
+  );
+`;
+
+interface EventRow {
+  topic: string;
+  id: string | number; // bigint arrives as a string
+  type: string;
+  data: unknown;
+  at: Date | string;
+}
+
+function rowToEvent(row: EventRow): HubEvent {
+  return { topic: row.topic, id: Number(row.id), type: row.type, data: row.data, at: new Date(row.at).toISOString() };
+}
+
+/**
+ * The hub of every process at once. Events are stored in PostgreSQL; each
+ * process keeps the last few per topic in an in-memory hub of its own, which
+ * fans them out to its streams, so a thousand tabs cost one LISTEN, not a
+ * thousand connections (seed 003 opened one per tab).
+ */
+export class PostgresHub implements Hub {
+  private sql: Sql;
+  private listener: Sql;
+  /** This process's subscribers, and its copy of the last events of each topic it serves. */
+  private local: MemoryHub;
+  /** Topics whose recent events were read from the table; notifications for others are not needed here. */
+  private loaded = new Map<string, Promise<void>>();
+  /** Notifications are handled one at a time, in the order they came. */
+  private queue: Promise<void> = Promise.resolve();
+  private log: (line: string) => void;
+  private closing = false;
+  private retryMs = RECONNECT_FIRST_MS;
+  private retryTimer: NodeJS.Timeout | undefined;
+
+  private constructor(sql: Sql, listener: Sql, log: (line: string) => void) {
+    this.sql = sql;
+    this.listener = listener;
+    this.log = log;
+    this.local = new MemoryHub({ log });
+  }
+
+  /** Creates the tables when missing, then LISTENs; a database that fails here ends the start with one sentence. */
+  static async open(url: string, log: (line: string) => void): Promise<PostgresHub> {
+    const sql = await openDatabase(url);
+    await sql.unsafe(SCHEMA);
+    const { default: postgres } = await import("postgres");
+    let hub: PostgresHub | undefined;
+    // The listener's own connection: one per process, kept open, never recycled. The driver
+    // hands each NOTIFY that arrives on it to `onnotify` (its own listen() helper uses the same option).
+    const listenerOptions = {
+      max: 1,
+      idle_timeout: 0,
+      max_lifetime: null,
+      connect_timeout: DATABASE_CONNECT_TIMEOUT_S,
+      onnotice: () => {},
+      onclose: () => hub?.lost(),
+      onnotify: (_channel: string, payload: string) => hub?.notified(payload),
+    };
+    const listener = postgres(url, listenerOptions as Parameters<typeof postgres>[1]);
+    hub = new PostgresHub(sql, listener, log);
+    await hub.listen();
+    return hub;
+  }
+
+  async publish<Data>(topic: string, type: string, data: Data): Promise<HubEvent<Data>> {
+    const event = await this.sql.begin(async (tx) => {
+      // The topic's row is locked until commit, so two processes publishing to one topic take ids in turn, and commit in id order.
+      const [row] = await tx<EventRow[]>`
+        with next as (
+          insert into hub_topics (topic, last_id) values (${topic}, 1)
+          on conflict (topic) do update set last_id = hub_topics.last_id + 1
+          returning last_id
+        )
+        insert into hub_events (topic, id, type, data)
+        select ${topic}, last_id, ${type}, ${tx.json(data as never)} from next
+        returning topic, id, type, data, at`;
+      const stored = rowToEvent(row!) as HubEvent<Data>;
+      const full = JSON.stringify(stored);
+      const payload = Buffer.byteLength(full) < NOTIFY_MAX_BYTES ? full : JSON.stringify({ topic, id: stored.id });
+      // A parameter, never SQL built from the text: pg_notify(channel, payload) is a plain function call.
+      await tx`select pg_notify(${HUB_CHANNEL}, ${payload})`;
+      return stored;
+    });
+    return event;
+  }
+
+  async history(topic: string, { after = 0, limit = HUB_KEEP }: { after?: number; limit?: number } = {}): Promise<HubEvent[]> {
+    if (limit <= 0) return [];
+    const rows = await this.sql<EventRow[]>`
+      select topic, id, type, data, at from hub_events
+      where topic = ${topic} and id > ${after}
+      order by id desc limit ${limit}`;
+    return rows.reverse().map(rowToEvent);
+  }
+
+  /** The local hub's subscription, once this process holds the topic's recent events: the same replay, gap and bound. */
+  async *subscribe(topic: string, options: { after?: number; signal: AbortSignal }): AsyncGenerator<HubEvent | HubGap> {
+    await this.load(topic);
+    yield* this.local.subscribe(topic, options);
+  }
+
+  subscribers(topic: string): number {
+    return this.local.subscribers(topic);
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    clearTimeout(this.retryTimer);
+    await this.local.close();
+    await this.listener.end({ timeout: 0 });
+    await this.sql.end({ timeout: 1 });
+  }
+
+  /** Reads a topic's recent events into the local hub, once. Notifications for it wait until then. */
+  private load(topic: string): Promise<void> {
+    let loading = this.loaded.get(topic);
+    if (!loading) {
+      loading = this.serially(async () => {
+        for (const event of await this.history(topic)) this.local.relay(event);
+      });
+      this.loaded.set(topic, loading);
+    }
+    return loading;
+  }
+
+  /** Runs `work` after every notification before it has been handled, so events reach the local hub in id order. */
+  private serially(work: () => Promise<void>): Promise<void> {
+    const done = this.queue.then(work);
+    this.queue = done.catch((error) => this.log(`hub: ${(error as Error).message}`));
+    return done;
+  }
+
+  private async listen(): Promise<void> {
+    await this.listener.unsafe(`listen ${HUB_CHANNEL}`);
+  }
+
+  /** Notifications are handled in the order they arrive, one at a time. */
+  private notified(payload: string): void {
+    void this.serially(() => this.heard(payload));
+  }
+
+  /** One notification: the event itself, or its id when it was too large to carry. Anything skipped before it is read from the table. */
+  private async heard(payload: string): Promise<void> {
+    const notified = JSON.parse(payload) as HubEvent;
+    if (!this.loaded.has(notified.topic)) return;
+    const lastId = this.local.lastId(notified.topic);
+    if (notified.id <= lastId) return;
+    if (notified.id > lastId + 1 || notified.data === undefined) {
+      for (const event of await this.history(notified.topic, { after: lastId, limit: notified.id - lastId })) this.local.relay(event);
+    } else {
+      this.local.relay(notified);
+    }
+  }
+
+  /** The listening connection closed: say so once, and try again after a pause that grows. */
+  private lost(): void {
+    if (this.closing || this.retryTimer) return;
+    this.log(`hub: lost the database connection; listening again in ${this.retryMs} ms`);
+    this.retryTimer = setTimeout(() => void this.relisten(), this.retryMs);
+  }
+
+  private async relisten(): Promise<void> {
+    this.retryTimer = undefined;
+    try {
+      await this.listen();
+      this.retryMs = RECONNECT_FIRST_MS;
+      // Whatever was committed while nobody here listened is in the table.
+      await this.serially(() => this.catchUp());
+      this.log("hub: listening again; caught up from the table");
+    } catch {
+      this.retryMs = Math.min(this.retryMs * 2, RECONNECT_MAX_MS);
+      this.lost();
+    }
+  }
+
+  private async catchUp(): Promise<void> {
+    for (const topic of this.loaded.keys()) {
+      for (const event of await this.history(topic, { after: this.local.lastId(topic), limit: Number.MAX_SAFE_INTEGER })) this.local.relay(event);
+    }
   }
 }
 
@@ -1118,20 +1344,22 @@ export function isMain(moduleUrl: string): boolean {
   }
 }
 
-const HELP = `Usage: npx tsx server.ts [--port N] [--host H] [--workers N] [--quiet]
+const HELP = `Usage: npx tsx server.ts [--port N] [--host H] [--workers N] [--database URL] [--quiet]
 
 Serves a countdown page and its event stream from one async process.
 
-  --port N      Listens on this TCP port (env PORT; default ${DEFAULT_PORT}).
-  --host H      Listens on this address (env HOST; default ${DEFAULT_HOST}, meaning
-                127.0.0.1 and ::1). Use 0.0.0.0 to share it on your LAN at a workshop.
-  --workers N   Runs this many processes on the one port, each serving many tabs
-                (env WEB_CONCURRENCY; default ${DEFAULT_WORKERS}).
-  --quiet       Leaves out the one line per stream opened and closed (for load tests).
-  --help        Shows this help.`;
+  --port N         Listens on this TCP port (env PORT; default ${DEFAULT_PORT}).
+  --host H         Listens on this address (env HOST; default ${DEFAULT_HOST}, meaning
+                   127.0.0.1 and ::1). Use 0.0.0.0 to share it on your LAN at a workshop.
+  --workers N      Runs this many processes on the one port, each serving many tabs
+                   (env WEB_CONCURRENCY; default ${DEFAULT_WORKERS}).
+  --database URL   Keeps the room and the toasts in PostgreSQL, shared by every process
+                   (env DATABASE_URL), e.g. postgres://user:password@localhost:5432/countdown.
+  --quiet          Leaves out the one line per stream opened and closed (for load tests).
+  --help           Shows this help.`;
 
 /** What a person reads first: where to point the browser, and what to try. */
-function printBanner(host: string, port: number, workers: number): void {
+function printBanner(host: string, port: number, workers: number, databaseUrl: string): void {
   const urls = urlsFor(host, port);
   const [url = ""] = urls;
   const who = workers === 1 ? `async, pid ${process.pid}` : `async, ${workers} worker processes, primary pid ${process.pid}`;
@@ -1140,6 +1368,12 @@ function printBanner(host: string, port: number, workers: number): void {
   console.log(`  Past 6 tabs, use the page's "Open another tab" link: a browser opens at most 6 connections`);
   console.log(`  per host name, so tab7.localhost, tab8.localhost, ... each get their own.`);
   console.log(`  Raw events: curl -N ${url}sse/   Short demo: ${url}?from=10&interval=200`);
+  if (databaseUrl) {
+    console.log(`  The room and the toasts live in PostgreSQL at ${redactUrl(databaseUrl)}: every process hears every message.`);
+  } else if (workers > 1) {
+    console.log(`  The room and the toasts stay within each process: a message reaches only the tabs of the worker`);
+    console.log(`  it was posted to. Add --database URL to share them through PostgreSQL.`);
+  }
 }
 
 async function main() {
@@ -1148,6 +1382,7 @@ async function main() {
       port: { type: "string" },
       host: { type: "string" },
       workers: { type: "string" },
+      database: { type: "string" },
       quiet: { type: "boolean", default: false },
       help: { type: "boolean", default: false },
     },
@@ -1156,13 +1391,15 @@ async function main() {
   const port = flagNumber("port", flags.port, "PORT", DEFAULT_PORT, { min: 0, max: 65535 });
   const host = flags.host || process.env.HOST || DEFAULT_HOST;
   const workers = flagNumber("workers", flags.workers, "WEB_CONCURRENCY", DEFAULT_WORKERS, WORKERS_RANGE);
-  if (workers > 1 && cluster.isPrimary) return superviseWorkers(workers, host, port);
+  const databaseUrl = flags.database || process.env.DATABASE_URL || "";
+  if (workers > 1 && cluster.isPrimary) return superviseWorkers(workers, host, port, databaseUrl);
 
-  const server = createCountdownServer({ quiet: flags.quiet });
+  const hub = databaseUrl ? await PostgresHub.open(databaseUrl, logLine) : undefined;
+  const server = createCountdownServer({ quiet: flags.quiet, hub });
   const listeners = await listen(server, host, port);
   const actualPort = (server.address() as net.AddressInfo).port;
   // A worker's banner is its primary's.
-  if (cluster.isPrimary) printBanner(host, actualPort, workers);
+  if (cluster.isPrimary) printBanner(host, actualPort, workers, databaseUrl);
 
   let stopping = false;
   const stop = (why: string) => {
@@ -1173,6 +1410,7 @@ async function main() {
     process.once("SIGINT", () => process.exit(130));
     for (const listener of listeners) listener.close();
     server.endStreams();
+    void server.hub.close();
     setImmediate(() => server.closeIdleConnections());
     setTimeout(() => process.exit(0), SHUTDOWN_GRACE_MS).unref();
   };

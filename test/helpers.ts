@@ -7,11 +7,13 @@
 import http from "node:http";
 import net from "node:net";
 import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { setTimeout as delay } from "node:timers/promises";
 import { suite, type Test } from "uvu";
 import * as assert from "uvu/assert";
 import type { Browser, BrowserContext, Page } from "playwright-core";
+import postgres from "postgres";
 import { chromiumMissing, launchChromium } from "../bench/chromium.ts";
 import { createCountdownServer, listen, type CountdownServer, type ServerOptions } from "../server.ts";
 
@@ -552,4 +554,57 @@ export async function restartLoopbackServer(running: LoopbackServer): Promise<Lo
   running.server.closeIdleConnections();
   await within("the old server to close", closed);
   return startLoopbackServer(running.port);
+}
+
+// ─── A real PostgreSQL ───────────────────────────────────────────────────────
+//
+// The database suites need a PostgreSQL server at TEST_DATABASE_URL, as a
+// user who may create databases (.ci/run starts a throwaway one). Each test
+// gets a database of its own, dropped in `after`.
+
+let databaseMissingSaid = false;
+
+/**
+ * Registers a lesson that needs PostgreSQL. `database()` creates a fresh
+ * database and returns its URL. Without TEST_DATABASE_URL the lesson is left
+ * out with one line, except under PG_REQUIRED=1 (as in CI), where that fails.
+ */
+export function databaseLesson(name: string, build: (test: Test, database: () => Promise<string>) => void) {
+  if (!selected(name)) return;
+  const adminUrl = process.env.TEST_DATABASE_URL;
+  if (!adminUrl) {
+    if (databaseMissingSaid) return;
+    databaseMissingSaid = true;
+    const why = "TEST_DATABASE_URL is not set (see .ci/run for a throwaway PostgreSQL)";
+    if (process.env.PG_REQUIRED !== "1") {
+      console.log(`Skipping the PostgreSQL suites: ${why}.`);
+      return;
+    }
+    const test = suite("database: PostgreSQL is required");
+    test("PG_REQUIRED=1, so the PostgreSQL suites must run", () => assert.unreachable(why));
+    test.run();
+    return;
+  }
+  lesson(name, (test) => {
+    const created: string[] = [];
+    const database = async () => {
+      const name = `countdown_test_${randomBytes(6).toString("hex")}`;
+      const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });
+      try {
+        await within("PostgreSQL to create a database", admin.unsafe(`create database ${name}`));
+      } finally {
+        await admin.end({ timeout: 1 });
+      }
+      created.push(name);
+      const url = new URL(adminUrl);
+      url.pathname = `/${name}`;
+      return url.href;
+    };
+    build(test, database);
+    test.after(async () => {
+      const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });
+      for (const name of created.splice(0)) await admin.unsafe(`drop database if exists ${name} with (force)`).catch(() => {});
+      await admin.end({ timeout: 1 });
+    });
+  });
 }
