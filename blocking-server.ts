@@ -22,7 +22,8 @@
  *
  * Lesson 3's room has no blocking twin: a worker blocked in one stream hears
  * nothing of a message posted to another worker, so /room/ answers 404 here
- * (the README's lesson 3 says why).
+ * (the README's lesson 3 says why). Lesson 4's WebSockets have none either:
+ * each socket would hold a whole worker for as long as it stays open.
  */
 
 import http, { type ServerResponse } from "node:http";
@@ -151,6 +152,11 @@ const noRoom: Handler = () => {
   throw new RequestError(404, "The room is served by server.ts only: a blocking worker cannot push (see lesson 3 in the README).");
 };
 
+/** Lesson 4's WebSocket endpoint is served by server.ts only. */
+const noWebSocket: Handler = () => {
+  throw new RequestError(404, "WebSockets are served by server.ts only: each one would hold a blocking worker for as long as it stays open (see lesson 4 in the README).");
+};
+
 /** The same routes as server.ts; only the countdown's handler is the blocking one, and the room is not here. */
 const ROUTES: Routes = {
   "/": { GET: servePage, HEAD: servePage },
@@ -158,6 +164,8 @@ const ROUTES: Routes = {
   "/room/": { GET: noRoom, HEAD: noRoom },
   "/room/messages": { GET: noRoom, POST: noRoom },
   "/room/stream": { GET: noRoom },
+  "/room/messages/:id": { GET: noRoom, PUT: noRoom, DELETE: noRoom },
+  "/ws/notifications": { GET: noWebSocket },
 };
 
 // ─── The log, in gunicorn's format ───────────────────────────────────────────

@@ -19,11 +19,15 @@ import cluster from "node:cluster";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import net from "node:net";
 import os from "node:os";
+import { createHash } from "node:crypto";
 import { readFileSync, realpathSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 // Types only: the postgres package itself is loaded with await import() when --database is given.
 import type { Sql } from "postgres";
+// Types only: the ws package is loaded with await import() at the first WebSocket upgrade.
+import type { WebSocket, WebSocketServer } from "ws";
+import type { Duplex } from "node:stream";
 
 // ─── Settings ────────────────────────────────────────────────────────────────
 
@@ -555,20 +559,25 @@ export function presenceEvent(tabs: number): string {
 export const ROOM_HEARTBEAT = ": still here\n\n";
 
 /**
- * Yields the SSE messages of one room stream: the last few messages (or,
- * after a reconnect, exactly those after the last id the browser saw), then
- * every message as it is published, until `signal` aborts. The countdown's
- * generator awaited a timer; this one awaits the hub.
+ * The room's events for one reader: the last few (or, after a reconnect,
+ * exactly those after the last id it saw), then every event as it is
+ * published, until `signal` aborts. The countdown's generator awaited a timer;
+ * this one awaits the hub. The SSE stream and the WebSocket both read it.
  */
-export async function* roomStream(hub: Hub, lastEventId: number | undefined, signal: AbortSignal) {
+export async function* roomEvents(hub: Hub, lastEventId: number | undefined, signal: AbortSignal): AsyncGenerator<HubEvent | HubGap> {
   let after = lastEventId;
   if (after === undefined) {
     const recent = await hub.history(ROOM_TOPIC, { limit: ROOM_REPLAY });
-    for (const event of recent) yield hubEventToSse(event);
+    yield* recent;
     // Anything published while those were written is replayed by the hub, from here.
     after = recent.at(-1)?.id ?? 0;
   }
-  for await (const event of hub.subscribe(ROOM_TOPIC, { after, signal })) yield hubEventToSse(event);
+  yield* hub.subscribe(ROOM_TOPIC, { after, signal });
+}
+
+/** The SSE messages of one room stream: `event: message`, and later `message_updated`, `message_deleted`. */
+export async function* roomStream(hub: Hub, lastEventId: number | undefined, signal: AbortSignal) {
+  for await (const event of roomEvents(hub, lastEventId, signal)) yield hubEventToSse(event);
 }
 
 /**
@@ -724,7 +733,8 @@ const postMessage: Handler = async (req, res, url, { hub, log, quiet }) => {
   const type = contentType(req);
   const body = await readBody(req, res);
   const fields = type === "application/json" ? parseJsonBody(body) : Object.fromEntries(new URLSearchParams(body));
-  const message = { name: checkField(fields, "name", NAME_MAX), text: checkField(fields, "text", TEXT_MAX) };
+  // Lesson 4: the poster's public id, so that only this visitor may change or delete it later.
+  const message = { name: checkField(fields, "name", NAME_MAX), text: checkField(fields, "text", TEXT_MAX), poster: readVisitor(req) ?? null };
   const event = await hub.publish(ROOM_TOPIC, "message", message);
   // Never the text itself: a log is no place for what people wrote.
   if (!quiet) log(`message ${event.id} posted (a name of ${[...message.name].length} characters)`);
@@ -744,12 +754,12 @@ function sendJson(res: ServerResponse, status: number, value: unknown) {
  * this server's own host name is refused. A request without Origin is not from
  * a browser page (curl, a script), and is allowed.
  */
-function checkOrigin(req: IncomingMessage) {
+function checkOrigin(req: IncomingMessage, what = "Posts") {
   const origin = req.headers.origin;
   if (origin === undefined) return;
   const host = URL.canParse(origin) ? new URL(origin).host : "";
   if (host === "" || host !== req.headers.host) {
-    throw new RequestError(403, `Posts from another site are refused: Origin ${origin} is not this server.`);
+    throw new RequestError(403, `${what} from another site are refused: Origin ${origin} is not this server.`);
   }
 }
 
@@ -813,6 +823,387 @@ function checkField(fields: Record<string, unknown>, name: string, max: number):
   return text;
 }
 
+// ─── Lesson 4: two-way ───────────────────────────────────────────────────────
+//
+// Seed 002 adds push to a REST API: one WebSocket endpoint where the client
+// names what it wants to follow, `{"object_type": "room", "id": "lobby"}`, the
+// server checks that this visitor may see it and adds the socket to a group,
+// and every save that really changed something is sent to the group. Here the
+// groups are the hub's topics (no second hub), and the same room is served
+// over both transports, so a reader can compare them side by side.
+
+export const NOTIFICATIONS_PATH = "/ws/notifications";
+/** A frame larger than this closes the socket with 1009 ("message too big"): nothing we accept comes near it. */
+export const WS_FRAME_LIMIT_BYTES = 4 * 1024;
+/** Subscriptions one socket may hold at once; the next one gets an ERROR. */
+export const WS_SUBSCRIPTIONS_MAX = 100;
+/** How often every socket is pinged; one that has not answered the previous ping by then is dropped. */
+export const WS_PING_INTERVAL_MS = 30_000;
+
+/**
+ * One place decides what a subscriber receives: the hub's event type on the
+ * left, the WebSocket message type on the right (seed 002's Redux names).
+ * An event type missing here is never sent over a WebSocket.
+ */
+export const WS_MESSAGE_TYPES: Readonly<Record<string, string>> = {
+  message: "MESSAGE_CREATED",
+  message_updated: "MESSAGE_UPDATED",
+  message_deleted: "MESSAGE_DELETED",
+  toast: "TOAST_CREATED",
+  read: "TOAST_READ",
+  // Not an object's change, but the subscriber must know, as with SSE's `event: gap`.
+  gap: "GAP",
+};
+
+/** One hub event as a WebSocket message: `{"type": "MESSAGE_CREATED", "payload": {...}}`. */
+export function hubEventToWs(event: HubEvent | HubGap): string {
+  const payload = event.type === "gap" ? { after: (event as HubGap).after } : eventJson(event as HubEvent);
+  return JSON.stringify({ type: WS_MESSAGE_TYPES[event.type], payload });
+}
+
+// ─── Lesson 4: who is asking ─────────────────────────────────────────────────
+//
+// Permissions need a "who". There are no accounts: a browser is known by its
+// `visitor` cookie, a secret of 128 random bits that only the browser and this
+// server see (HttpOnly, SameSite=Strict). What others may see is the public
+// visitor id, derived from it: a message records its poster's public id, and
+// a WebSocket subscription to toasts names one.
+
+export const VISITOR_COOKIE = "visitor";
+const VISITOR_SECRET = /^[0-9a-f]{32}$/;
+/** Hex digits of the public visitor id. */
+const PUBLIC_ID_LENGTH = 16;
+
+/** The public id of the request's visitor: the first hex digits of the cookie's SHA-256; undefined without a well-formed cookie. */
+export function readVisitor(req: IncomingMessage): string | undefined {
+  for (const pair of (req.headers.cookie ?? "").split(";")) {
+    const [name, value = ""] = pair.trim().split("=");
+    if (name === VISITOR_COOKIE && VISITOR_SECRET.test(value)) return createHash("sha256").update(value).digest("hex").slice(0, PUBLIC_ID_LENGTH);
+  }
+  return undefined;
+}
+
+// ─── Lesson 4: REST on the room's messages ───────────────────────────────────
+//
+// Seed 002's viewset: GET, PUT and DELETE on one message. The room's state is
+// its events: a message is its `message` event, changed by later
+// `message_updated` and `message_deleted` events, each with an id of its own,
+// so SSE replay and WebSocket `after` stay exact. The hub keeps the last
+// HUB_KEEP events of the room, and a message older than those is gone.
+
+/** A message as it stands now. */
+export interface RoomMessage {
+  id: number;
+  name: string;
+  text: string;
+  poster: string;
+  at: string;
+}
+
+/** A message as it stands now, from the room's kept events, and the id of the newest of those events. */
+export async function findMessage(hub: Hub, id: number): Promise<{ message?: RoomMessage; lastId: number }> {
+  const events = await hub.history(ROOM_TOPIC);
+  let message: RoomMessage | undefined;
+  for (const event of events) {
+    const data = event.data as Partial<RoomMessage> & { message?: number };
+    if (event.type === "message" && event.id === id) message = eventJson(event) as unknown as RoomMessage;
+    else if (message && data.message === id && event.type === "message_updated") message = { ...message, text: data.text! };
+    else if (message && data.message === id && event.type === "message_deleted") message = undefined;
+  }
+  return { message, lastId: events.at(-1)?.id ?? 0 };
+}
+
+/** The message named by the path /room/messages/<id>, or a 404. */
+async function messageFromPath(hub: Hub, url: URL): Promise<RoomMessage> {
+  const id = wholeNumber("The message id", url.pathname.split("/").at(-1)!, MESSAGE_ID_RANGE);
+  const { message } = await findMessage(hub, id);
+  if (!message) throw new RequestError(404, `There is no message ${id} in the room (it may be deleted, or older than the last ${HUB_KEEP} events).`);
+  return message;
+}
+
+/** Only the visitor who posted a message may change it: seed 002's permission check. */
+function checkPoster(message: RoomMessage, visitor: string | undefined, verb: string) {
+  if (visitor === undefined || visitor !== message.poster) {
+    throw new RequestError(403, `Only the visitor who posted message ${message.id} may ${verb} it.`);
+  }
+}
+
+const getMessage: Handler = async (req, res, url, { hub }) => {
+  sendJson(res, 200, await messageFromPath(hub, url));
+};
+
+/** Changes a message's text. The same text again changes nothing and notifies nobody (seed 002's FieldTracker). */
+const putMessage: Handler = async (req, res, url, { hub, log, quiet }) => {
+  checkOrigin(req);
+  const type = contentType(req);
+  const body = await readBody(req, res);
+  const message = await messageFromPath(hub, url);
+  checkPoster(message, readVisitor(req), "change");
+  const fields = type === "application/json" ? parseJsonBody(body) : Object.fromEntries(new URLSearchParams(body));
+  const text = checkField(fields, "text", TEXT_MAX);
+  if (text === message.text) return sendJson(res, 200, message);
+  const event = await hub.publish(ROOM_TOPIC, "message_updated", { message: message.id, text });
+  if (!quiet) log(`message ${message.id} changed (event ${event.id})`);
+  sendJson(res, 200, { ...message, text });
+};
+
+const deleteMessage: Handler = async (req, res, url, { hub, log, quiet }) => {
+  checkOrigin(req);
+  const message = await messageFromPath(hub, url);
+  checkPoster(message, readVisitor(req), "delete");
+  const event = await hub.publish(ROOM_TOPIC, "message_deleted", { message: message.id });
+  if (!quiet) log(`message ${message.id} deleted (event ${event.id})`);
+  res.writeHead(204).end();
+};
+
+// ─── Lesson 4: the WebSocket endpoint ────────────────────────────────────────
+
+/** What a client may follow, parsed from one frame: the hub topic, where to start, and which of its events to pass on. */
+interface Target {
+  key: string; // "room lobby", "message 42": names the subscription in replies and in {"unsubscribe": ...}
+  reply: { object_type: string; id: string | number };
+  topic: string;
+  after?: number;
+  accepts: (event: HubEvent | HubGap) => boolean;
+}
+
+/** One open socket: who it is, what it follows (each subscription stopped by its own AbortController), whether it answered the last ping. */
+interface Connection {
+  visitor: string | undefined;
+  subscriptions: Map<string, AbortController>;
+  alive: boolean;
+  sent: number;
+}
+
+type WsModule = typeof import("ws");
+
+let wsModule: Promise<WsModule | undefined> | undefined;
+
+/** The ws package, loaded at the first upgrade; undefined when it is not installed. */
+function loadWs(): Promise<WsModule | undefined> {
+  wsModule ??= import("ws").catch(() => undefined);
+  return wsModule;
+}
+
+export const WS_MISSING = "The WebSocket endpoint needs the ws package, which is not installed: run npm ci first.";
+
+/**
+ * GET /ws/notifications without an Upgrade header: says whether the endpoint
+ * works here. The page asks this when its WebSocket fails, because a browser's
+ * WebSocket never shows the status of a refused handshake.
+ */
+const describeNotifications: Handler = async (req, res) => {
+  if (!(await loadWs())) throw new RequestError(501, WS_MISSING);
+  res.setHeader("Upgrade", "websocket");
+  throw new RequestError(426, `${NOTIFICATIONS_PATH} speaks WebSocket: open it with new WebSocket("ws://host${NOTIFICATIONS_PATH}").`);
+};
+
+/** Answers a refused upgrade the way a handler answers a request: one sentence, then the connection closes. */
+function refuseUpgrade(socket: Duplex, status: number, sentence: string) {
+  const body = `${sentence}\n`;
+  socket.end(
+    `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
+}
+
+/** Reads one frame: a subscription, or `{"unsubscribe": {...}}`. Throws a RequestError whose sentence the ERROR reply carries. */
+export function readFrame(text: string): { unsubscribe: boolean; target: Target } {
+  let frame: unknown;
+  try {
+    frame = JSON.parse(text);
+  } catch {
+    throw new RequestError(400, 'The frame is not JSON; send {"object_type": "room", "id": "lobby"}.');
+  }
+  if (!isObject(frame)) throw new RequestError(400, 'The frame must be one JSON object, such as {"object_type": "room", "id": "lobby"}.');
+  if ("unsubscribe" in frame) {
+    if (!isObject(frame.unsubscribe)) throw new RequestError(400, 'unsubscribe takes what was subscribed to: {"unsubscribe": {"object_type": "room", "id": "lobby"}}.');
+    return { unsubscribe: true, target: readTarget(frame.unsubscribe) };
+  }
+  return { unsubscribe: false, target: readTarget(frame) };
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+function readTarget(frame: Record<string, unknown>): Target {
+  const { object_type: objectType, id, after } = frame;
+  if (id === undefined || id === null || id === "") throw new RequestError(400, `id is missing: the room is "lobby", a message is its number, toasts are your visitor id.`);
+  switch (objectType) {
+    case "room": {
+      if (id !== "lobby") throw new RequestError(400, 'There is one room, and its id is "lobby".');
+      const start = after === undefined ? undefined : wholeNumber("after", typeof after === "number" ? String(after) : "", MESSAGE_ID_RANGE);
+      return { key: "room lobby", reply: { object_type: "room", id }, topic: ROOM_TOPIC, after: start, accepts: () => true };
+    }
+    case "message": {
+      const messageId = wholeNumber("A message id", typeof id === "number" ? String(id) : "", MESSAGE_ID_RANGE);
+      // Its changes, and a gap: the events about other messages are not this subscriber's business.
+      const accepts = (event: HubEvent | HubGap) => event.type === "gap" || (event as HubEvent<{ message?: number }>).data.message === messageId;
+      return { key: `message ${messageId}`, reply: { object_type: "message", id: messageId }, topic: ROOM_TOPIC, accepts };
+    }
+    case "toasts": {
+      if (typeof id !== "string") throw new RequestError(400, "The id of toasts is a visitor id, a string.");
+      return { key: `toasts ${id}`, reply: { object_type: "toasts", id }, topic: `toasts:${id}`, accepts: () => true };
+    }
+    default:
+      throw new RequestError(400, "object_type must be room, message or toasts.");
+  }
+}
+
+/**
+ * Every WebSocket of this process. It accepts an upgrade, reads each frame
+ * as a (un)subscription, checks it, and relays the hub's events; one timer
+ * pings every socket. When a socket closes, its subscriptions are aborted,
+ * and with the last socket the timer goes too.
+ */
+export class Notifications {
+  private connections = new Map<WebSocket, Connection>();
+  private pingTimer: NodeJS.Timeout | undefined;
+  private server: Promise<WebSocketServer | undefined> | undefined;
+  private state: ServerState;
+  private pingInterval: number;
+
+  constructor(state: ServerState, pingInterval: number) {
+    this.state = state;
+    this.pingInterval = pingInterval;
+  }
+
+  get size(): number {
+    return this.connections.size;
+  }
+
+  /** Subscriptions held by every socket together. */
+  get subscriptions(): number {
+    let count = 0;
+    for (const connection of this.connections.values()) count += connection.subscriptions.size;
+    return count;
+  }
+
+  /** The server's `upgrade` event: checks the path and the Origin, loads ws, hands the socket over. */
+  async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    socket.on("error", () => {}); // a client that hangs up mid-handshake is normal
+    const path = URL.canParse(req.url ?? "", "http://localhost") ? new URL(req.url ?? "", "http://localhost").pathname : "";
+    if (path !== NOTIFICATIONS_PATH) return refuseUpgrade(socket, 404, `Only ${NOTIFICATIONS_PATH} speaks WebSocket here.`);
+    try {
+      // Browsers let any page open a WebSocket to any site: the Origin check is what keeps other sites out.
+      checkOrigin(req, "Connections");
+    } catch (error) {
+      return refuseUpgrade(socket, 403, (error as Error).message);
+    }
+    const server = await this.webSocketServer();
+    if (!server) return refuseUpgrade(socket, 501, WS_MISSING);
+    server.handleUpgrade(req, socket, head, (webSocket) => this.opened(webSocket, req));
+  }
+
+  private webSocketServer(): Promise<WebSocketServer | undefined> {
+    this.server ??= loadWs().then((ws) => ws && new ws.WebSocketServer({ noServer: true, maxPayload: WS_FRAME_LIMIT_BYTES, clientTracking: false }));
+    return this.server;
+  }
+
+  private opened(socket: WebSocket, req: IncomingMessage) {
+    const connection: Connection = { visitor: readVisitor(req), subscriptions: new Map(), alive: true, sent: 0 };
+    this.connections.set(socket, connection);
+    this.pingTimer ??= setInterval(() => this.ping(), this.pingInterval);
+    const client = clientName(req.socket);
+    if (!this.state.quiet) this.state.log(`websocket opened for ${client} (${this.connections.size} open)`);
+    socket.on("error", () => {}); // the close that follows says enough
+    socket.on("pong", () => (connection.alive = true));
+    socket.on("message", (data, isBinary) => void this.received(socket, connection, isBinary ? undefined : data.toString()));
+    socket.on("close", (code) => this.closed(socket, connection, client, code));
+  }
+
+  private closed(socket: WebSocket, connection: Connection, client: string, code: number) {
+    for (const leave of connection.subscriptions.values()) leave.abort();
+    connection.subscriptions.clear();
+    this.connections.delete(socket);
+    if (this.connections.size === 0) {
+      clearInterval(this.pingTimer);
+      this.pingTimer = undefined;
+    }
+    if (!this.state.quiet) this.state.log(`websocket closed for ${client} after ${connection.sent} events: code ${code} (${this.connections.size} open)`);
+  }
+
+  /** The ws README's heartbeat: a socket that did not answer the last ping is dropped, every other one is pinged again. */
+  private ping() {
+    for (const [socket, connection] of this.connections) {
+      if (!connection.alive) {
+        socket.terminate();
+        continue;
+      }
+      connection.alive = false;
+      socket.ping();
+    }
+  }
+
+  private async received(socket: WebSocket, connection: Connection, text: string | undefined) {
+    try {
+      if (text === undefined) throw new RequestError(400, "Send text frames of JSON, not binary ones.");
+      const { unsubscribe, target } = readFrame(text);
+      if (unsubscribe) return this.unsubscribe(socket, connection, target);
+      await this.subscribe(socket, connection, target);
+    } catch (error) {
+      if (error instanceof RequestError) return socket.send(JSON.stringify({ type: "ERROR", payload: error.message }));
+      // Our fault, not the client's: say so in the log, and close as a handler would answer 500.
+      this.state.log(`error: ${error instanceof Error ? error.message : String(error)}`);
+      socket.close(WS_SERVER_ERROR, "something went wrong on the server");
+    }
+  }
+
+  /** Checks the request and the permission, answers SUBSCRIBED, then relays the topic's events until unsubscribed or closed. */
+  private async subscribe(socket: WebSocket, connection: Connection, target: Target) {
+    const { subscriptions } = connection;
+    if (subscriptions.has(target.key)) throw new RequestError(400, `Already subscribed to ${target.key}.`);
+    if (subscriptions.size >= WS_SUBSCRIPTIONS_MAX) throw new RequestError(400, `At most ${WS_SUBSCRIPTIONS_MAX} subscriptions per connection: unsubscribe from one first.`);
+    if (target.topic.startsWith("toasts:") && target.topic !== `toasts:${connection.visitor}`) {
+      throw new RequestError(403, "Only the visitor itself may follow its toasts.");
+    }
+    let after = target.after;
+    if (target.reply.object_type === "message") {
+      const found = await findMessage(this.state.hub, target.reply.id as number);
+      if (!found.message) throw new RequestError(404, `There is no message ${target.reply.id} in the room.`);
+      after = found.lastId; // from the state just read: a change made meanwhile is replayed, not missed
+    }
+    if (socket.readyState !== socket.OPEN || subscriptions.has(target.key)) return;
+    const leave = new AbortController();
+    subscriptions.set(target.key, leave);
+    socket.send(JSON.stringify({ type: "SUBSCRIBED", payload: target.reply }));
+    const events = target.key === "room lobby" ? roomEvents(this.state.hub, after, leave.signal) : this.state.hub.subscribe(target.topic, { after, signal: leave.signal });
+    try {
+      for await (const event of events) {
+        if (!target.accepts(event) || !(event.type in WS_MESSAGE_TYPES)) continue;
+        connection.sent++;
+        // Waiting for each write lets the hub's queue limit cut a reader that stopped reading.
+        await new Promise((resolve) => socket.send(hubEventToWs(event), resolve));
+        if (event.type === "message_deleted" && target.reply.object_type === "message") break;
+      }
+    } catch (error) {
+      if (!(error instanceof SlowSubscriberError)) throw error;
+      socket.close(WS_TOO_SLOW, "too slow to read; reconnect with the last id you saw");
+    } finally {
+      if (subscriptions.get(target.key) === leave) subscriptions.delete(target.key);
+    }
+  }
+
+  private unsubscribe(socket: WebSocket, connection: Connection, target: Target) {
+    const leave = connection.subscriptions.get(target.key);
+    if (!leave) throw new RequestError(400, `Not subscribed to ${target.key}.`);
+    leave.abort();
+    connection.subscriptions.delete(target.key);
+    socket.send(JSON.stringify({ type: "UNSUBSCRIBED", payload: target.reply }));
+  }
+
+  /** On Ctrl-C: 1001, "going away", to every socket; the page reconnects and resumes with its last id. */
+  closeAll() {
+    for (const socket of this.connections.keys()) socket.close(WS_GOING_AWAY, "the server is stopping");
+  }
+}
+
+/** WebSocket close codes (RFC 6455): going away, try again later, an error on the server. */
+export const WS_GOING_AWAY = 1001;
+export const WS_TOO_SLOW = 1013;
+export const WS_SERVER_ERROR = 1011;
+
 // ─── Routing ─────────────────────────────────────────────────────────────────
 //
 // A path maps to its methods. A new lesson adds a line here.
@@ -825,7 +1216,14 @@ export const ROUTES: Routes = {
   "/room/": { GET: serveRoomPage, HEAD: serveRoomPage },
   "/room/messages": { GET: listMessages, POST: postMessage },
   "/room/stream": { GET: serveRoomStream },
+  "/room/messages/:id": { GET: getMessage, PUT: putMessage, DELETE: deleteMessage },
+  "/ws/notifications": { GET: describeNotifications },
 };
+
+/** The route for a path: its own line, or the line with its last part, when a number, written :id. */
+function routeFor(routes: Routes, path: string) {
+  return routes[path] ?? routes[path.replace(/\/\d+$/, "/:id")];
+}
 
 /** Turns a route table into a request listener that answers 400, 404 and 405 with one sentence. */
 export function router(routes: Routes, state: ServerState): http.RequestListener {
@@ -833,7 +1231,7 @@ export function router(routes: Routes, state: ServerState): http.RequestListener
     try {
       const url = URL.canParse(req.url ?? "", "http://localhost") ? new URL(req.url ?? "", "http://localhost") : undefined;
       if (!url) throw new RequestError(400, "The request target is not a path this server can read.");
-      const methods = routes[url.pathname];
+      const methods = routeFor(routes, url.pathname);
       if (!methods) throw new RequestError(404, `Nothing here at ${url.pathname}; the countdown is at /.`);
       const handler = methods[req.method ?? "GET"];
       if (!handler) {
@@ -859,7 +1257,9 @@ export interface CountdownServer extends http.Server {
   /** Lesson 3: the hub the room publishes to, and the room's open streams. */
   hub: Hub;
   room: RoomStreams;
-  /** Ends every open stream cleanly; browsers reconnect and resume. */
+  /** Lesson 4: this process's WebSockets. */
+  notifications: Notifications;
+  /** Ends every open stream cleanly, and closes every WebSocket with 1001; browsers reconnect and resume. */
   endStreams(): void;
 }
 
@@ -872,6 +1272,8 @@ export interface ServerOptions {
   heartbeat?: number;
   /** The hub the room publishes to: a new MemoryHub unless another is given. */
   hub?: Hub;
+  /** Milliseconds between WebSocket pings; tests shorten it. */
+  pingInterval?: number;
 }
 
 /** One log line: the time, this process's pid, what changed. */
@@ -890,14 +1292,19 @@ export function createCountdownServer(options: ServerOptions = {}): CountdownSer
     hub: options.hub ?? new MemoryHub({ log }),
     room: new RoomStreams(heartbeat),
   };
+  const notifications = new Notifications(state, options.pingInterval ?? WS_PING_INTERVAL_MS);
   const server = http.createServer(router(ROUTES, state));
+  // Lesson 4: a request that asks to become a WebSocket arrives here, not at the router.
+  server.on("upgrade", (req, socket, head) => void notifications.upgrade(req, socket, head));
   return Object.assign(server, {
     streams: state.streams,
     hub: state.hub,
     room: state.room,
+    notifications,
     endStreams() {
       for (const res of state.streams) res.end();
       state.room.endAll();
+      notifications.closeAll();
     },
   });
 }
