@@ -724,7 +724,8 @@ const listMessages: Handler = async (req, res, url, { hub }) => {
     const [newest] = await hub.history(ROOM_TOPIC, { limit: 1 });
     if (newest && newest.id < after) events = await hub.history(ROOM_TOPIC);
   }
-  sendJson(res, 200, events.map(eventJson));
+  // Each with its type: lesson 4's changes and deletions come in the same list as the messages.
+  sendJson(res, 200, events.map((event) => ({ type: event.type, ...eventJson(event) })));
 };
 
 /** Posts one message: checks where it comes from, reads and checks it, publishes it, answers 201 with it. */
@@ -969,6 +970,7 @@ interface Target {
 
 /** One open socket: who it is, what it follows (each subscription stopped by its own AbortController), whether it answered the last ping. */
 interface Connection {
+  client: string; // its address, as the log names it
   visitor: string | undefined;
   subscriptions: Map<string, AbortController>;
   alive: boolean;
@@ -1102,18 +1104,18 @@ export class Notifications {
   }
 
   private opened(socket: WebSocket, req: IncomingMessage) {
-    const connection: Connection = { visitor: readVisitor(req), subscriptions: new Map(), alive: true, sent: 0 };
+    const client = clientName(req.socket);
+    const connection: Connection = { client, visitor: readVisitor(req), subscriptions: new Map(), alive: true, sent: 0 };
     this.connections.set(socket, connection);
     this.pingTimer ??= setInterval(() => this.ping(), this.pingInterval);
-    const client = clientName(req.socket);
     if (!this.state.quiet) this.state.log(`websocket opened for ${client} (${this.connections.size} open)`);
     socket.on("error", () => {}); // the close that follows says enough
     socket.on("pong", () => (connection.alive = true));
     socket.on("message", (data, isBinary) => void this.received(socket, connection, isBinary ? undefined : data.toString()));
-    socket.on("close", (code) => this.closed(socket, connection, client, code));
+    socket.on("close", (code) => this.closed(socket, connection, code));
   }
 
-  private closed(socket: WebSocket, connection: Connection, client: string, code: number) {
+  private closed(socket: WebSocket, connection: Connection, code: number) {
     for (const leave of connection.subscriptions.values()) leave.abort();
     connection.subscriptions.clear();
     this.connections.delete(socket);
@@ -1121,7 +1123,7 @@ export class Notifications {
       clearInterval(this.pingTimer);
       this.pingTimer = undefined;
     }
-    if (!this.state.quiet) this.state.log(`websocket closed for ${client} after ${connection.sent} events: code ${code} (${this.connections.size} open)`);
+    if (!this.state.quiet) this.state.log(`websocket closed for ${connection.client} after ${connection.sent} events: code ${code} (${this.connections.size} open)`);
   }
 
   /** The ws README's heartbeat: a socket that did not answer the last ping is dropped, every other one is pinged again. */
@@ -1168,6 +1170,8 @@ export class Notifications {
     const leave = new AbortController();
     subscriptions.set(target.key, leave);
     socket.send(JSON.stringify({ type: "SUBSCRIBED", payload: target.reply }));
+    const from = target.after === undefined ? "" : ` after ${target.after}`;
+    if (!this.state.quiet) this.state.log(`websocket ${connection.client} follows ${target.key}${from}`);
     const events = target.key === "room lobby" ? roomEvents(this.state.hub, after, leave.signal) : this.state.hub.subscribe(target.topic, { after, signal: leave.signal });
     try {
       for await (const event of events) {
@@ -1812,7 +1816,7 @@ async function main() {
   const stop = (why: string) => {
     if (stopping) return;
     stopping = true;
-    logLine(`${why}: ending ${server.streams.size} open streams (their browsers will reconnect and resume)`);
+    logLine(`${why}: ending ${server.streams.size} open streams and ${server.notifications.size} WebSockets (their browsers will reconnect and resume)`);
     // A second Ctrl-C means "now".
     process.once("SIGINT", () => process.exit(130));
     for (const listener of listeners) listener.close();

@@ -20,3 +20,6 @@ import "./test/room.ts";
 
 // Lesson 3: several processes. --workers N on one port, one room through PostgreSQL.
 import "./test/processes.ts";
+
+// Lesson 4: two-way. The same room over a WebSocket, with subscriptions, permissions, and REST edits that notify only on change.
+import "./test/ws.ts";

@@ -15,7 +15,7 @@ import * as assert from "uvu/assert";
 import type { Browser, BrowserContext, Page } from "playwright-core";
 import postgres from "postgres";
 import { chromiumMissing, launchChromium } from "../bench/chromium.ts";
-import { createCountdownServer, listen, type CountdownServer, type ServerOptions } from "../server.ts";
+import { createCountdownServer, listen, type CountdownServer, type Hub, type ServerOptions } from "../server.ts";
 
 // ─── Helpers ─────────────────────────────────────────────────────────────────
 
@@ -525,9 +525,10 @@ export interface LoopbackServer {
   port: number;
 }
 
-export async function startLoopbackServer(port = 0): Promise<LoopbackServer> {
+/** Starts one; `hub`, when given, is kept from a server before it, as --database keeps the room across a restart. */
+export async function startLoopbackServer(port = 0, hub?: Hub): Promise<LoopbackServer> {
   const lines: string[] = [];
-  const server = createCountdownServer({ log: (line) => lines.push(line) });
+  const server = createCountdownServer({ log: (line) => lines.push(line), hub });
   const listeners = await within("the server to listen", listen(server, "localhost", port));
   return { server, listeners, lines, port: (server.address() as net.AddressInfo).port };
 }
@@ -547,13 +548,13 @@ export async function stopLoopbackServer(running: LoopbackServer | undefined) {
  * Stops a server the way Ctrl-C does, its streams ended cleanly so browsers
  * reconnect, then starts a new one on the same port.
  */
-export async function restartLoopbackServer(running: LoopbackServer): Promise<LoopbackServer> {
+export async function restartLoopbackServer(running: LoopbackServer, hub?: Hub): Promise<LoopbackServer> {
   const closed = Promise.all(running.listeners.map(closeListener));
   running.server.endStreams();
   await until("the ended streams to close", () => running.server.streams.size === 0);
   running.server.closeIdleConnections();
   await within("the old server to close", closed);
-  return startLoopbackServer(running.port);
+  return startLoopbackServer(running.port, hub);
 }
 
 // ─── A real PostgreSQL ───────────────────────────────────────────────────────

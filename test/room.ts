@@ -257,7 +257,7 @@ lesson("room: posting and streaming over HTTP", (test) => {
     assert.is(answer.status, 201);
     assert.is(answer.headers["content-type"], "application/json; charset=utf-8");
     const stored = JSON.parse(answer.body);
-    assert.equal(Object.keys(stored), ["id", "name", "text", "at"]);
+    assert.equal(Object.keys(stored), ["id", "name", "text", "poster", "at"]);
     assert.equal([stored.name, stored.text], ["Ada", "hello room"], "surrounding whitespace is trimmed");
     for (const client of [first, second]) {
       const message = await client.next("message");
