@@ -22,7 +22,8 @@
  *
  * Lesson 3's room has no blocking twin: a worker blocked in one stream hears
  * nothing of a message posted to another worker, so /room/ answers 404 here
- * (the README's lesson 3 says why).
+ * (the README's lesson 3 says why). Nor do the toasts: its pages are served
+ * without them.
  */
 
 import http, { type ServerResponse } from "node:http";
@@ -44,6 +45,7 @@ import {
   readFlags,
   RequestError,
   RoomStreams,
+  Toasts,
   router,
   serverEvent,
   servePage,
@@ -192,14 +194,16 @@ function runWorker(notifyEveryMs: number): void {
   const tell = (message: WorkerMessage) => process.send?.(message);
 
   // The router logs only what went wrong; a worker holds one stream at most, so it keeps no set of
-  // them, and it serves no room, so its hub and room stay empty.
+  // them, and it serves no room and no toasts, so its hub, room and toasts stay empty.
+  const hub = new MemoryHub();
   const state: ServerState = {
     streams: new Set(),
     log: (line) => log("ERROR", line),
     quiet: false,
     heartbeat: HEARTBEAT_MS,
-    hub: new MemoryHub(),
+    hub,
     room: new RoomStreams(HEARTBEAT_MS),
+    toasts: new Toasts(hub, () => {}, HEARTBEAT_MS),
   };
   const answer = router(ROUTES, state);
   const server = http.createServer((req, res) => {
