@@ -186,10 +186,11 @@ export class Child {
   output = "";
   exited: Promise<number | null>;
 
-  constructor(file: string, args: string[], env: NodeJS.ProcessEnv = {}) {
+  /** With `stdin: "pipe"` a test can type into the server's terminal through `process.stdin`. */
+  constructor(file: string, args: string[], env: NodeJS.ProcessEnv = {}, { stdin = "ignore" }: { stdin?: "ignore" | "pipe" } = {}) {
     this.process = spawn(process.execPath, [...process.execArgv, file, ...args], {
       env: { ...process.env, ...env },
-      stdio: ["ignore", "pipe", "pipe"],
+      stdio: [stdin, "pipe", "pipe"],
     });
     this.process.stdout!.setEncoding("utf8").on("data", (text: string) => (this.output += text));
     this.process.stderr!.setEncoding("utf8").on("data", (text: string) => (this.output += text));
