@@ -22,8 +22,9 @@
  *
  * Lesson 3's room has no blocking twin: a worker blocked in one stream hears
  * nothing of a message posted to another worker, so /room/ answers 404 here
- * (the README's lesson 3 says why). Lesson 4's WebSockets have none either:
- * each socket would hold a whole worker for as long as it stays open.
+ * (the README's lesson 3 says why). Nor do the toasts: its pages are served
+ * without them. Lesson 4's WebSockets have none either: each socket would
+ * hold a whole worker for as long as it stays open.
  */
 
 import http, { type ServerResponse } from "node:http";
@@ -45,6 +46,7 @@ import {
   readFlags,
   RequestError,
   RoomStreams,
+  Toasts,
   router,
   serverEvent,
   servePage,
@@ -200,14 +202,16 @@ function runWorker(notifyEveryMs: number): void {
   const tell = (message: WorkerMessage) => process.send?.(message);
 
   // The router logs only what went wrong; a worker holds one stream at most, so it keeps no set of
-  // them, and it serves no room, so its hub and room stay empty.
+  // them, and it serves no room and no toasts, so its hub, room and toasts stay empty.
+  const hub = new MemoryHub();
   const state: ServerState = {
     streams: new Set(),
     log: (line) => log("ERROR", line),
     quiet: false,
     heartbeat: HEARTBEAT_MS,
-    hub: new MemoryHub(),
+    hub,
     room: new RoomStreams(HEARTBEAT_MS),
+    toasts: new Toasts(hub, () => {}, HEARTBEAT_MS),
   };
   const answer = router(ROUTES, state);
   const server = http.createServer((req, res) => {

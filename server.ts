@@ -16,11 +16,13 @@
  */
 
 import cluster from "node:cluster";
+import { createHash, randomBytes } from "node:crypto";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import net from "node:net";
 import os from "node:os";
-import { createHash } from "node:crypto";
 import { readFileSync, realpathSync } from "node:fs";
+import { createInterface } from "node:readline";
+import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 // Types only: the postgres package itself is loaded with await import() when --database is given.
@@ -115,7 +117,7 @@ export const SSE_HEADERS = {
 };
 
 /** One SSE message: `event:` names it, `id:` lets a reconnecting browser say where it was. */
-export function formatEvent(event: string, data: string, id?: number): string {
+export function formatEvent(event: string, data: string, id?: number | string): string {
   const idLine = id === undefined ? "" : `id: ${id}\n`;
   return `event: ${event}\n${idLine}data: ${data}\n\n`;
 }
@@ -226,6 +228,8 @@ export interface ServerState {
   /** Lesson 3: where the room's messages are published, and the room's open streams in this process. */
   hub: Hub;
   room: RoomStreams;
+  /** Lesson 3: the toasts, which live in the same hub. */
+  toasts: Toasts;
 }
 
 export type Handler = (req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) => void | Promise<void>;
@@ -381,6 +385,8 @@ export interface Hub {
   subscribe(topic: string, options: { after?: number; signal: AbortSignal }): AsyncGenerator<HubEvent | HubGap>;
   /** Live subscribers of a topic in this process. */
   subscribers(topic: string): number;
+  /** Drops what is kept of a topic (a visitor's toasts, once that visitor is forgotten); its ids go on from where they were. */
+  forget(topic: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -527,6 +533,14 @@ export class MemoryHub implements Hub {
 
   subscribers(topicName: string): number {
     return this.topics.get(topicName)?.subscribers.size ?? 0;
+  }
+
+  /** A topic nobody follows goes entirely; one with live subscribers keeps its last id, so they see no repeat. */
+  async forget(topicName: string): Promise<void> {
+    const topic = this.topics.get(topicName);
+    if (!topic) return;
+    if (topic.subscribers.size === 0) this.topics.delete(topicName);
+    else topic.kept = [];
   }
 
   /** Ends every subscription (their generators return) and refuses further publishing. */
@@ -824,6 +838,482 @@ function checkField(fields: Record<string, unknown>, name: string, max: number):
   return text;
 }
 
+// ─── Lesson 3: toasts that stay until acknowledged ───────────────────────────
+//
+// Seed 000's toasts: a short message for one visitor, or for everyone, that
+// shows on every page that visitor has open and stays, across reloads and
+// reconnects, until the visitor closes it. There are no accounts: the first
+// page a browser loads gives it a `visitor` cookie. Toasts and read marks are
+// hub events like the room's messages, so with --database they live in
+// PostgreSQL and outlive a restart. Each visitor's stream follows two topics:
+// "toasts:everyone" (the broadcasts) and "toasts:<public visitor id>" (that
+// visitor's own toasts, and its read marks for both kinds).
+
+export const TOAST_MESSAGE_MAX = 200;
+/** Unread toasts a visitor keeps: past this, the oldest go, as if closed. */
+export const TOASTS_UNREAD_MAX = 50;
+/** Visitors whose toasts this process remembers: past this, the least recently seen go. */
+export const VISITORS_MAX = 10_000;
+export const TOAST_LEVELS = ["info", "success", "warning", "error"] as const;
+/** How long the demo's background task may sleep. */
+export const DEMO_SECONDS_RANGE = { min: 0, max: 60 };
+
+export const VISITOR_COOKIE = "visitor";
+/** The cookie's value: 128 random bits, as hex. */
+const VISITOR_SECRET_BYTES = 16;
+const VISITOR_SECRET = /^[0-9a-f]{32}$/;
+/** Hex digits of the public visitor id: 64 bits, plenty to tell visitors apart. */
+const PUBLIC_ID_LENGTH = 16;
+/** Broadcasts are owned by "everyone"; a visitor's own toasts by its public id. */
+export const EVERYONE = "everyone";
+/** A toast id names its owner, then 64 random bits: `everyone-3f2a...` or `<public id>-9c1d...`. */
+const TOAST_ID = /^(everyone|[0-9a-f]{16})-[0-9a-f]{16}$/;
+
+export type ToastLevel = (typeof TOAST_LEVELS)[number];
+
+/** What a page receives, and what POST /toasts/<id>/read answers. */
+export interface Toast {
+  id: string;
+  message: string;
+  level: ToastLevel;
+  at: string;
+}
+
+/** A "read" event's data: the toast acknowledged, and every toast this visitor had acknowledged that the hub still keeps. */
+interface ReadMark {
+  id: string;
+  acknowledged: string[];
+}
+
+export interface ToastOptions {
+  /** The public id of the visitor it is for; everyone when omitted. */
+  visitor?: string;
+  level?: ToastLevel;
+}
+
+/**
+ * The public visitor id: the first hex digits of the cookie's SHA-256. The
+ * same in every process with no table to keep, safe to show in a page, a log
+ * or a topic name, and the secret cannot be worked back out of it.
+ */
+export function publicVisitorId(secret: string): string {
+  return createHash("sha256").update(secret).digest("hex").slice(0, PUBLIC_ID_LENGTH);
+}
+
+/** The visitor cookie's secret value, when the request carries a well-formed one. */
+export function visitorSecret(req: IncomingMessage): string | undefined {
+  for (const pair of (req.headers.cookie ?? "").split(";")) {
+    const [name, value = ""] = pair.trim().split("=");
+    if (name === VISITOR_COOKIE && VISITOR_SECRET.test(value)) return value;
+  }
+  return undefined;
+}
+
+/**
+ * A new visitor cookie. HttpOnly: no script in a page can read it, so a
+ * message that got rendered as HTML still could not steal it. SameSite=Strict:
+ * the browser leaves it out of any request another site starts, so a page
+ * elsewhere cannot acknowledge or create toasts in this visitor's name.
+ */
+export function newVisitorCookie(): string {
+  return `${VISITOR_COOKIE}=${randomBytes(VISITOR_SECRET_BYTES).toString("hex")}; HttpOnly; SameSite=Strict; Path=/`;
+}
+
+/** The public id of the request's visitor, or a 401 with a sentence. */
+function requireVisitor(req: IncomingMessage): string {
+  const secret = visitorSecret(req);
+  if (!secret) throw new RequestError(401, "No visitor cookie: open a page of this server first, then send the visitor cookie it set.");
+  return publicVisitorId(secret);
+}
+
+export function toastTopic(owner: string): string {
+  return `toasts:${owner}`;
+}
+
+/** A message as a toast takes it: trimmed, 1 to the maximum characters, no control characters. */
+export function checkToastMessage(message: string): string {
+  return checkField({ message }, "message", TOAST_MESSAGE_MAX);
+}
+
+const toastsIn = (events: HubEvent[]) => events.filter((event) => event.type === "toast").map((event) => event.data as Toast);
+
+/** Every toast id the read marks kept in a visitor's topic name: each one's own, and each one's list. */
+function acknowledgedIn(own: HubEvent[]): Set<string> {
+  const acknowledged = new Set<string>();
+  for (const event of own) {
+    if (event.type !== "read") continue;
+    const mark = event.data as ReadMark;
+    acknowledged.add(mark.id);
+    for (const id of mark.acknowledged) acknowledged.add(id);
+  }
+  return acknowledged;
+}
+
+export function toastEvent(toast: Toast): string {
+  return formatEvent("toast", JSON.stringify(toast), toast.id);
+}
+
+export function readEvent(id: string): string {
+  return formatEvent("read", JSON.stringify({ id }));
+}
+
+/** Yields from several subscriptions as their events come; ends when all of them have. */
+async function* merge<T>(sources: AsyncGenerator<T>[]): AsyncGenerator<T> {
+  const next = (source: AsyncGenerator<T>) => source.next().then((result) => ({ source, result }));
+  const pending = new Map(sources.map((source) => [source, next(source)]));
+  try {
+    while (pending.size > 0) {
+      const { source, result } = await Promise.race(pending.values());
+      if (result.done) {
+        pending.delete(source);
+        continue;
+      }
+      pending.set(source, next(source));
+      yield result.value;
+    }
+  } finally {
+    // The stream's signal ends the waits still pending; what they settle with is no longer wanted.
+    for (const waiting of pending.values()) waiting.catch(() => {});
+  }
+}
+
+/**
+ * The toasts of one process: making them, acknowledging them, streaming them,
+ * and the demo's background tasks.
+ *
+ * Why a read toast never comes back. The in-memory hub keeps only the last
+ * HUB_KEEP events of each topic. A read mark for a visitor's own toast comes
+ * after that toast in the same topic, so the toast always leaves the window
+ * first. But a read mark for a broadcast sits in the visitor's topic while the
+ * broadcast sits in "toasts:everyone": enough later events for the visitor
+ * would push the mark out while the broadcast is still kept, and it would show
+ * again. So each read mark carries the ids of every toast the visitor has
+ * acknowledged that the hub still keeps, and the newest mark alone says it
+ * all. It stays in the window because at most TOASTS_UNREAD_MAX toasts can
+ * follow it: the next one past that bound makes room by marking the oldest
+ * read, which writes a new mark (see keepUnreadBound).
+ */
+export class Toasts {
+  readonly streams: ToastStreams;
+  private hub: Hub;
+  private log: (line: string) => void;
+  /** Visitors, least recently seen first (a Set keeps insertion order). */
+  private visitors = new Set<string>();
+  private boundsSaid = new Set<string>();
+  /** Aborted on Ctrl-C: every demo task still sleeping stops, with no error and no timer left. */
+  private tasks = new AbortController();
+  private tasksPending = 0;
+
+  constructor(hub: Hub, log: (line: string) => void, heartbeat: number) {
+    this.hub = hub;
+    this.log = log;
+    this.streams = new ToastStreams(heartbeat);
+  }
+
+  /**
+   * Seed 000's create_toast, for code that cannot await: returns the toast at
+   * once. With the in-memory hub it is stored before this returns; with
+   * PostgreSQL a moment later (a failure is logged).
+   */
+  createToast(message: string, options: ToastOptions = {}): Toast {
+    const { toast, stored } = this.publishToast(message, options);
+    stored.catch((error: Error) => this.log(`toasts: toast ${toast.id} was not stored: ${error.message}`));
+    return toast;
+  }
+
+  /** Seed 000's async_create_toast: resolves once the toast is stored and on its way to every open stream. */
+  async createToastAsync(message: string, options: ToastOptions = {}): Promise<Toast> {
+    const { toast, stored } = this.publishToast(message, options);
+    await stored;
+    return toast;
+  }
+
+  private publishToast(message: string, { visitor, level = "info" }: ToastOptions) {
+    if (!TOAST_LEVELS.includes(level)) throw new RequestError(400, `level must be one of ${TOAST_LEVELS.join(", ")}.`);
+    const owner = visitor ?? EVERYONE;
+    const toast: Toast = { id: `${owner}-${randomBytes(8).toString("hex")}`, message: checkToastMessage(message), level, at: new Date().toISOString() };
+    if (visitor) this.seen(visitor);
+    const published = this.hub.publish(toastTopic(owner), "toast", toast);
+    const stored = visitor ? published.then(() => this.keepUnreadBound(visitor)) : published.then(() => {});
+    return { toast, stored };
+  }
+
+  /** A line from the server's terminal, as a toast for everyone; an empty line is skipped, a long one cut. */
+  fromPresenter(line: string): Toast | undefined {
+    const characters = [...line.replace(/\p{Cc}/gu, " ").trim()];
+    if (characters.length === 0) return undefined;
+    if (characters.length > TOAST_MESSAGE_MAX) {
+      this.sayOnce("message", `toasts: a line over ${TOAST_MESSAGE_MAX} characters is cut to that length (said once)`);
+    }
+    const toast = this.createToast(characters.slice(0, TOAST_MESSAGE_MAX).join(""));
+    this.log(`toast ${toast.id} for everyone, from the presenter`);
+    return toast;
+  }
+
+  /** Marks a toast read for this visitor and returns it: 404 when unknown, 403 when it is another visitor's. */
+  async read(visitor: string, toastId: string): Promise<Toast> {
+    const owner = TOAST_ID.exec(toastId)?.[1];
+    if (!owner) throw new RequestError(404, "There is no toast with that id.");
+    const known = await this.known(visitor);
+    const events = owner === visitor ? known.own : owner === EVERYONE ? known.everyone : await this.hub.history(toastTopic(owner));
+    const toast = toastsIn(events).find((candidate) => candidate.id === toastId);
+    if (!toast) throw new RequestError(404, "There is no toast with that id.");
+    // Seed 000's IsOwner: a visitor acknowledges its own toasts and the broadcasts, nobody else's.
+    if (owner !== visitor && owner !== EVERYONE) throw new RequestError(403, "That toast is another visitor's: only its owner may mark it read.");
+    if (!known.acknowledged.has(toastId)) await this.markRead(visitor, toastId, known);
+    return toast;
+  }
+
+  /** What the hub keeps for this visitor: its topic, the broadcasts, and what it acknowledged. */
+  private async known(visitor: string) {
+    const [own, everyone] = await Promise.all([this.hub.history(toastTopic(visitor)), this.hub.history(toastTopic(EVERYONE))]);
+    return { own, everyone, acknowledged: acknowledgedIn(own) };
+  }
+
+  private async markRead(visitor: string, toastId: string, known: Awaited<ReturnType<Toasts["known"]>>) {
+    known.acknowledged.add(toastId);
+    // Only ids the hub still keeps: the list stays as short as the window.
+    const kept = new Set([...toastsIn(known.own), ...toastsIn(known.everyone)].map((toast) => toast.id));
+    const mark: ReadMark = { id: toastId, acknowledged: [...known.acknowledged].filter((id) => kept.has(id)) };
+    await this.hub.publish(toastTopic(visitor), "read", mark);
+  }
+
+  /** Past TOASTS_UNREAD_MAX unread toasts of its own, a visitor's oldest are marked read: every tab removes them. */
+  private async keepUnreadBound(visitor: string) {
+    const known = await this.known(visitor);
+    const unread = toastsIn(known.own).filter((toast) => !known.acknowledged.has(toast.id));
+    if (unread.length <= TOASTS_UNREAD_MAX) return;
+    this.sayOnce("unread", `toasts: a visitor has ${TOASTS_UNREAD_MAX} unread toasts; from now on the oldest go (said once)`);
+    for (const toast of unread.slice(0, unread.length - TOASTS_UNREAD_MAX)) await this.markRead(visitor, toast.id, known);
+  }
+
+  /** Remembers the visitor as the most recently seen; past VISITORS_MAX, the least recently seen and its toasts are forgotten. */
+  seen(visitor: string): void {
+    this.visitors.delete(visitor);
+    this.visitors.add(visitor);
+    if (this.visitors.size <= VISITORS_MAX) return;
+    const [oldest] = this.visitors;
+    this.visitors.delete(oldest!);
+    this.sayOnce("visitors", `toasts: ${VISITORS_MAX} visitors remembered; from now on the least recently seen are forgotten (said once)`);
+    this.hub.forget(toastTopic(oldest!)).catch((error: Error) => this.log(`toasts: ${error.message}`));
+  }
+
+  private sayOnce(bound: string, line: string) {
+    if (this.boundsSaid.has(bound)) return;
+    this.boundsSaid.add(bound);
+    this.log(line);
+  }
+
+  /**
+   * One visitor's stream: first its unread toasts, own and broadcast, oldest
+   * first, at most TOASTS_UNREAD_MAX; then, live, each new toast and each read
+   * mark, so every tab removes a toast the moment another tab closes it.
+   */
+  async *stream(visitor: string, signal: AbortSignal): AsyncGenerator<string> {
+    const { own, everyone, acknowledged } = await this.known(visitor);
+    const unread = [...toastsIn(own), ...toastsIn(everyone)].filter((toast) => !acknowledged.has(toast.id));
+    unread.sort((a, b) => a.at.localeCompare(b.at));
+    for (const toast of unread.slice(-TOASTS_UNREAD_MAX)) yield toastEvent(toast);
+    // From the last event read above: whatever was published since is replayed by the hub.
+    const live = merge([
+      this.hub.subscribe(toastTopic(visitor), { after: own.at(-1)?.id ?? 0, signal }),
+      this.hub.subscribe(toastTopic(EVERYONE), { after: everyone.at(-1)?.id ?? 0, signal }),
+    ]);
+    for await (const event of live) {
+      // A gap is followed by everything kept; toasts the page already shows are recognised by their id.
+      if (event.type === "toast") yield toastEvent((event as HubEvent<Toast>).data);
+      if (event.type === "read") yield readEvent((event as HubEvent<ReadMark>).data.id);
+    }
+  }
+
+  /**
+   * Seed 000's demo: "Sleep running for at least N second(s)..." now, the
+   * message after N seconds. The task outlives the request that started it.
+   */
+  async sleepTask(visitor: string, message: string, seconds: number): Promise<void> {
+    const { signal } = this.tasks;
+    if (signal.aborted) return;
+    this.tasksPending++;
+    try {
+      await this.createToastAsync(`Sleep running for at least ${seconds} second(s)...`, { visitor });
+      await delay(seconds * 1000, undefined, { signal });
+      await this.createToastAsync(message, { visitor, level: "success" });
+    } catch (error) {
+      if (!signal.aborted) this.log(`toasts: a demo task failed: ${(error as Error).message}`);
+    } finally {
+      this.tasksPending--;
+    }
+  }
+
+  /** Stops every demo task still sleeping (on Ctrl-C); returns how many there were. */
+  cancelTasks(): number {
+    this.tasks.abort();
+    return this.tasksPending;
+  }
+}
+
+export const TOASTS_HEARTBEAT = ": still here\n\n";
+
+/** The toast streams open in this process, and the one timer that gives the silent ones a heartbeat. */
+export class ToastStreams {
+  /** Each open stream, and whether it wrote since the last beat. */
+  private streams = new Map<ServerResponse, boolean>();
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private heartbeat: number;
+
+  constructor(heartbeat: number) {
+    this.heartbeat = heartbeat;
+  }
+
+  get size(): number {
+    return this.streams.size;
+  }
+
+  open(res: ServerResponse) {
+    this.streams.set(res, false);
+    this.heartbeatTimer ??= setInterval(() => this.beat(), this.heartbeat);
+  }
+
+  wrote(res: ServerResponse) {
+    if (this.streams.has(res)) this.streams.set(res, true);
+  }
+
+  close(res: ServerResponse) {
+    this.streams.delete(res);
+    if (this.streams.size > 0) return;
+    clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = undefined;
+  }
+
+  endAll() {
+    for (const res of this.streams.keys()) res.end();
+  }
+
+  private beat() {
+    for (const [res, wrote] of this.streams) {
+      if (!wrote && !res.writableNeedDrain) res.write(TOASTS_HEARTBEAT);
+      this.streams.set(res, false);
+    }
+  }
+}
+
+// ─── Lesson 3: the toasts' handlers and the middleware ───────────────────────
+
+/** Streams one visitor's toasts to one tab (or to the one shared worker of all its tabs). */
+const serveToastStream: Handler = async (req, res, url, { toasts, log, quiet }) => {
+  const visitor = requireVisitor(req);
+  toasts.seen(visitor);
+  res.writeHead(200, SSE_HEADERS);
+  res.flushHeaders();
+  const left = new AbortController();
+  const leave = () => left.abort();
+  res.on("close", leave);
+  toasts.streams.open(res);
+  if (!quiet) log(`toast stream opened for visitor ${visitor} (${toasts.streams.size} open)`);
+
+  let why = "the client left";
+  let eventsSent = 0;
+  try {
+    for await (const message of toasts.stream(visitor, left.signal)) {
+      toasts.streams.wrote(res);
+      eventsSent++;
+      if (!res.write(message)) await drainOrClose(res);
+    }
+    if (res.writableEnded) why = "the server is stopping";
+  } catch (error) {
+    if (!(error instanceof SlowSubscriberError)) throw error;
+    why = "too slow to read, cut";
+    res.destroy();
+  } finally {
+    res.off("close", leave);
+    toasts.streams.close(res);
+    if (!res.destroyed) res.end();
+    if (!quiet) log(`toast stream closed after ${eventsSent} events: ${why} (${toasts.streams.size} open)`);
+  }
+};
+
+/** POST /toasts/<id>/read: the owner acknowledges a toast; 200 with the toast. */
+const readToast: Handler = async (req, res, url, { toasts, log, quiet }) => {
+  checkOrigin(req);
+  const visitor = requireVisitor(req);
+  toasts.seen(visitor);
+  const toastId = decodeURIComponent(url.pathname.split("/")[2] ?? "");
+  const toast = await toasts.read(visitor, toastId);
+  if (!quiet) log(`toast ${toast.id} read by visitor ${visitor}`);
+  sendJson(res, 200, toast);
+};
+
+/** Seed 000's demo form: starts the background task, and answers at once with 303 back to the page. */
+const startDemo: Handler = async (req, res, url, { toasts, log, quiet }) => {
+  checkOrigin(req);
+  const visitor = requireVisitor(req);
+  if (contentType(req) !== "application/x-www-form-urlencoded") throw new RequestError(415, "Send the demo as a form (application/x-www-form-urlencoded).");
+  const fields = Object.fromEntries(new URLSearchParams(await readBody(req, res)));
+  const message = checkToastMessage(fields.message ?? "");
+  const seconds = wholeNumber("seconds", fields.seconds ?? "", DEMO_SECONDS_RANGE);
+  void toasts.sleepTask(visitor, message, seconds);
+  if (!quiet) log(`toast demo started for visitor ${visitor}: the second toast in ${seconds} s`);
+  res.writeHead(303, { Location: "/toasts/" }).end();
+};
+
+let toastPages: { demo: string; snippet: string; worker: string } | undefined;
+
+/** The demo page, the snippet every page gets, and the shared worker's script, from pages/, read once. */
+function readToastPages() {
+  const read = (name: string) => readFileSync(new URL(`./pages/${name}`, import.meta.url), "utf8");
+  toastPages ??= {
+    demo: read("toasts.html"),
+    snippet: `<style>\n${read("toasts.css")}</style>\n<script type="module">\n${read("toasts.js")}</script>\n`,
+    worker: read("toasts-worker.js"),
+  };
+  return toastPages;
+}
+
+const serveDemoPage: Handler = (req, res) => {
+  const page = readToastPages().demo;
+  res.writeHead(200, { "Content-Type": "text/html; charset=utf-8", "Content-Length": Buffer.byteLength(page) });
+  res.end(page);
+};
+
+const serveToastWorker: Handler = (req, res) => {
+  const script = readToastPages().worker;
+  res.writeHead(200, { "Content-Type": "text/javascript; charset=utf-8", "Content-Length": Buffer.byteLength(script) });
+  res.end(script);
+};
+
+/** The page with the toasts' style and script put in before </body> (else before </html>, else at the end). */
+export function withToasts(page: string): string {
+  const { snippet } = readToastPages();
+  const at = page.lastIndexOf("</body>") !== -1 ? page.lastIndexOf("</body>") : page.lastIndexOf("</html>");
+  return at === -1 ? page + snippet : page.slice(0, at) + snippet + page.slice(at);
+}
+
+/**
+ * Seed 000's middleware, the way django-debug-toolbar's works: every HTML
+ * answer gets the toasts inserted, and no page carries a copy of its own.
+ * It holds back writeHead until end(), where the whole page is known, puts
+ * the toasts in, fixes Content-Length, and gives a browser that has no visitor
+ * cookie yet a new one. Anything that is not HTML passes untouched.
+ */
+function addToasts(req: IncomingMessage, res: ServerResponse): void {
+  const writeHead = res.writeHead.bind(res);
+  const end = res.end.bind(res);
+  let held: { status: number; headers: http.OutgoingHttpHeaders } | undefined;
+  res.writeHead = ((status: number, ...rest: unknown[]) => {
+    const headers = rest.find((arg) => typeof arg === "object" && arg !== null) as http.OutgoingHttpHeaders | undefined;
+    if (!String(headers?.["Content-Type"] ?? "").startsWith("text/html")) return writeHead(status, ...(rest as []));
+    held = { status, headers: { ...headers } };
+    return res;
+  }) as typeof res.writeHead;
+  res.end = ((page?: unknown) => {
+    if (!held || typeof page !== "string") return end(page as never);
+    const body = withToasts(page);
+    const cookie = visitorSecret(req) ? {} : { "Set-Cookie": newVisitorCookie() };
+    writeHead(held.status, { ...held.headers, ...cookie, "Content-Length": Buffer.byteLength(body) });
+    return end(body);
+  }) as typeof res.end;
+}
+
 // ─── Lesson 4: two-way ───────────────────────────────────────────────────────
 //
 // Seed 002 adds push to a REST API: one WebSocket endpoint where the client
@@ -862,28 +1352,6 @@ export function hubEventToWs(event: HubEvent | HubGap): string {
   return JSON.stringify({ type: WS_MESSAGE_TYPES[event.type], payload });
 }
 
-// ─── Lesson 4: who is asking ─────────────────────────────────────────────────
-//
-// Permissions need a "who". There are no accounts: a browser is known by its
-// `visitor` cookie, a secret of 128 random bits that only the browser and this
-// server see (HttpOnly, SameSite=Strict). What others may see is the public
-// visitor id, derived from it: a message records its poster's public id, and
-// a WebSocket subscription to toasts names one.
-
-export const VISITOR_COOKIE = "visitor";
-const VISITOR_SECRET = /^[0-9a-f]{32}$/;
-/** Hex digits of the public visitor id. */
-const PUBLIC_ID_LENGTH = 16;
-
-/** The public id of the request's visitor: the first hex digits of the cookie's SHA-256; undefined without a well-formed cookie. */
-export function readVisitor(req: IncomingMessage): string | undefined {
-  for (const pair of (req.headers.cookie ?? "").split(";")) {
-    const [name, value = ""] = pair.trim().split("=");
-    if (name === VISITOR_COOKIE && VISITOR_SECRET.test(value)) return createHash("sha256").update(value).digest("hex").slice(0, PUBLIC_ID_LENGTH);
-  }
-  return undefined;
-}
-
 // ─── Lesson 4: REST on the room's messages ───────────────────────────────────
 //
 // Seed 002's viewset: GET, PUT and DELETE on one message. The room's state is
@@ -920,6 +1388,12 @@ async function messageFromPath(hub: Hub, url: URL): Promise<RoomMessage> {
   const { message } = await findMessage(hub, id);
   if (!message) throw new RequestError(404, `There is no message ${id} in the room (it may be deleted, or older than the last ${HUB_KEEP} events).`);
   return message;
+}
+
+/** The public id of the request's visitor (lesson 3's cookie), or undefined without one. */
+export function readVisitor(req: IncomingMessage): string | undefined {
+  const secret = visitorSecret(req);
+  return secret === undefined ? undefined : publicVisitorId(secret);
 }
 
 /** Only the visitor who posted a message may change it: seed 002's permission check. */
@@ -1046,7 +1520,7 @@ function readTarget(frame: Record<string, unknown>): Target {
     }
     case "toasts": {
       if (typeof id !== "string") throw new RequestError(400, "The id of toasts is a visitor id, a string.");
-      return { key: `toasts ${id}`, reply: { object_type: "toasts", id }, topic: `toasts:${id}`, accepts: () => true };
+      return { key: `toasts ${id}`, reply: { object_type: "toasts", id }, topic: toastTopic(id), accepts: () => true };
     }
     default:
       throw new RequestError(400, "object_type must be room, message or toasts.");
@@ -1157,7 +1631,8 @@ export class Notifications {
     const { subscriptions } = connection;
     if (subscriptions.has(target.key)) throw new RequestError(400, `Already subscribed to ${target.key}.`);
     if (subscriptions.size >= WS_SUBSCRIPTIONS_MAX) throw new RequestError(400, `At most ${WS_SUBSCRIPTIONS_MAX} subscriptions per connection: unsubscribe from one first.`);
-    if (target.topic.startsWith("toasts:") && target.topic !== `toasts:${connection.visitor}`) {
+    // Anyone may follow the room and its messages; only the visitor itself may follow its toasts.
+    if (target.reply.object_type === "toasts" && target.reply.id !== connection.visitor) {
       throw new RequestError(403, "Only the visitor itself may follow its toasts.");
     }
     let after = target.after;
@@ -1172,8 +1647,8 @@ export class Notifications {
     socket.send(JSON.stringify({ type: "SUBSCRIBED", payload: target.reply }));
     const from = target.after === undefined ? "" : ` after ${target.after}`;
     if (!this.state.quiet) this.state.log(`websocket ${connection.client} follows ${target.key}${from}`);
-    const events = target.key === "room lobby" ? roomEvents(this.state.hub, after, leave.signal) : this.state.hub.subscribe(target.topic, { after, signal: leave.signal });
     try {
+      const events = this.events(target, after, leave.signal);
       for await (const event of events) {
         if (!target.accepts(event) || !(event.type in WS_MESSAGE_TYPES)) continue;
         connection.sent++;
@@ -1187,6 +1662,14 @@ export class Notifications {
     } finally {
       if (subscriptions.get(target.key) === leave) subscriptions.delete(target.key);
     }
+  }
+
+  /** Where a subscription's events come from: the room (with its replay), a message's topic, or a visitor's toasts and the broadcasts, live. */
+  private events(target: Target, after: number | undefined, signal: AbortSignal): AsyncGenerator<HubEvent | HubGap> {
+    const { hub } = this.state;
+    if (target.reply.object_type === "room") return roomEvents(hub, after, signal);
+    if (target.reply.object_type === "toasts") return merge([target.topic, toastTopic(EVERYONE)].map((topic) => hub.subscribe(topic, { signal })));
+    return hub.subscribe(target.topic, { after, signal });
   }
 
   private unsubscribe(socket: WebSocket, connection: Connection, target: Target) {
@@ -1220,28 +1703,42 @@ export const ROUTES: Routes = {
   "/room/": { GET: serveRoomPage, HEAD: serveRoomPage },
   "/room/messages": { GET: listMessages, POST: postMessage },
   "/room/stream": { GET: serveRoomStream },
+  "/toasts/": { GET: serveDemoPage, HEAD: serveDemoPage },
+  "/toasts/stream": { GET: serveToastStream },
+  "/toasts/demo": { POST: startDemo },
+  "/toasts/worker.js": { GET: serveToastWorker },
+  "/toasts/:id/read": { POST: readToast },
   "/room/messages/:id": { GET: getMessage, PUT: putMessage, DELETE: deleteMessage },
   "/ws/notifications": { GET: describeNotifications },
 };
 
-/** The route for a path: its own line, or the line with its last part, when a number, written :id. */
-function routeFor(routes: Routes, path: string) {
-  return routes[path] ?? routes[path.replace(/\/\d+$/, "/:id")];
+/** The route for a path: its own line, else a line with a :placeholder in place of one segment. */
+function findRoute(routes: Routes, pathname: string): Routes[string] | undefined {
+  if (routes[pathname]) return routes[pathname];
+  const segments = pathname.split("/");
+  for (const [pattern, methods] of Object.entries(routes)) {
+    const parts = pattern.split("/");
+    if (parts.length === segments.length && parts.every((part, k) => part === segments[k] || (part.startsWith(":") && segments[k] !== ""))) return methods;
+  }
+  return undefined;
 }
 
 /** Turns a route table into a request listener that answers 400, 404 and 405 with one sentence. */
 export function router(routes: Routes, state: ServerState): http.RequestListener {
+  // blocking-server.ts shares this router and serves no toasts: its pages stay as they are.
+  const servesToasts = "/toasts/stream" in routes;
   return async (req, res) => {
     try {
       const url = URL.canParse(req.url ?? "", "http://localhost") ? new URL(req.url ?? "", "http://localhost") : undefined;
       if (!url) throw new RequestError(400, "The request target is not a path this server can read.");
-      const methods = routeFor(routes, url.pathname);
+      const methods = findRoute(routes, url.pathname);
       if (!methods) throw new RequestError(404, `Nothing here at ${url.pathname}; the countdown is at /.`);
       const handler = methods[req.method ?? "GET"];
       if (!handler) {
         res.setHeader("Allow", Object.keys(methods).join(", "));
         throw new RequestError(405, `${url.pathname} answers ${Object.keys(methods).join(" and ")} only.`);
       }
+      if (servesToasts) addToasts(req, res);
       await handler(req, res, url, state);
     } catch (error) {
       if (res.headersSent) return; // never an error page after the stream started
@@ -1261,6 +1758,8 @@ export interface CountdownServer extends http.Server {
   /** Lesson 3: the hub the room publishes to, and the room's open streams. */
   hub: Hub;
   room: RoomStreams;
+  /** Lesson 3: the toasts, with createToast() and createToastAsync() for code. */
+  toasts: Toasts;
   /** Lesson 4: this process's WebSockets. */
   notifications: Notifications;
   /** Ends every open stream cleanly, and closes every WebSocket with 1001; browsers reconnect and resume. */
@@ -1288,13 +1787,15 @@ export function logLine(line: string): void {
 export function createCountdownServer(options: ServerOptions = {}): CountdownServer {
   const log = options.log ?? logLine;
   const heartbeat = options.heartbeat ?? HEARTBEAT_MS;
+  const hub = options.hub ?? new MemoryHub({ log });
   const state: ServerState = {
     streams: new Set(),
     log,
     quiet: options.quiet ?? false,
     heartbeat,
-    hub: options.hub ?? new MemoryHub({ log }),
+    hub,
     room: new RoomStreams(heartbeat),
+    toasts: new Toasts(hub, log, heartbeat),
   };
   const notifications = new Notifications(state, options.pingInterval ?? WS_PING_INTERVAL_MS);
   const server = http.createServer(router(ROUTES, state));
@@ -1304,10 +1805,12 @@ export function createCountdownServer(options: ServerOptions = {}): CountdownSer
     streams: state.streams,
     hub: state.hub,
     room: state.room,
+    toasts: state.toasts,
     notifications,
     endStreams() {
       for (const res of state.streams) res.end();
       state.room.endAll();
+      state.toasts.streams.endAll();
       notifications.closeAll();
     },
   });
@@ -1382,6 +1885,13 @@ export async function superviseWorkers(count: number, host: string, port: number
   process.once("SIGTERM", () => stop("SIGTERM"));
 
   for (let i = 0; i < count; i++) cluster.fork();
+  // Each line to the next worker in turn; a worker that just died is skipped.
+  let nextWorker = 0;
+  readPresenterLines((line) => {
+    const workers = alive().filter((worker) => worker.isConnected());
+    const worker = workers[nextWorker++ % Math.max(1, workers.length)];
+    worker?.send({ presenterLine: line } satisfies PresenterLine);
+  });
 }
 
 // ─── Lesson 3: one room across processes, through PostgreSQL ─────────────────
@@ -1584,6 +2094,13 @@ export class PostgresHub implements Hub {
     return this.local.subscribers(topic);
   }
 
+  /** Deletes the topic's events; its row in hub_topics stays, so ids never start again from 1 under another process's copy. */
+  async forget(topic: string): Promise<void> {
+    if (this.local.subscribers(topic) === 0) this.loaded.delete(topic);
+    await this.local.forget(topic);
+    await this.sql`delete from hub_events where topic = ${topic}`;
+  }
+
   async close(): Promise<void> {
     this.closing = true;
     clearTimeout(this.retryTimer);
@@ -1659,6 +2176,32 @@ export class PostgresHub implements Hub {
       for (const event of await this.history(topic, { after: this.local.lastId(topic), limit: Number.MAX_SAFE_INTEGER })) this.local.relay(event);
     }
   }
+}
+
+// ─── Lesson 3: toasts from the terminal ──────────────────────────────────────
+//
+// At a workshop the presenter types a line where the server runs, and every
+// screen shows it. With --workers N only the primary reads the terminal, and
+// hands each line to one worker, whose hub publishes it: with --database that
+// reaches every process; without, only that worker's tabs.
+
+/** A message over IPC from the primary to a worker: one line from the terminal. */
+interface PresenterLine {
+  presenterLine: string;
+}
+
+/** Calls `onLine` for each line of standard input. When it ends (or is /dev/null) the server goes on serving. */
+export function readPresenterLines(onLine: (line: string) => void): void {
+  const lines = createInterface({ input: process.stdin });
+  lines.on("line", onLine);
+  lines.on("close", () => logLine("standard input closed: no more toasts from this terminal; still serving"));
+}
+
+/** In a worker: toasts from the lines its primary forwards. */
+function hearPresenterLines(toasts: Toasts): void {
+  process.on("message", (message: Partial<PresenterLine>) => {
+    if (typeof message?.presenterLine === "string") toasts.fromPresenter(message.presenterLine);
+  });
 }
 
 // ─── Start-up: flags, listening, stopping ────────────────────────────────────
@@ -1779,6 +2322,7 @@ function printBanner(host: string, port: number, workers: number, databaseUrl: s
   console.log(`  Past 6 tabs, use the page's "Open another tab" link: a browser opens at most 6 connections`);
   console.log(`  per host name, so tab7.localhost, tab8.localhost, ... each get their own.`);
   console.log(`  Raw events: curl -N ${url}sse/   Short demo: ${url}?from=10&interval=200`);
+  console.log(`  Toasts: type a line here and press Enter: every open page shows it. Demo: ${url}toasts/`);
   if (databaseUrl) {
     console.log(`  The room and the toasts live in PostgreSQL at ${redactUrl(databaseUrl)}: every process hears every message.`);
   } else if (workers > 1) {
@@ -1809,14 +2353,21 @@ async function main() {
   const server = createCountdownServer({ quiet: flags.quiet, hub });
   const listeners = await listen(server, host, port);
   const actualPort = (server.address() as net.AddressInfo).port;
-  // A worker's banner is its primary's.
-  if (cluster.isPrimary) printBanner(host, actualPort, workers, databaseUrl);
+  // A worker's banner is its primary's, and so is its terminal.
+  if (cluster.isPrimary) {
+    printBanner(host, actualPort, workers, databaseUrl);
+    readPresenterLines((line) => server.toasts.fromPresenter(line));
+  } else {
+    hearPresenterLines(server.toasts);
+  }
 
   let stopping = false;
   const stop = (why: string) => {
     if (stopping) return;
     stopping = true;
     logLine(`${why}: ending ${server.streams.size} open streams and ${server.notifications.size} WebSockets (their browsers will reconnect and resume)`);
+    const cancelled = server.toasts.cancelTasks();
+    if (cancelled > 0) logLine(`cancelled ${cancelled} toast demo tasks still sleeping`);
     // A second Ctrl-C means "now".
     process.once("SIGINT", () => process.exit(130));
     for (const listener of listeners) listener.close();

@@ -18,6 +18,9 @@ import "./test/countdown.ts";
 // Lesson 3: push, don't poll. A posted message reaches every open tab through the hub; polling is kept beside it.
 import "./test/room.ts";
 
+// Lesson 3: toasts that stay until acknowledged. A per-visitor stream on the same hub, owner-only reads, the toasts on every page.
+import "./test/toasts.ts";
+
 // Lesson 3: several processes. --workers N on one port, one room through PostgreSQL.
 import "./test/processes.ts";
 

@@ -167,6 +167,8 @@ export async function startServer(options: ServerOptions = {}) {
 export async function stopServer(server: http.Server | undefined) {
   if (!server?.listening) return;
   server.closeAllConnections();
+  // A WebSocket is no longer the HTTP server's connection: it is closed on its own.
+  (server as Partial<CountdownServer>).notifications?.closeAll();
   await within("the server to close", new Promise((resolve) => server.close(resolve)));
 }
 
@@ -186,10 +188,11 @@ export class Child {
   output = "";
   exited: Promise<number | null>;
 
-  constructor(file: string, args: string[], env: NodeJS.ProcessEnv = {}) {
+  /** With `stdin: "pipe"` a test can type into the server's terminal through `process.stdin`. */
+  constructor(file: string, args: string[], env: NodeJS.ProcessEnv = {}, { stdin = "ignore" }: { stdin?: "ignore" | "pipe" } = {}) {
     this.process = spawn(process.execPath, [...process.execArgv, file, ...args], {
       env: { ...process.env, ...env },
-      stdio: ["ignore", "pipe", "pipe"],
+      stdio: [stdin, "pipe", "pipe"],
     });
     this.process.stdout!.setEncoding("utf8").on("data", (text: string) => (this.output += text));
     this.process.stderr!.setEncoding("utf8").on("data", (text: string) => (this.output += text));
@@ -541,6 +544,7 @@ export function closeListener(listener: net.Server): Promise<void> {
 export async function stopLoopbackServer(running: LoopbackServer | undefined) {
   if (!running) return;
   running.server.closeAllConnections();
+  running.server.notifications.closeAll();
   await within("the server to close", Promise.all(running.listeners.map(closeListener)));
 }
 
