@@ -1921,8 +1921,8 @@ function printBanner(host: string, port: number, workers: number, databaseUrl: s
   const who = workers === 1 ? `async, pid ${process.pid}` : `async, ${workers} worker processes, primary pid ${process.pid}`;
   console.log(`Countdown server (${who}) listening at ${urls.join(" and ")}`);
   console.log(`  Open ${url} in a tab, then in more tabs: ${workers === 1 ? "one process serves them all" : "each worker serves many"}.`);
-  console.log(`  Past 6 tabs, use the page's "Open another tab" link: a browser opens at most 6 connections`);
-  console.log(`  per host name, so tab7.localhost, tab8.localhost, ... each get their own.`);
+  console.log(`  Past 5 tabs, use the page's "Open another tab" link: a browser opens at most 6 connections`);
+  console.log(`  per host name and the toasts hold one, so tab6.localhost, tab7.localhost, ... each get their own.`);
   console.log(`  Raw events: curl -N ${url}sse/   Short demo: ${url}?from=10&interval=200`);
   console.log(`  Toasts: type a line here and press Enter: every open page shows it. Demo: ${url}toasts/`);
   if (databaseUrl) {
