@@ -13,6 +13,10 @@
  *   - curl -N http://localhost:8000/sse/ shows the raw events as they are sent;
  *   - press Ctrl-C and start the server again: open tabs carry on where they were;
  *   - http://localhost:8000/?from=10&interval=200 makes a short, fast countdown.
+ * Lesson 3's toasts (further down):
+ *   - type a line where the server runs and press Enter: every open page shows it
+ *     in a corner until closed, and closing it in one tab closes it in all of them;
+ *   - http://localhost:8000/toasts/ starts seed 000's demo: a toast now, another later.
  */
 
 import cluster from "node:cluster";
