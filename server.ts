@@ -1439,7 +1439,7 @@ export function createCountdownServer(options: ServerOptions = {}): CountdownSer
 export async function superviseWorkers(count: number, host: string, port: number, databaseUrl: string): Promise<void> {
   // Try the address and the database once here, so a busy port or a database that is down is one sentence, not one per worker.
   for (const probe of await listen(net.createServer(), host, port)) await new Promise((resolve) => probe.close(resolve));
-  if (databaseUrl) await (await openDatabase(databaseUrl)).end();
+  if (databaseUrl) await createTables(databaseUrl);
 
   let stopping = false;
   let bannerPrinted = false;
@@ -1596,6 +1596,17 @@ const SCHEMA = `
     primary key (topic, id)
   );
 `;
+
+/**
+ * Creates the tables once, in the primary of --workers N, before any worker
+ * starts: two workers running "create table if not exists" at the same moment
+ * can both try to create, and one of them fails.
+ */
+async function createTables(url: string): Promise<void> {
+  const sql = await openDatabase(url);
+  await sql.unsafe(SCHEMA);
+  await sql.end();
+}
 
 interface EventRow {
   topic: string;
@@ -1916,7 +1927,10 @@ Serves a countdown page and its event stream from one async process.
   --database URL   Keeps the room and the toasts in PostgreSQL, shared by every process
                    (env DATABASE_URL), e.g. postgres://user:password@localhost:5432/countdown.
   --quiet          Leaves out the one line per stream opened and closed (for load tests).
-  --help           Shows this help.`;
+  --help           Shows this help.
+
+Each line on standard input becomes a toast for everyone (with --workers, the primary
+reads it); when standard input ends or is /dev/null, the server goes on serving.`;
 
 /** What a person reads first: where to point the browser, and what to try. */
 function printBanner(host: string, port: number, workers: number, databaseUrl: string): void {

@@ -382,6 +382,12 @@ lesson("toasts: a line typed into the server's terminal", (test) => {
     assert.is(await child.stop("SIGINT"), 0);
   });
 
+  test("--help says what standard input does", async () => {
+    const child = run(["--help"], "ignore");
+    assert.is(await within("help to print", child.exited), 0);
+    assert.match(child.output, /Each line on standard input becomes a toast for everyone/);
+  });
+
   test("with stdin on /dev/null the server serves as usual", async () => {
     const child = run([], "ignore");
     const url = await started(child);
