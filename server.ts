@@ -13,6 +13,10 @@
  *   - curl -N http://localhost:8000/sse/ shows the raw events as they are sent;
  *   - press Ctrl-C and start the server again: open tabs carry on where they were;
  *   - http://localhost:8000/?from=10&interval=200 makes a short, fast countdown.
+ * Lesson 3's toasts (further down):
+ *   - type a line where the server runs and press Enter: every open page shows it
+ *     in a corner until closed, and closing it in one tab closes it in all of them;
+ *   - http://localhost:8000/toasts/ starts seed 000's demo: a toast now, another later.
  */
 
 import cluster from "node:cluster";
@@ -1833,7 +1837,7 @@ export function createCountdownServer(options: ServerOptions = {}): CountdownSer
 export async function superviseWorkers(count: number, host: string, port: number, databaseUrl: string): Promise<void> {
   // Try the address and the database once here, so a busy port or a database that is down is one sentence, not one per worker.
   for (const probe of await listen(net.createServer(), host, port)) await new Promise((resolve) => probe.close(resolve));
-  if (databaseUrl) await (await openDatabase(databaseUrl)).end();
+  if (databaseUrl) await createTables(databaseUrl);
 
   let stopping = false;
   let bannerPrinted = false;
@@ -1990,6 +1994,17 @@ const SCHEMA = `
     primary key (topic, id)
   );
 `;
+
+/**
+ * Creates the tables once, in the primary of --workers N, before any worker
+ * starts: two workers running "create table if not exists" at the same moment
+ * can both try to create, and one of them fails.
+ */
+async function createTables(url: string): Promise<void> {
+  const sql = await openDatabase(url);
+  await sql.unsafe(SCHEMA);
+  await sql.end();
+}
 
 interface EventRow {
   topic: string;
@@ -2310,7 +2325,10 @@ Serves a countdown page and its event stream from one async process.
   --database URL   Keeps the room and the toasts in PostgreSQL, shared by every process
                    (env DATABASE_URL), e.g. postgres://user:password@localhost:5432/countdown.
   --quiet          Leaves out the one line per stream opened and closed (for load tests).
-  --help           Shows this help.`;
+  --help           Shows this help.
+
+Each line on standard input becomes a toast for everyone (with --workers, the primary
+reads it); when standard input ends or is /dev/null, the server goes on serving.`;
 
 /** What a person reads first: where to point the browser, and what to try. */
 function printBanner(host: string, port: number, workers: number, databaseUrl: string): void {
@@ -2319,8 +2337,8 @@ function printBanner(host: string, port: number, workers: number, databaseUrl: s
   const who = workers === 1 ? `async, pid ${process.pid}` : `async, ${workers} worker processes, primary pid ${process.pid}`;
   console.log(`Countdown server (${who}) listening at ${urls.join(" and ")}`);
   console.log(`  Open ${url} in a tab, then in more tabs: ${workers === 1 ? "one process serves them all" : "each worker serves many"}.`);
-  console.log(`  Past 6 tabs, use the page's "Open another tab" link: a browser opens at most 6 connections`);
-  console.log(`  per host name, so tab7.localhost, tab8.localhost, ... each get their own.`);
+  console.log(`  Past 5 tabs, use the page's "Open another tab" link: a browser opens at most 6 connections`);
+  console.log(`  per host name and the toasts hold one, so tab6.localhost, tab7.localhost, ... each get their own.`);
   console.log(`  Raw events: curl -N ${url}sse/   Short demo: ${url}?from=10&interval=200`);
   console.log(`  Toasts: type a line here and press Enter: every open page shows it. Demo: ${url}toasts/`);
   if (databaseUrl) {

@@ -382,6 +382,12 @@ lesson("toasts: a line typed into the server's terminal", (test) => {
     assert.is(await child.stop("SIGINT"), 0);
   });
 
+  test("--help says what standard input does", async () => {
+    const child = run(["--help"], "ignore");
+    assert.is(await within("help to print", child.exited), 0);
+    assert.match(child.output, /Each line on standard input becomes a toast for everyone/);
+  });
+
   test("with stdin on /dev/null the server serves as usual", async () => {
     const child = run([], "ignore");
     const url = await started(child);
@@ -408,17 +414,16 @@ browserLesson("browser: toasts on every page", (test, browser) => {
   const at = (path: string) => `http://localhost:${running!.port}${path}`;
   const toastTexts = (tab: { page: import("playwright-core").Page }) => tab.page.locator("#toasts .toast p").allTextContents();
 
-  test.before(async () => {
-    running = await startLoopbackServer();
-  });
+  // A server of its own for each test: the broadcasts of one test are not the next one's.
   test.before.each(async () => {
+    running = await startLoopbackServer();
     profile = await Profile.open(browser());
   });
   test.after.each(async () => {
     await profile?.close();
     await until("the toast streams to close", () => running!.server.toasts.streams.size === 0);
+    await stopLoopbackServer(running);
   });
-  test.after(() => stopLoopbackServer(running));
 
   test("a toast for everyone shows on the countdown page and on the room page", async () => {
     const countdown = await profile!.open(at("/?interval=60000"));
@@ -527,6 +532,7 @@ databaseLesson("database: toasts through PostgreSQL", (test, database) => {
     const databaseUrl = await database();
     const child = run(["--workers", "2", "--database", databaseUrl], "pipe");
     const url = await started(child);
+    await until("both workers to serve", () => (child.output.match(/primary: worker \d+ is serving/g) ?? []).length === 2, BOOT_DEADLINE_MS);
     const visitor = await newVisitor(url);
     // Connections are handed to the workers in turn: enough streams that both have some.
     const streams = Array.from({ length: 4 }, () => new SseClient(`${url}/toasts/stream`, { Cookie: visitor.cookie }));
