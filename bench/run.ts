@@ -14,7 +14,8 @@
  * the median of the runs, ratios to the floor of the same run, and events and
  * failures summed over all runs. Then the soak (bench/soak.ts) opens and
  * abandons --cycles streams against one in-process server.ts and checks that
- * nothing is left behind.
+ * nothing is left behind. Last, bench/ws.ts puts --streams subscribers on the
+ * room, over WebSocket and then over SSE, and times one POST's delivery.
  *
  * Run:   npm run bench                                             (10,000 streams for 20 s, 3 runs)
  *        npm run bench -- --streams 200 --seconds 3 --runs 1       (the tiny one, for CI)
@@ -37,6 +38,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { readFlags } from "../server.ts";
 import type { ClientReport } from "./client.ts";
 import type { SoakReport } from "./soak.ts";
+import { runWsBench, wsBroken, wsSection, type WsBenchReport } from "./ws.ts";
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.dirname(BENCH);
@@ -446,7 +448,7 @@ function ratioToFloor(results: Measurement[][], label: string, floor: string, fi
   );
 }
 
-function table(configs: Config[], results: Measurement[][], soak: SoakReport | undefined, notes: string[]): string {
+function table(configs: Config[], results: Measurement[][], soak: SoakReport | undefined, notes: string[], room?: WsBenchReport): string {
   const of = (label: string) => results.flatMap((run) => run.filter((m) => m.config.label === label));
   const firstEvents = (m: Measurement) => m.client.allFirstEventsMs ?? NaN;
   const lines: string[] = [];
@@ -565,6 +567,10 @@ function table(configs: Config[], results: Measurement[][], soak: SoakReport | u
     lines.push("");
     lines.push(soakSection(soak));
   }
+  if (room) {
+    lines.push("");
+    lines.push(wsSection(room));
+  }
   if (notes.length) {
     lines.push("");
     for (const note of notes) lines.push(`Note: ${note}`);
@@ -621,14 +627,19 @@ async function main(): Promise<number> {
 
   if (!flags.only.length) console.error(`soak: ${count(CYCLES)} open-then-abort cycles`);
   const soak = flags.only.length ? undefined : await runSoak();
-  const report = table(configs, results, soak, notes);
+  // Lesson 4: the room over WebSocket and SSE, as many subscribers of each as there were streams.
+  if (!flags.only.length) console.error(`room: ${count(STREAMS)} WebSocket and ${count(STREAMS)} SSE subscribers, one POST each`);
+  const room = flags.only.length ? undefined : await runWsBench(STREAMS, RUNS);
+  const report = table(configs, results, soak, notes, room);
   console.log(report);
   write(report);
 
   const asyncBroken = results.flat().filter((m) => m.config.kind !== "blocking" && (m.client.lost || m.client.duplicated || m.client.malformed || m.client.failed));
   for (const m of asyncBroken) console.error(`${m.config.label}: ${m.client.lost} events lost, ${m.client.duplicated} duplicated, ${m.client.malformed} malformed, ${m.client.failed} streams failed`);
   if (soak && !soak.matches) console.error(`soak: ${soak.verdict}`);
-  return asyncBroken.length || (soak && !soak.matches) ? 1 : 0;
+  const roomBroken = room !== undefined && wsBroken(room);
+  if (roomBroken) console.error("room: a message was lost or duplicated (see the table)");
+  return asyncBroken.length || (soak && !soak.matches) || roomBroken ? 1 : 0;
 }
 
 try {
