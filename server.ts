@@ -17,6 +17,11 @@
  *   - type a line where the server runs and press Enter: every open page shows it
  *     in a corner until closed, and closing it in one tab closes it in all of them;
  *   - http://localhost:8000/toasts/ starts seed 000's demo: a toast now, another later.
+ * Lesson 4's WebSocket (further down):
+ *   - http://localhost:8000/room/?transport=ws is the room over a WebSocket: a message
+ *     posted in a /room/ tab shows there too; after a restart it resumes where it was;
+ *   - curl -X PUT a message's new text to /room/messages/<id>: every open room tab
+ *     shows the change, and the same text again changes nothing and notifies nobody.
  */
 
 import cluster from "node:cluster";

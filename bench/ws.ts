@@ -93,8 +93,13 @@ interface Subscriber {
   close(): void;
 }
 
-function openWebSocket(url: string, arrived: (id: number) => void): Subscriber {
-  const socket = new WebSocket(`${url.replace(/^http/, "ws")}/ws/notifications`);
+/** A source address on 127.0.0.0/8 for subscriber `index`, as bench/client.ts does, so repeated runs never run out of ports. */
+function sourceAddress(index: number): string {
+  return `127.0.0.${2 + (index % 253)}`;
+}
+
+function openWebSocket(url: string, index: number, arrived: (id: number) => void): Subscriber {
+  const socket = new WebSocket(`${url.replace(/^http/, "ws")}/ws/notifications`, { localAddress: sourceAddress(index) });
   const ready = new Promise<void>((resolve, reject) => {
     socket.on("error", reject);
     socket.on("open", () => socket.send(JSON.stringify({ object_type: "room", id: "lobby" })));
@@ -107,8 +112,8 @@ function openWebSocket(url: string, arrived: (id: number) => void): Subscriber {
   return { ready, close: () => socket.terminate() };
 }
 
-function openSse(url: string, arrived: (id: number) => void): Subscriber {
-  const req = http.get(`${url}/room/stream`, { agent: false });
+function openSse(url: string, index: number, arrived: (id: number) => void): Subscriber {
+  const req = http.get(`${url}/room/stream`, { agent: false, localAddress: sourceAddress(index) });
   const ready = new Promise<void>((resolve, reject) => {
     req.on("error", reject);
     req.on("response", (res) => {
@@ -153,7 +158,7 @@ async function measure(transport: TransportReport["transport"], count: number): 
     // One message and one subscriber first, so that neither this process's fetch, nor the server's
     // POST path, nor the ws package it loads at the first upgrade, is counted or timed cold.
     await postMessage(url, "warming up");
-    const first = open(url, () => {});
+    const first = open(url, count, () => {});
     await first.ready;
     first.close();
     await delay(SETTLE_MS);
@@ -166,7 +171,7 @@ async function measure(transport: TransportReport["transport"], count: number): 
     for (let first = 0; first < count; first += CONNECT_BATCH) {
       const batch = Array.from({ length: Math.min(CONNECT_BATCH, count - first) }, (_, k) => {
         const index = first + k;
-        return open(url, (id) => {
+        return open(url, index, (id) => {
           if (id !== postedId) return;
           if (seen.has(index)) duplicated++;
           seen.add(index);
