@@ -179,6 +179,16 @@ export function activeResources(): Record<string, number> {
   return counts;
 }
 
+/** Waits until this process holds as many timers and sockets as it did `before`, or fails showing both counts. */
+export async function untilResourcesReturn(before: Record<string, number>): Promise<void> {
+  await until("timers and sockets to return to what they were", () => {
+    const now = activeResources();
+    return (now.Timeout ?? 0) === (before.Timeout ?? 0) && (now.TCPSocketWrap ?? 0) === (before.TCPSocketWrap ?? 0);
+  }).catch((error) => {
+    throw new Error(`${error.message}: before ${JSON.stringify(before)}, now ${JSON.stringify(activeResources())}`);
+  });
+}
+
 /**
  * A child process running one of the servers (with the same loader as this
  * run, so tsx or Node's own type stripping), its output kept line by line.

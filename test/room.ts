@@ -33,6 +33,7 @@ import {
   stopLoopbackServer,
   stopServer,
   until,
+  untilResourcesReturn,
   within,
   type Child,
   type LoopbackServer,
@@ -414,12 +415,7 @@ lesson("room streams: leaving, stopping, heartbeat, quiet", (test) => {
       for (const client of batch) client.close();
     }
     await until("every stream to close on the server", () => server!.room.size === 0 && server!.hub.subscribers(ROOM_TOPIC) === 0);
-    await until("timers and sockets to return to what they were", () => {
-      const now = activeResources();
-      return (now.Timeout ?? 0) === (before.Timeout ?? 0) && (now.TCPSocketWrap ?? 0) === (before.TCPSocketWrap ?? 0);
-    }).catch((error) => {
-      throw new Error(`${error.message}: before ${JSON.stringify(before)}, now ${JSON.stringify(activeResources())}`);
-    });
+    await untilResourcesReturn(before);
     assert.is(lines.filter((line) => line.startsWith("room stream closed") && line.includes("the client left")).length, 300);
   });
 

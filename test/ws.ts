@@ -26,6 +26,7 @@ import {
 } from "../server.ts";
 import {
   activeResources,
+  untilResourcesReturn,
   BOOT_DEADLINE_MS,
   browserLesson,
   Child,
@@ -434,12 +435,7 @@ lesson("ws: leaving, the ping, Ctrl-C", (test) => {
       for (const client of batch) client.close();
     }
     await until("every socket to close on the server", () => server!.notifications.size === 0 && server!.hub.subscribers(ROOM_TOPIC) === 0);
-    await until("timers and sockets to return to what they were", () => {
-      const now = activeResources();
-      return (now.Timeout ?? 0) === (before.Timeout ?? 0) && (now.TCPSocketWrap ?? 0) === (before.TCPSocketWrap ?? 0);
-    }).catch((error) => {
-      throw new Error(`${error.message}: before ${JSON.stringify(before)}, now ${JSON.stringify(activeResources())}`);
-    });
+    await untilResourcesReturn(before);
     assert.is(server!.notifications.subscriptions, 0);
     assert.is(lines.filter((line) => /^websocket closed for .* after \d+ events: code 1006 \(\d+ open\)$/.test(line)).length, 300);
   });
