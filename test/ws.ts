@@ -22,6 +22,7 @@ import {
   WS_MISSING,
   WS_SUBSCRIPTIONS_MAX,
   readVisitor,
+  PostgresHub,
   type CountdownServer,
 } from "../server.ts";
 import {
@@ -30,6 +31,7 @@ import {
   BOOT_DEADLINE_MS,
   browserLesson,
   Child,
+  databaseLesson,
   lesson,
   Profile,
   request,
@@ -490,6 +492,42 @@ lesson("ws: leaving, the ping, Ctrl-C", (test) => {
     } finally {
       rmSync(bare, { recursive: true, force: true });
     }
+  });
+});
+
+// ─── Across processes, through PostgreSQL ────────────────────────────────────
+
+databaseLesson("database: WebSocket subscribers and REST edits through PostgreSQL", (test, database) => {
+  const servers: CountdownServer[] = [];
+  const clients: WsClient[] = [];
+  test.after(async () => {
+    for (const client of clients) client.close();
+    for (const server of servers) {
+      await stopServer(server);
+      await server.hub.close();
+    }
+  });
+
+  test("a change PUT through one server reaches a WebSocket on another server with its own hub, once; the same text again reaches nobody", async () => {
+    const databaseUrl = await database();
+    /** One server with a PostgresHub of its own, as each process of --workers has. */
+    const serve = async () => {
+      const hub = await within("PostgreSQL to open", PostgresHub.open(databaseUrl, () => {}), BOOT_DEADLINE_MS);
+      const running = await startServer({ hub, quiet: true });
+      servers.push(running.server);
+      return running;
+    };
+    const [reading, writing] = [await serve(), await serve()];
+    const socket = await WsClient.open(reading.url);
+    clients.push(socket);
+    await socket.ask({ object_type: "room", id: "lobby" });
+    const message = await post(writing.url, "through the other one");
+    await until("the message on the other server's socket", () => socket.types().includes("MESSAGE_CREATED"));
+    assert.is((await put(writing.url, message.id, { text: "through the other one" }, ADA)).status, 200);
+    assert.is((await put(writing.url, message.id, { text: "changed over there" }, ADA)).status, 200);
+    assert.is((await socket.next("MESSAGE_UPDATED")).payload.text, "changed over there");
+    assert.equal(socket.types().filter((type) => type.startsWith("MESSAGE_")), ["MESSAGE_CREATED", "MESSAGE_UPDATED"]);
+    assert.is(JSON.parse((await request(`${reading.url}/room/messages/${message.id}`)).body).text, "changed over there");
   });
 });
 
