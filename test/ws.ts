@@ -156,6 +156,25 @@ function remove(url: string, id: number, secret?: string, extra: Record<string, 
   return request(`${url}/room/messages/${id}`, { method: "DELETE", headers: secret ? { Cookie: cookie(secret), ...extra } : extra });
 }
 
+/**
+ * server.ts and its pages, alone in a temporary folder with no node_modules
+ * above it: a fresh clone before `npm ci`, where `import("ws")` fails.
+ */
+function bareCopy(): string {
+  const bare = mkdtempSync(path.join(os.tmpdir(), "countdown-no-ws-"));
+  for (const file of ["server.ts", "package.json", "pages"]) cpSync(file, path.join(bare, file), { recursive: true });
+  assert.throws(() => createRequire(path.join(bare, "server.ts")).resolve("ws"), /Cannot find module/, "ws must not be found from there");
+  return bare;
+}
+
+/** Starts the bare copy's server.ts on an ephemeral loopback port. */
+async function startBare(bare: string, children: Child[]): Promise<{ child: Child; url: string }> {
+  const child = new Child(path.join(bare, "server.ts"), ["--port", "0", "--host", "127.0.0.1"]);
+  children.push(child);
+  const [, url = ""] = await child.waitFor(/listening at (http:\/\/127\.0\.0\.1:\d+)\//, BOOT_DEADLINE_MS);
+  return { child, url };
+}
+
 // ─── Subscriptions ───────────────────────────────────────────────────────────
 
 lesson("ws: subscriptions and their permissions", (test) => {
@@ -475,14 +494,9 @@ lesson("ws: leaving, the ping, Ctrl-C", (test) => {
   });
 
   test("without the ws package an upgrade gets 501 with one sentence, and everything else still works", async () => {
-    // server.ts and its page, alone in a folder with no node_modules above it: as a fresh clone before npm ci.
-    const bare = mkdtempSync(path.join(os.tmpdir(), "countdown-no-ws-"));
+    const bare = bareCopy();
     try {
-      for (const file of ["server.ts", "package.json", "pages"]) cpSync(file, path.join(bare, file), { recursive: true });
-      assert.throws(() => createRequire(path.join(bare, "server.ts")).resolve("ws"), /Cannot find module/, "ws must not be found from there");
-      const child = new Child(path.join(bare, "server.ts"), ["--port", "0", "--host", "127.0.0.1"]);
-      children.push(child);
-      const [, bareUrl = ""] = await child.waitFor(/listening at (http:\/\/127\.0\.0\.1:\d+)\//, BOOT_DEADLINE_MS);
+      const { child, url: bareUrl } = await startBare(bare, children);
       assert.equal(await refusedUpgrade(bareUrl), { status: 501, body: `${WS_MISSING}\n` });
       const plain = await request(`${bareUrl}/ws/notifications`);
       assert.equal([plain.status, plain.body], [501, `${WS_MISSING}\n`]);
@@ -598,5 +612,25 @@ browserLesson("browser: the room over a WebSocket", (test, browser) => {
     assert.is(await tab.page.locator("#messages li.gap").count(), 0);
     assert.ok(running!.lines.some((line) => line.endsWith(` follows room lobby after ${before.id}`)), "it asked for what came after the last id it saw");
     assert.match((await tab.page.textContent("#requests")) ?? "", /requests for news: [2-9]$/, "one WebSocket per connection, counted");
+  });
+
+  test("without the ws package the page says so and falls back to SSE", async () => {
+    const bare = bareCopy();
+    const children: Child[] = [];
+    try {
+      const { child, url } = await startBare(bare, children);
+      const tab = await profile!.open(`${url}/room/?transport=ws`);
+      await tab.page.locator("#error", { hasText: `${WS_MISSING} Using SSE instead.` }).waitFor();
+      await tab.page.locator("#state", { hasText: "streaming" }).waitFor();
+      await post(url, "over SSE after all");
+      await tab.page.locator("#messages li .text", { hasText: "over SSE after all" }).waitFor();
+      assert.is(await tab.openEventSources(), 1);
+      await profile!.close();
+      profile = undefined;
+      assert.is(await child.stop(), 0);
+    } finally {
+      for (const child of children) child.kill();
+      rmSync(bare, { recursive: true, force: true });
+    }
   });
 });
