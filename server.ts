@@ -1337,6 +1337,8 @@ export const NOTIFICATIONS_PATH = "/ws/notifications";
 export const WS_FRAME_LIMIT_BYTES = 4 * 1024;
 /** Subscriptions one socket may hold at once; the next one gets an ERROR. */
 export const WS_SUBSCRIPTIONS_MAX = 100;
+/** Bytes a socket may hold unsent before its subscriptions wait for each write: a reader that stops reading is then cut by the hub's queue limit. */
+export const WS_BUFFER_HIGH_BYTES = 64 * 1024;
 /** How often every socket is pinged; one that has not answered the previous ping by then is dropped. */
 export const WS_PING_INTERVAL_MS = 30_000;
 
@@ -1355,10 +1357,18 @@ export const WS_MESSAGE_TYPES: Readonly<Record<string, string>> = {
   gap: "GAP",
 };
 
+/** Each event's WebSocket message, built once however many sockets it goes to. */
+const wsMessages = new WeakMap<HubEvent | HubGap, string>();
+
 /** One hub event as a WebSocket message: `{"type": "MESSAGE_CREATED", "payload": {...}}`. */
 export function hubEventToWs(event: HubEvent | HubGap): string {
-  const payload = event.type === "gap" ? { after: (event as HubGap).after } : eventJson(event as HubEvent);
-  return JSON.stringify({ type: WS_MESSAGE_TYPES[event.type], payload });
+  let message = wsMessages.get(event);
+  if (message === undefined) {
+    const payload = event.type === "gap" ? { after: (event as HubGap).after } : eventJson(event as HubEvent);
+    message = JSON.stringify({ type: WS_MESSAGE_TYPES[event.type], payload });
+    wsMessages.set(event, message);
+  }
+  return message;
 }
 
 // ─── Lesson 4: REST on the room's messages ───────────────────────────────────
@@ -1374,7 +1384,7 @@ export interface RoomMessage {
   id: number;
   name: string;
   text: string;
-  poster: string;
+  poster: string | null; // the public id of the visitor who posted it; null when it had no cookie
   at: string;
 }
 
@@ -1661,8 +1671,9 @@ export class Notifications {
       for await (const event of events) {
         if (!target.accepts(event) || !(event.type in WS_MESSAGE_TYPES)) continue;
         connection.sent++;
-        // Waiting for each write lets the hub's queue limit cut a reader that stopped reading.
-        await new Promise((resolve) => socket.send(hubEventToWs(event), resolve));
+        if (socket.bufferedAmount < WS_BUFFER_HIGH_BYTES) socket.send(hubEventToWs(event));
+        // A reader that falls behind: wait for this write, so the hub's queue limit can cut it rather than this buffer grow.
+        else await new Promise((resolve) => socket.send(hubEventToWs(event), resolve));
         if (event.type === "message_deleted" && target.reply.object_type === "message") break;
       }
     } catch (error) {
