@@ -879,6 +879,9 @@ interface ReadMark {
   acknowledged: string[];
 }
 
+/** What a visitor's tabs are told: a toast to show, or the id of one to remove. */
+export type ToastNews = { type: "toast"; toast: Toast } | { type: "read"; id: string };
+
 export interface ToastOptions {
   /** The public id of the visitor it is for; everyone when omitted. */
   visitor?: string;
@@ -1099,25 +1102,31 @@ export class Toasts {
   }
 
   /**
-   * One visitor's stream: first its unread toasts, own and broadcast, oldest
-   * first, at most TOASTS_UNREAD_MAX; then, live, each new toast and each read
-   * mark, so every tab removes a toast the moment another tab closes it.
+   * What one visitor's tabs are told: first its unread toasts, own and
+   * broadcast, oldest first, at most TOASTS_UNREAD_MAX; then, live, each new
+   * toast and each read mark, so every tab removes a toast the moment another
+   * tab closes it. SSE frames it below; any other transport can frame it too.
    */
-  async *stream(visitor: string, signal: AbortSignal): AsyncGenerator<string> {
+  async *follow(visitor: string, signal: AbortSignal): AsyncGenerator<ToastNews> {
     const { own, everyone, acknowledged } = await this.known(visitor);
     const unread = [...toastsIn(own), ...toastsIn(everyone)].filter((toast) => !acknowledged.has(toast.id));
     unread.sort((a, b) => a.at.localeCompare(b.at));
-    for (const toast of unread.slice(-TOASTS_UNREAD_MAX)) yield toastEvent(toast);
+    for (const toast of unread.slice(-TOASTS_UNREAD_MAX)) yield { type: "toast", toast };
     // From the last event read above: whatever was published since is replayed by the hub.
     const live = merge([
       this.hub.subscribe(toastTopic(visitor), { after: own.at(-1)?.id ?? 0, signal }),
       this.hub.subscribe(toastTopic(EVERYONE), { after: everyone.at(-1)?.id ?? 0, signal }),
     ]);
     for await (const event of live) {
-      // A gap is followed by everything kept; toasts the page already shows are recognised by their id.
-      if (event.type === "toast") yield toastEvent((event as HubEvent<Toast>).data);
-      if (event.type === "read") yield readEvent((event as HubEvent<ReadMark>).data.id);
+      // A gap is followed by everything kept; toasts a page already shows are recognised by their id.
+      if (event.type === "toast") yield { type: "toast", toast: (event as HubEvent<Toast>).data };
+      if (event.type === "read") yield { type: "read", id: (event as HubEvent<ReadMark>).data.id };
     }
+  }
+
+  /** The same, as SSE: `event: toast` with the toast, `event: read` with its id. */
+  async *stream(visitor: string, signal: AbortSignal): AsyncGenerator<string> {
+    for await (const news of this.follow(visitor, signal)) yield news.type === "toast" ? toastEvent(news.toast) : readEvent(news.id);
   }
 
   /**
@@ -1231,7 +1240,8 @@ const readToast: Handler = async (req, res, url, { toasts, log, quiet }) => {
   checkOrigin(req);
   const visitor = requireVisitor(req);
   toasts.seen(visitor);
-  const toastId = decodeURIComponent(url.pathname.split("/")[2] ?? "");
+  // Left encoded: a toast id has only letters, digits and dashes, so anything encoded is no toast's id.
+  const toastId = url.pathname.split("/")[2] ?? "";
   const toast = await toasts.read(visitor, toastId);
   if (!quiet) log(`toast ${toast.id} read by visitor ${visitor}`);
   sendJson(res, 200, toast);

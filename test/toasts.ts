@@ -184,6 +184,7 @@ lesson("toasts: the stream and the owner's acknowledgement over HTTP", (test) =>
       [readToast(url, toast.id, other.cookie), 403, "That toast is another visitor's: only its owner may mark it read.\n"],
       [readToast(url, `${owner.id}-0000000000000000`, owner.cookie), 404, "There is no toast with that id.\n"],
       [readToast(url, "not-an-id", owner.cookie), 404, "There is no toast with that id.\n"],
+      [readToast(url, "%E0%A4%A", owner.cookie), 404, "There is no toast with that id.\n"],
       [readToast(url, toast.id), 401, "No visitor cookie: open a page of this server first, then send the visitor cookie it set.\n"],
       [readToast(url, toast.id, "visitor=not-hex"), 401, "No visitor cookie: open a page of this server first, then send the visitor cookie it set.\n"],
       [readToast(url, toast.id, owner.cookie, "GET"), 405, `/toasts/${toast.id}/read answers POST only.\n`],
