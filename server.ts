@@ -19,7 +19,7 @@
  *   - http://localhost:8000/toasts/ starts seed 000's demo: a toast now, another later.
  */
 
-import cluster from "node:cluster";
+import cluster, { type Worker } from "node:cluster";
 import { createHash, randomBytes } from "node:crypto";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import net from "node:net";
@@ -1464,6 +1464,8 @@ export async function superviseWorkers(count: number, host: string, port: number
     if (bannerPrinted) return;
     bannerPrinted = true;
     printBanner(host, address.port, count, databaseUrl);
+    // Only now: a line typed before a worker serves waits in standard input until then.
+    forwardPresenterLines(() => alive().filter((worker) => listened.has(worker.id)));
   });
   cluster.on("exit", (worker, code, signal) => {
     const how = signal ?? `code ${code}`;
@@ -1501,12 +1503,16 @@ export async function superviseWorkers(count: number, host: string, port: number
   process.once("SIGTERM", () => stop("SIGTERM"));
 
   for (let i = 0; i < count; i++) cluster.fork();
-  // Each line to the next worker in turn; a worker that just died is skipped.
-  let nextWorker = 0;
+}
+
+/** In the primary: each line of the terminal to the next serving worker in turn; one that just died is skipped. */
+function forwardPresenterLines(serving: () => Worker[]): void {
+  let next = 0;
   readPresenterLines((line) => {
-    const workers = alive().filter((worker) => worker.isConnected());
-    const worker = workers[nextWorker++ % Math.max(1, workers.length)];
-    worker?.send({ presenterLine: line } satisfies PresenterLine);
+    const connected = serving().filter((worker) => worker.isConnected());
+    const worker = connected[next++ % Math.max(1, connected.length)];
+    if (worker) worker.send({ presenterLine: line } satisfies PresenterLine);
+    else logLine("primary: no worker is serving, so that line made no toast");
   });
 }
 
@@ -1981,14 +1987,14 @@ async function main() {
 
   const hub = databaseUrl ? await PostgresHub.open(databaseUrl, logLine) : undefined;
   const server = createCountdownServer({ quiet: flags.quiet, hub });
+  // Before listening: the primary forwards the terminal's lines as soon as a worker serves.
+  if (cluster.isWorker) hearPresenterLines(server.toasts);
   const listeners = await listen(server, host, port);
   const actualPort = (server.address() as net.AddressInfo).port;
   // A worker's banner is its primary's, and so is its terminal.
   if (cluster.isPrimary) {
     printBanner(host, actualPort, workers, databaseUrl);
     readPresenterLines((line) => server.toasts.fromPresenter(line));
-  } else {
-    hearPresenterLines(server.toasts);
   }
 
   let stopping = false;

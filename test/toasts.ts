@@ -383,6 +383,15 @@ lesson("toasts: a line typed into the server's terminal", (test) => {
     assert.is(await child.stop("SIGINT"), 0);
   });
 
+  test("with --workers 2, lines typed before any worker serves wait for one, and none is lost", async () => {
+    const child = run(["--workers", "2"], "pipe");
+    child.process.stdin!.write("first\nsecond\nthird\n");
+    await started(child);
+    await until("three toasts from the presenter", () => (child.output.match(/for everyone, from the presenter/g) ?? []).length === 3, BOOT_DEADLINE_MS);
+    assert.not.match(child.output, /no worker is serving/);
+    assert.is(await child.stop("SIGINT"), 0, "the primary stops its workers");
+  });
+
   test("--help says what standard input does", async () => {
     const child = run(["--help"], "ignore");
     assert.is(await within("help to print", child.exited), 0);
@@ -542,5 +551,6 @@ databaseLesson("database: toasts through PostgreSQL", (test, database) => {
     await until("four streams", () => (child.output.match(/toast stream opened/g) ?? []).length === 4, BOOT_DEADLINE_MS);
     child.process.stdin!.write("To every worker\n");
     for (const stream of streams) assert.is(JSON.parse((await stream.next("toast")).data).message, "To every worker");
+    assert.is(await child.stop("SIGINT"), 0, "the primary stops its workers");
   });
 });
