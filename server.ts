@@ -860,7 +860,8 @@ const VISITOR_SECRET = /^[0-9a-f]{32}$/;
 const PUBLIC_ID_LENGTH = 16;
 /** Broadcasts are owned by "everyone"; a visitor's own toasts by its public id. */
 export const EVERYONE = "everyone";
-/** A toast id names its owner, then 64 random bits: `everyone-3f2a...` or `<public id>-9c1d...`. */
+/** A toast id names its owner, then random bits: `everyone-3f2a...` or `<public id>-9c1d...`. */
+const TOAST_ID_RANDOM_BYTES = 8;
 const TOAST_ID = /^(everyone|[0-9a-f]{16})-[0-9a-f]{16}$/;
 
 export type ToastLevel = (typeof TOAST_LEVELS)[number];
@@ -1028,7 +1029,7 @@ export class Toasts {
   private publishToast(message: string, { visitor, level = "info" }: ToastOptions) {
     if (!TOAST_LEVELS.includes(level)) throw new RequestError(400, `level must be one of ${TOAST_LEVELS.join(", ")}.`);
     const owner = visitor ?? EVERYONE;
-    const toast: Toast = { id: `${owner}-${randomBytes(8).toString("hex")}`, message: checkToastMessage(message), level, at: new Date().toISOString() };
+    const toast: Toast = { id: `${owner}-${randomBytes(TOAST_ID_RANDOM_BYTES).toString("hex")}`, message: checkToastMessage(message), level, at: new Date().toISOString() };
     if (visitor) this.seen(visitor);
     const published = this.hub.publish(toastTopic(owner), "toast", toast);
     const stored = visitor ? published.then(() => this.keepUnreadBound(visitor)) : published.then(() => {});
