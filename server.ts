@@ -24,7 +24,7 @@
  *     shows the change, and the same text again changes nothing and notifies nobody.
  */
 
-import cluster from "node:cluster";
+import cluster, { type Worker } from "node:cluster";
 import { createHash, randomBytes } from "node:crypto";
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import net from "node:net";
@@ -875,7 +875,8 @@ const VISITOR_SECRET = /^[0-9a-f]{32}$/;
 const PUBLIC_ID_LENGTH = 16;
 /** Broadcasts are owned by "everyone"; a visitor's own toasts by its public id. */
 export const EVERYONE = "everyone";
-/** A toast id names its owner, then 64 random bits: `everyone-3f2a...` or `<public id>-9c1d...`. */
+/** A toast id names its owner, then random bits: `everyone-3f2a...` or `<public id>-9c1d...`. */
+const TOAST_ID_RANDOM_BYTES = 8;
 const TOAST_ID = /^(everyone|[0-9a-f]{16})-[0-9a-f]{16}$/;
 
 export type ToastLevel = (typeof TOAST_LEVELS)[number];
@@ -893,6 +894,9 @@ interface ReadMark {
   id: string;
   acknowledged: string[];
 }
+
+/** What a visitor's tabs are told: a toast to show, or the id of one to remove. */
+export type ToastNews = { type: "toast"; toast: Toast } | { type: "read"; id: string };
 
 export interface ToastOptions {
   /** The public id of the visitor it is for; everyone when omitted. */
@@ -1040,7 +1044,7 @@ export class Toasts {
   private publishToast(message: string, { visitor, level = "info" }: ToastOptions) {
     if (!TOAST_LEVELS.includes(level)) throw new RequestError(400, `level must be one of ${TOAST_LEVELS.join(", ")}.`);
     const owner = visitor ?? EVERYONE;
-    const toast: Toast = { id: `${owner}-${randomBytes(8).toString("hex")}`, message: checkToastMessage(message), level, at: new Date().toISOString() };
+    const toast: Toast = { id: `${owner}-${randomBytes(TOAST_ID_RANDOM_BYTES).toString("hex")}`, message: checkToastMessage(message), level, at: new Date().toISOString() };
     if (visitor) this.seen(visitor);
     const published = this.hub.publish(toastTopic(owner), "toast", toast);
     const stored = visitor ? published.then(() => this.keepUnreadBound(visitor)) : published.then(() => {});
@@ -1114,25 +1118,31 @@ export class Toasts {
   }
 
   /**
-   * One visitor's stream: first its unread toasts, own and broadcast, oldest
-   * first, at most TOASTS_UNREAD_MAX; then, live, each new toast and each read
-   * mark, so every tab removes a toast the moment another tab closes it.
+   * What one visitor's tabs are told: first its unread toasts, own and
+   * broadcast, oldest first, at most TOASTS_UNREAD_MAX; then, live, each new
+   * toast and each read mark, so every tab removes a toast the moment another
+   * tab closes it. SSE frames it below; any other transport can frame it too.
    */
-  async *stream(visitor: string, signal: AbortSignal): AsyncGenerator<string> {
+  async *follow(visitor: string, signal: AbortSignal): AsyncGenerator<ToastNews> {
     const { own, everyone, acknowledged } = await this.known(visitor);
     const unread = [...toastsIn(own), ...toastsIn(everyone)].filter((toast) => !acknowledged.has(toast.id));
     unread.sort((a, b) => a.at.localeCompare(b.at));
-    for (const toast of unread.slice(-TOASTS_UNREAD_MAX)) yield toastEvent(toast);
+    for (const toast of unread.slice(-TOASTS_UNREAD_MAX)) yield { type: "toast", toast };
     // From the last event read above: whatever was published since is replayed by the hub.
     const live = merge([
       this.hub.subscribe(toastTopic(visitor), { after: own.at(-1)?.id ?? 0, signal }),
       this.hub.subscribe(toastTopic(EVERYONE), { after: everyone.at(-1)?.id ?? 0, signal }),
     ]);
     for await (const event of live) {
-      // A gap is followed by everything kept; toasts the page already shows are recognised by their id.
-      if (event.type === "toast") yield toastEvent((event as HubEvent<Toast>).data);
-      if (event.type === "read") yield readEvent((event as HubEvent<ReadMark>).data.id);
+      // A gap is followed by everything kept; toasts a page already shows are recognised by their id.
+      if (event.type === "toast") yield { type: "toast", toast: (event as HubEvent<Toast>).data };
+      if (event.type === "read") yield { type: "read", id: (event as HubEvent<ReadMark>).data.id };
     }
+  }
+
+  /** The same, as SSE: `event: toast` with the toast, `event: read` with its id. */
+  async *stream(visitor: string, signal: AbortSignal): AsyncGenerator<string> {
+    for await (const news of this.follow(visitor, signal)) yield news.type === "toast" ? toastEvent(news.toast) : readEvent(news.id);
   }
 
   /**
@@ -1246,7 +1256,8 @@ const readToast: Handler = async (req, res, url, { toasts, log, quiet }) => {
   checkOrigin(req);
   const visitor = requireVisitor(req);
   toasts.seen(visitor);
-  const toastId = decodeURIComponent(url.pathname.split("/")[2] ?? "");
+  // Left encoded: a toast id has only letters, digits and dashes, so anything encoded is no toast's id.
+  const toastId = url.pathname.split("/")[2] ?? "";
   const toast = await toasts.read(visitor, toastId);
   if (!quiet) log(`toast ${toast.id} read by visitor ${visitor}`);
   sendJson(res, 200, toast);
@@ -1868,6 +1879,8 @@ export async function superviseWorkers(count: number, host: string, port: number
     if (bannerPrinted) return;
     bannerPrinted = true;
     printBanner(host, address.port, count, databaseUrl);
+    // Only now: a line typed before a worker serves waits in standard input until then.
+    forwardPresenterLines(() => alive().filter((worker) => listened.has(worker.id)));
   });
   cluster.on("exit", (worker, code, signal) => {
     const how = signal ?? `code ${code}`;
@@ -1905,12 +1918,16 @@ export async function superviseWorkers(count: number, host: string, port: number
   process.once("SIGTERM", () => stop("SIGTERM"));
 
   for (let i = 0; i < count; i++) cluster.fork();
-  // Each line to the next worker in turn; a worker that just died is skipped.
-  let nextWorker = 0;
+}
+
+/** In the primary: each line of the terminal to the next serving worker in turn; one that just died is skipped. */
+function forwardPresenterLines(serving: () => Worker[]): void {
+  let next = 0;
   readPresenterLines((line) => {
-    const workers = alive().filter((worker) => worker.isConnected());
-    const worker = workers[nextWorker++ % Math.max(1, workers.length)];
-    worker?.send({ presenterLine: line } satisfies PresenterLine);
+    const connected = serving().filter((worker) => worker.isConnected());
+    const worker = connected[next++ % Math.max(1, connected.length)];
+    if (worker) worker.send({ presenterLine: line } satisfies PresenterLine);
+    else logLine("primary: no worker is serving, so that line made no toast");
   });
 }
 
@@ -2385,14 +2402,14 @@ async function main() {
 
   const hub = databaseUrl ? await PostgresHub.open(databaseUrl, logLine) : undefined;
   const server = createCountdownServer({ quiet: flags.quiet, hub });
+  // Before listening: the primary forwards the terminal's lines as soon as a worker serves.
+  if (cluster.isWorker) hearPresenterLines(server.toasts);
   const listeners = await listen(server, host, port);
   const actualPort = (server.address() as net.AddressInfo).port;
   // A worker's banner is its primary's, and so is its terminal.
   if (cluster.isPrimary) {
     printBanner(host, actualPort, workers, databaseUrl);
     readPresenterLines((line) => server.toasts.fromPresenter(line));
-  } else {
-    hearPresenterLines(server.toasts);
   }
 
   let stopping = false;

@@ -184,6 +184,7 @@ lesson("toasts: the stream and the owner's acknowledgement over HTTP", (test) =>
       [readToast(url, toast.id, other.cookie), 403, "That toast is another visitor's: only its owner may mark it read.\n"],
       [readToast(url, `${owner.id}-0000000000000000`, owner.cookie), 404, "There is no toast with that id.\n"],
       [readToast(url, "not-an-id", owner.cookie), 404, "There is no toast with that id.\n"],
+      [readToast(url, "%E0%A4%A", owner.cookie), 404, "There is no toast with that id.\n"],
       [readToast(url, toast.id), 401, "No visitor cookie: open a page of this server first, then send the visitor cookie it set.\n"],
       [readToast(url, toast.id, "visitor=not-hex"), 401, "No visitor cookie: open a page of this server first, then send the visitor cookie it set.\n"],
       [readToast(url, toast.id, owner.cookie, "GET"), 405, `/toasts/${toast.id}/read answers POST only.\n`],
@@ -366,20 +367,29 @@ lesson("toasts: a line typed into the server's terminal", (test) => {
   test("reaches every connected visitor's stream; when stdin ends the server goes on serving", async () => {
     const child = run([], "pipe");
     const url = await started(child);
-    assert.match(child.output, /Toasts: type a line here and press Enter: every open page shows it\./);
+    await child.waitFor(/Toasts: type a line here and press Enter: every open page shows it\./);
     const visitors = [await newVisitor(url), await newVisitor(url)];
     const streams = visitors.map((visitor) => new SseClient(`${url}/toasts/stream`, { Cookie: visitor.cookie }));
     clients.push(...streams);
     await child.waitFor(/toast stream opened for visitor \w+ \(2 open\)/);
     child.process.stdin!.write("Coffee break: back at 11\n\n");
     for (const stream of streams) assert.is(JSON.parse((await stream.next("toast")).data).message, "Coffee break: back at 11");
-    assert.match(child.output, /toast everyone-[0-9a-f]{16} for everyone, from the presenter/);
+    await child.waitFor(/toast everyone-[0-9a-f]{16} for everyone, from the presenter/);
     child.process.stdin!.end(`${"y".repeat(TOAST_MESSAGE_MAX + 20)}\n`);
     for (const stream of streams) assert.is(JSON.parse((await stream.next("toast")).data).message, "y".repeat(TOAST_MESSAGE_MAX));
     await child.waitFor(/standard input closed: no more toasts from this terminal; still serving/);
     assert.is((await request(`${url}/`)).status, 200);
     assert.equal(messagesOf(streams[0]!).length, 2, "the empty line made no toast");
     assert.is(await child.stop("SIGINT"), 0);
+  });
+
+  test("with --workers 2, lines typed before any worker serves wait for one, and none is lost", async () => {
+    const child = run(["--workers", "2"], "pipe");
+    child.process.stdin!.write("first\nsecond\nthird\n");
+    await started(child);
+    await until("three toasts from the presenter", () => (child.output.match(/for everyone, from the presenter/g) ?? []).length === 3, BOOT_DEADLINE_MS);
+    assert.not.match(child.output, /no worker is serving/);
+    assert.is(await child.stop("SIGINT"), 0, "the primary stops its workers");
   });
 
   test("--help says what standard input does", async () => {
@@ -400,8 +410,9 @@ lesson("toasts: a line typed into the server's terminal", (test) => {
     const url = await started(child);
     const visitor = await newVisitor(url);
     assert.is((await startDemo(url, visitor.cookie, "message=never&seconds=60")).status, 303);
-    assert.is(await child.stop("SIGINT"), 0);
-    assert.match(child.output, /cancelled 1 toast demo tasks still sleeping/);
+    child.process.kill("SIGINT");
+    await child.waitFor(/cancelled 1 toast demo tasks still sleeping/);
+    assert.is(await within("the server to exit", child.exited), 0);
     assert.not.match(child.output, /error|Error/);
   });
 });
@@ -541,5 +552,6 @@ databaseLesson("database: toasts through PostgreSQL", (test, database) => {
     await until("four streams", () => (child.output.match(/toast stream opened/g) ?? []).length === 4, BOOT_DEADLINE_MS);
     child.process.stdin!.write("To every worker\n");
     for (const stream of streams) assert.is(JSON.parse((await stream.next("toast")).data).message, "To every worker");
+    assert.is(await child.stop("SIGINT"), 0, "the primary stops its workers");
   });
 });
