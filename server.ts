@@ -1371,12 +1371,16 @@ export const WS_MESSAGE_TYPES: Readonly<Record<string, string>> = {
 /** Each event's WebSocket message, built once however many sockets it goes to. */
 const wsMessages = new WeakMap<HubEvent | HubGap, string>();
 
-/** One hub event as a WebSocket message: `{"type": "MESSAGE_CREATED", "payload": {...}}`. */
+/** A WebSocket message: `{"type": "MESSAGE_CREATED", "payload": {...}}`, its type from the table above. */
+export function wsMessage(type: string, payload: unknown): string {
+  return JSON.stringify({ type: WS_MESSAGE_TYPES[type], payload });
+}
+
+/** One hub event as a WebSocket message; its payload is what SSE sends as `data:`. */
 export function hubEventToWs(event: HubEvent | HubGap): string {
   let message = wsMessages.get(event);
   if (message === undefined) {
-    const payload = event.type === "gap" ? { after: (event as HubGap).after } : eventJson(event as HubEvent);
-    message = JSON.stringify({ type: WS_MESSAGE_TYPES[event.type], payload });
+    message = wsMessage(event.type, event.type === "gap" ? { after: (event as HubGap).after } : eventJson(event as HubEvent));
     wsMessages.set(event, message);
   }
   return message;
@@ -1678,14 +1682,11 @@ export class Notifications {
     const from = target.after === undefined ? "" : ` after ${target.after}`;
     if (!this.state.quiet) this.state.log(`websocket ${connection.client} follows ${target.key}${from}`);
     try {
-      const events = this.events(target, after, leave.signal);
-      for await (const event of events) {
-        if (!target.accepts(event) || !(event.type in WS_MESSAGE_TYPES)) continue;
+      for await (const message of this.messages(target, after, leave.signal)) {
         connection.sent++;
-        if (socket.bufferedAmount < WS_BUFFER_HIGH_BYTES) socket.send(hubEventToWs(event));
+        if (socket.bufferedAmount < WS_BUFFER_HIGH_BYTES) socket.send(message);
         // A reader that falls behind: wait for this write, so the hub's queue limit can cut it rather than this buffer grow.
-        else await new Promise((resolve) => socket.send(hubEventToWs(event), resolve));
-        if (event.type === "message_deleted" && target.reply.object_type === "message") break;
+        else await new Promise((resolve) => socket.send(message, resolve));
       }
     } catch (error) {
       if (!(error instanceof SlowSubscriberError)) throw error;
@@ -1695,12 +1696,24 @@ export class Notifications {
     }
   }
 
-  /** Where a subscription's events come from: the room (with its replay), a message's topic, or a visitor's toasts and the broadcasts, live. */
-  private events(target: Target, after: number | undefined, signal: AbortSignal): AsyncGenerator<HubEvent | HubGap> {
-    const { hub } = this.state;
-    if (target.reply.object_type === "room") return roomEvents(hub, after, signal);
-    if (target.reply.object_type === "toasts") return merge([target.topic, toastTopic(EVERYONE)].map((topic) => hub.subscribe(topic, { signal })));
-    return hub.subscribe(target.topic, { after, signal });
+  /**
+   * The WebSocket messages of one subscription: the room's events (with its
+   * replay), one message's changes, or what a visitor's tabs are told of its
+   * toasts (its unread ones first, as its SSE stream does).
+   */
+  private async *messages(target: Target, after: number | undefined, signal: AbortSignal): AsyncGenerator<string> {
+    const { hub, toasts } = this.state;
+    if (target.reply.object_type === "toasts") {
+      for await (const news of toasts.follow(target.reply.id as string, signal)) yield wsMessage(news.type, news.type === "toast" ? news.toast : { id: news.id });
+      return;
+    }
+    const events = target.reply.object_type === "room" ? roomEvents(hub, after, signal) : hub.subscribe(target.topic, { after, signal });
+    for await (const event of events) {
+      if (!target.accepts(event) || !(event.type in WS_MESSAGE_TYPES)) continue;
+      yield hubEventToWs(event);
+      // A deleted message has nothing more to say: its subscription ends.
+      if (event.type === "message_deleted" && target.reply.object_type === "message") return;
+    }
   }
 
   private unsubscribe(socket: WebSocket, connection: Connection, target: Target) {

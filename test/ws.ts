@@ -213,7 +213,8 @@ lesson("ws: subscriptions and their permissions", (test) => {
     assert.equal(client.received.filter((m) => m.type === "MESSAGE_CREATED").map((m) => m.payload.id), [...missed, live].map((m) => m.id));
   });
 
-  test("a subscription to another visitor's toasts gets ERROR and receives nothing; to its own, every toast and read mark", async () => {
+  test("a subscription to another visitor's toasts gets ERROR and receives nothing; to its own, its unread toasts, then every toast and read mark", async () => {
+    const waiting = await server!.toasts.createToastAsync("waiting for Ada", { visitor: publicId(ADA) });
     const client = await open(ADA);
     const refused = await client.ask({ object_type: "toasts", id: publicId(BO) });
     assert.equal(refused, { type: "ERROR", payload: "Only the visitor itself may follow its toasts." });
@@ -230,8 +231,9 @@ lesson("ws: subscriptions and their permissions", (test) => {
     await until("the room message", () => client.received.some((m) => m.type === "MESSAGE_CREATED" && m.payload.id === after.id));
     const received = client.received.filter((m) => m.type.startsWith("TOAST_"));
     assert.equal(received.map((m) => [m.type, m.payload.id, m.payload.message]), [
+      ["TOAST_CREATED", waiting.id, "waiting for Ada"],
       ["TOAST_CREATED", forAda.id, "for Ada"],
-      ["TOAST_CREATED", received[1]?.payload.id, "for everyone"],
+      ["TOAST_CREATED", received[2]?.payload.id, "for everyone"],
       ["TOAST_READ", forAda.id, undefined],
     ]);
   });
