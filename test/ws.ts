@@ -37,8 +37,10 @@ import {
   request,
   restartLoopbackServer,
   SseClient,
+  startBlocking,
   startLoopbackServer,
   startServer,
+  stopBlocking,
   stopLoopbackServer,
   stopServer,
   until,
@@ -508,6 +510,18 @@ lesson("ws: leaving, the ping, Ctrl-C", (test) => {
     } finally {
       rmSync(bare, { recursive: true, force: true });
     }
+  });
+});
+
+lesson("ws on the blocking server: not there, and it says why", (test) => {
+  const children: Child[] = [];
+  test.after(() => stopBlocking(children));
+
+  test("/ws/notifications and the message routes answer 404 with one sentence", async () => {
+    const { url } = await startBlocking(children, []);
+    const answer = await request(`${url}/ws/notifications`);
+    assert.equal([answer.status, answer.body], [404, "WebSockets are served by server.ts only: each one would hold a blocking worker for as long as it stays open (see lesson 4 in the README).\n"]);
+    assert.is((await request(`${url}/room/messages/1`, { method: "PUT" })).status, 404);
   });
 });
 
