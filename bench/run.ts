@@ -38,7 +38,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { readFlags } from "../server.ts";
 import type { ClientReport } from "./client.ts";
 import type { SoakReport } from "./soak.ts";
-import { runWsBench, wsBroken, wsSection, type WsBenchReport } from "./ws.ts";
+import { freePort, runWsBench, wsBroken, wsSection, type WsBenchReport } from "./ws.ts";
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.dirname(BENCH);
@@ -147,15 +147,6 @@ async function stop(started: Started, graceMs = 3000) {
     await started.exited;
   }
   killGroup(started.child, "SIGKILL"); // the arbiter's workers, should any have outlived it
-}
-
-/** A port free on 127.0.0.1 right now. */
-async function freePort(): Promise<number> {
-  const probe = net.createServer();
-  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
-  const { port } = probe.address() as net.AddressInfo;
-  await new Promise((resolve) => probe.close(resolve));
-  return port;
 }
 
 /** Waits until the output holds `times` lines matching `pattern`. */

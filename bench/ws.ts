@@ -56,7 +56,8 @@ export interface WsBenchReport {
 
 // ─── The server under test ───────────────────────────────────────────────────
 
-async function freePort(): Promise<number> {
+/** A port free on 127.0.0.1 right now (bench/run.ts uses it too). */
+export async function freePort(): Promise<number> {
   const probe = net.createServer();
   await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
   const { port } = probe.address() as net.AddressInfo;
