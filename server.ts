@@ -1348,8 +1348,8 @@ export const NOTIFICATIONS_PATH = "/ws/notifications";
 export const WS_FRAME_LIMIT_BYTES = 4 * 1024;
 /** Subscriptions one socket may hold at once; the next one gets an ERROR. */
 export const WS_SUBSCRIPTIONS_MAX = 100;
-/** Bytes a socket may hold unsent before its subscriptions wait for each write: a reader that stops reading is then cut by the hub's queue limit. */
-export const WS_BUFFER_HIGH_BYTES = 64 * 1024;
+/** Bytes a socket may hold unsent, past what the kernel took, before it is cut: a reader that stopped reading must not hold memory for everyone else. */
+export const WS_UNSENT_LIMIT_BYTES = 256 * 1024;
 /** How often every socket is pinged; one that has not answered the previous ping by then is dropped. */
 export const WS_PING_INTERVAL_MS = 30_000;
 
@@ -1683,14 +1683,14 @@ export class Notifications {
     if (!this.state.quiet) this.state.log(`websocket ${connection.client} follows ${target.key}${from}`);
     try {
       for await (const message of this.messages(target, after, leave.signal)) {
+        // Cut, not closed: a close frame would wait behind all it did not read. Its page reconnects with the last id it read.
+        if (socket.bufferedAmount > WS_UNSENT_LIMIT_BYTES) return socket.terminate();
         connection.sent++;
-        if (socket.bufferedAmount < WS_BUFFER_HIGH_BYTES) socket.send(message);
-        // A reader that falls behind: wait for this write, so the hub's queue limit can cut it rather than this buffer grow.
-        else await new Promise((resolve) => socket.send(message, resolve));
+        socket.send(message);
       }
     } catch (error) {
       if (!(error instanceof SlowSubscriberError)) throw error;
-      socket.close(WS_TOO_SLOW, "too slow to read; reconnect with the last id you saw");
+      socket.terminate(); // the hub cut it first: it fell too far behind even to be handed its events
     } finally {
       if (subscriptions.get(target.key) === leave) subscriptions.delete(target.key);
     }
@@ -1730,9 +1730,8 @@ export class Notifications {
   }
 }
 
-/** WebSocket close codes (RFC 6455): going away, try again later, an error on the server. */
+/** WebSocket close codes (RFC 6455): going away, an error on the server. */
 export const WS_GOING_AWAY = 1001;
-export const WS_TOO_SLOW = 1013;
 export const WS_SERVER_ERROR = 1011;
 
 // ─── Routing ─────────────────────────────────────────────────────────────────

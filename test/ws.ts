@@ -21,6 +21,7 @@ import {
   WS_FRAME_LIMIT_BYTES,
   WS_MISSING,
   WS_SUBSCRIPTIONS_MAX,
+  WS_UNSENT_LIMIT_BYTES,
   readVisitor,
   PostgresHub,
   type CountdownServer,
@@ -482,6 +483,31 @@ lesson("ws: leaving, the ping, Ctrl-C", (test) => {
       await until("no socket left", () => pinging.server.notifications.size === 0);
     } finally {
       await stopServer(pinging.server);
+    }
+  });
+
+  test(`a socket that stops reading is cut once it holds ${WS_UNSENT_LIMIT_BYTES} bytes unsent; the others get everything`, async () => {
+    const slowServer = await startServer({ quiet: true });
+    try {
+      const [slow, reader] = [await WsClient.open(slowServer.url), await WsClient.open(slowServer.url)];
+      await slow.ask({ object_type: "room", id: "lobby" });
+      await reader.ask({ object_type: "room", id: "lobby" });
+      (slow.socket as unknown as { _socket: import("node:net").Socket })._socket.pause(); // stops reading: the kernel's buffers fill, then the server's
+      const text = "x".repeat(TEXT_MAX);
+      let published = 0;
+      // Bounded: the kernel's socket buffers take a few megabytes before anything waits.
+      while (slowServer.server.notifications.size === 2 && published < 100_000) {
+        for (let k = 0; k < 500; k++) await slowServer.server.hub.publish(ROOM_TOPIC, "message", { name: "Ada", text, poster: null });
+        published += 500;
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      await until("the slow socket to be cut", () => slowServer.server.notifications.size === 1);
+      assert.is(slowServer.server.hub.subscribers(ROOM_TOPIC), 1);
+      await until("the reader to get every message", () => reader.received.filter((m) => m.type === "MESSAGE_CREATED").length === published, BOOT_DEADLINE_MS);
+      reader.close();
+      slow.close();
+    } finally {
+      await stopServer(slowServer.server);
     }
   });
 
