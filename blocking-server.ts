@@ -26,6 +26,12 @@
  *     seconds: the only worker waits for an answer that only it could give;
  *   - --workers 2: the same curl answers after about ten seconds, the second worker
  *     serving the ten calls one by one.
+ *
+ * Lesson 3's room has no blocking twin: a worker blocked in one stream hears
+ * nothing of a message posted to another worker, so /room/ answers 404 here
+ * (the README's lesson 3 says why). Nor do the toasts: its pages are served
+ * without them. Lesson 4's WebSockets have none either: each socket would
+ * hold a whole worker for as long as it stays open.
  */
 
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
@@ -48,10 +54,14 @@ import {
   HEARTBEAT_MS,
   isMain,
   listen,
+  MemoryHub,
   readApiOptions,
   readCountdownOptions,
   readFanOutOptions,
   readFlags,
+  RequestError,
+  RoomStreams,
+  Toasts,
   router,
   selfOrigin,
   SELF_CALL_TIMEOUT_MS,
@@ -154,9 +164,20 @@ const serveCountdown: Handler = (req, res, url, { heartbeat }) => {
   res.end();
 };
 
+/** Lesson 3's room is served by server.ts only. */
+const noRoom: Handler = () => {
+  throw new RequestError(404, "The room is served by server.ts only: a blocking worker cannot push (see lesson 3 in the README).");
+};
+
+/** Lesson 4's WebSocket endpoint is served by server.ts only. */
+const noWebSocket: Handler = () => {
+  throw new RequestError(404, "WebSockets are served by server.ts only: each one would hold a blocking worker for as long as it stays open (see lesson 4 in the README).");
+};
+
 /**
  * The same routes as server.ts; only the countdown's handler is the blocking one.
- * The wall (/wall) has no twin here: server.ts serves it, and its right column streams from this server.
+ * The room and the WebSocket answer 404 here. The wall (/wall) has no twin here:
+ * server.ts serves it, and its right column streams from this server.
  */
 const ROUTES: Routes = {
   "/": { GET: servePage, HEAD: servePage },
@@ -164,6 +185,12 @@ const ROUTES: Routes = {
   // Lesson 2: fan-out.
   "/api/": { GET: serveApi },
   "/api/aggregated/": { GET: serveAggregated },
+  // Lessons 3 and 4 have no blocking twin.
+  "/room/": { GET: noRoom, HEAD: noRoom },
+  "/room/messages": { GET: noRoom, POST: noRoom },
+  "/room/stream": { GET: noRoom },
+  "/room/messages/:id": { GET: noRoom, PUT: noRoom, DELETE: noRoom },
+  "/ws/notifications": { GET: noWebSocket },
 };
 
 // ─── The log, in gunicorn's format ───────────────────────────────────────────
@@ -204,12 +231,17 @@ function runWorker({ notifyEveryMs, origin, workers }: WorkerSettings): void {
   if (!process.send) exitWith(2, `${WORKER_FLAG} is how the arbiter starts its workers; run the file without it.`);
   const tell = (message: WorkerMessage) => process.send?.(message);
 
-  // The router logs only what went wrong; a worker holds one stream at most, so it keeps no set of them.
+  // The router logs only what went wrong; a worker holds one stream at most, so it keeps no set of
+  // them, and it serves no room and no toasts, so its hub, room and toasts stay empty.
+  const hub = new MemoryHub();
   const state: ServerState = {
     streams: new Set(),
     log: (line) => log("ERROR", line),
     quiet: false,
     heartbeat: HEARTBEAT_MS,
+    hub,
+    room: new RoomStreams(HEARTBEAT_MS),
+    toasts: new Toasts(hub, () => {}, HEARTBEAT_MS),
     origin: () => origin,
     // One request at a time per worker: a count here would never pass 1. The log shows the /api/ calls instead.
     apiCalls: { inFlight: 0, peak: 0 },
@@ -522,7 +554,7 @@ function serveApi(_req: IncomingMessage, res: ServerResponse, url: URL) {
   const call = url.pathname + url.search;
   log("INFO", `${call}: sleeping ${delay} ms, this worker blocked`);
   sleepSync(delay);
-  sendJson(res, apiAnswer(taskId));
+  sendJson(res, 200, apiAnswer(taskId));
   log("INFO", `${call}: answered`);
 }
 
@@ -530,7 +562,7 @@ function serveApi(_req: IncomingMessage, res: ServerResponse, url: URL) {
 function serveAggregated(_req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) {
   const startedAt = performance.now();
   const responses = taskUrls(state.origin(), "/api/", readFanOutOptions(url)).map(callSelfSync);
-  sendJson(res, aggregatedAnswer(responses, startedAt));
+  sendJson(res, 200, aggregatedAnswer(responses, startedAt));
 }
 
 /** One call to this server, its answer as JSON; the thread waits. A timeout or a failure becomes that call's one sentence. */

@@ -18,5 +18,17 @@ import "./test/countdown.ts";
 // Lesson 2: fan-out. Awaiting ten calls at once, one after another, or blocking; a lone sync worker deadlocks on itself.
 import "./test/fanout.ts";
 
+// Lesson 3: push, don't poll. A posted message reaches every open tab through the hub; polling is kept beside it.
+import "./test/room.ts";
+
+// Lesson 3: toasts that stay until acknowledged. A per-visitor stream on the same hub, owner-only reads, the toasts on every page.
+import "./test/toasts.ts";
+
+// Lesson 3: several processes. --workers N on one port, one room through PostgreSQL.
+import "./test/processes.ts";
+
+// Lesson 4: two-way. The same room over a WebSocket, with subscriptions, permissions, and REST edits that notify only on change.
+import "./test/ws.ts";
+
 // The wall: both servers on one screen for a workshop.
 import "./test/wall.ts";

@@ -17,7 +17,9 @@
  * nothing is left behind. Then lesson 2's fan-out (bench/fanout.ts): the
  * aggregated view's latency on both servers, and the lateness of 200
  * countdowns beside it (ten calls of 1000 ms in a full-size run, of 100 ms
- * in a smaller one, so the tiny run stays tiny).
+ * in a smaller one, so the tiny run stays tiny). Last, bench/ws.ts puts
+ * --streams subscribers on the room, over WebSocket and then over SSE, and
+ * times one POST's delivery.
  *
  * Run:   npm run bench                                             (10,000 streams for 20 s, 3 runs)
  *        npm run bench -- --streams 200 --seconds 3 --runs 1       (the tiny one, for CI)
@@ -33,7 +35,6 @@
 
 import { spawn, execFileSync, type ChildProcess } from "node:child_process";
 import { readFileSync, readdirSync, writeFileSync, mkdirSync } from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -42,6 +43,7 @@ import { readFlags } from "../server.ts";
 import type { ClientReport } from "./client.ts";
 import type { SoakReport } from "./soak.ts";
 import { fanOutSection, type FanOutOptions, type FanOutReport } from "./fanout.ts";
+import { freePort, runWsBench, wsBroken, wsSection, type WsBenchReport } from "./ws.ts";
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.dirname(BENCH);
@@ -152,15 +154,6 @@ async function stop(started: Started, graceMs = 3000) {
     await started.exited;
   }
   killGroup(started.child, "SIGKILL"); // the arbiter's workers, should any have outlived it
-}
-
-/** A port free on 127.0.0.1 right now. */
-async function freePort(): Promise<number> {
-  const probe = net.createServer();
-  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
-  const { port } = probe.address() as net.AddressInfo;
-  await new Promise((resolve) => probe.close(resolve));
-  return port;
 }
 
 /** Waits until the output holds `times` lines matching `pattern`. */
@@ -486,7 +479,8 @@ function machine(): string {
   );
 }
 
-function table(configs: Config[], results: Measurement[][], soak: SoakReport | undefined, fanOut: FanOutReport | undefined, notes: string[]): string {
+/** The report: the countdown's tables, the soak, then each later lesson's section as it came. */
+function table(configs: Config[], results: Measurement[][], soak: SoakReport | undefined, notes: string[], sections: string[]): string {
   const of = (label: string) => results.flatMap((run) => run.filter((m) => m.config.label === label));
   const firstEvents = (m: Measurement) => m.client.allFirstEventsMs ?? NaN;
   const lines: string[] = [];
@@ -601,9 +595,9 @@ function table(configs: Config[], results: Measurement[][], soak: SoakReport | u
     lines.push("");
     lines.push(soakSection(soak));
   }
-  if (fanOut) {
+  for (const section of sections) {
     lines.push("");
-    lines.push(fanOutSection(fanOut));
+    lines.push(section);
   }
   if (notes.length) {
     lines.push("");
@@ -667,16 +661,28 @@ async function main(): Promise<number> {
 
   if (!flags.only.length) console.error(`soak: ${count(CYCLES)} open-then-abort cycles`);
   const soak = flags.only.length ? undefined : await runSoak();
-  if (!flags.only.length) console.error("fan-out: the aggregated view on both servers, and countdowns beside it");
-  const fanOut = flags.only.length ? undefined : await runFanOutProcess();
-  const report = table(configs, results, soak, fanOut, notes);
+  const sections: string[] = [];
+  if (!flags.only.length) {
+    console.error("fan-out: the aggregated view on both servers, and countdowns beside it");
+    sections.push(fanOutSection(await runFanOutProcess()));
+  }
+  // Lesson 4: the room over WebSocket and SSE, as many subscribers of each as there were streams.
+  let room: WsBenchReport | undefined;
+  if (!flags.only.length) {
+    console.error(`room: ${count(STREAMS)} WebSocket and ${count(STREAMS)} SSE subscribers, one POST each`);
+    room = await runWsBench(STREAMS, RUNS);
+    sections.push(wsSection(room));
+  }
+  const report = table(configs, results, soak, notes, sections);
   console.log(report);
   write(report);
 
   const asyncBroken = results.flat().filter((m) => m.config.kind !== "blocking" && (m.client.lost || m.client.duplicated || m.client.malformed || m.client.failed));
   for (const m of asyncBroken) console.error(`${m.config.label}: ${m.client.lost} events lost, ${m.client.duplicated} duplicated, ${m.client.malformed} malformed, ${m.client.failed} streams failed`);
   if (soak && !soak.matches) console.error(`soak: ${soak.verdict}`);
-  return asyncBroken.length || (soak && !soak.matches) ? 1 : 0;
+  const roomBroken = room !== undefined && wsBroken(room);
+  if (roomBroken) console.error("room: a message was lost or duplicated (see the table)");
+  return asyncBroken.length || (soak && !soak.matches) || roomBroken ? 1 : 0;
 }
 
 try {

@@ -42,7 +42,7 @@ function answersInOrder(n: number) {
 /** Checks an aggregated view's answer: the n answers in task order, and how long the calls took. */
 function assertAggregated(res: { status?: number; headers: Record<string, unknown>; body: string }, n: number) {
   assert.is(res.status, 200, res.body);
-  assert.is(res.headers["content-type"], "application/json");
+  assert.is(res.headers["content-type"], "application/json; charset=utf-8");
   const answer = JSON.parse(res.body);
   assert.is(answer.message, "Hello Async World!");
   assert.equal(answer.responses, answersInOrder(n));
@@ -55,7 +55,7 @@ function answersLikeThePost(test: Test, base: () => string) {
   test("/api/ answers the post's JSON, with the task id only when one was given", async () => {
     const plain = await request(`${base()}/api/?delay=0`);
     assert.is(plain.status, 200);
-    assert.is(plain.headers["content-type"], "application/json");
+    assert.is(plain.headers["content-type"], "application/json; charset=utf-8");
     assert.equal(JSON.parse(plain.body), { message: "Hello Async World!" });
     const tagged = await request(`${base()}/api/?delay=0&task_id=Task_7-b`);
     assert.equal(JSON.parse(tagged.body), { message: "Hello Async World!", task_id: "Task_7-b" });
@@ -200,7 +200,7 @@ lesson("fan-out: server.ts awaits its calls", (test) => {
   });
 
   test("a call that gets no answer within the read timeout makes the view answer 504 with one sentence", async () => {
-    const res = await request(`${url}/api/aggregated/?n=2&delay=${SELF_CALL_TIMEOUT_MS + 1000}`, {}, TIMEOUT_DEADLINE_MS);
+    const res = await request(`${url}/api/aggregated/?n=2&delay=${SELF_CALL_TIMEOUT_MS + 1000}`, {}, undefined, TIMEOUT_DEADLINE_MS);
     assert.is(res.status, 504);
     assert.is(res.body, `The call to /api/?task_id=0&delay=${SELF_CALL_TIMEOUT_MS + 1000} got no answer within 5 s (its read timeout).\n`);
   });
@@ -256,7 +256,7 @@ lesson("fan-out: blocking-server.ts calls itself with a blocking client", (test)
   test("two workers: 200 and the n answers, the other worker serving the calls one by one", async () => {
     const child = children[0]!;
     const from = child.output.length;
-    assertAggregated(await request(`${url}/api/aggregated/?n=4&delay=${DELAY_MS}`, {}, TIMEOUT_DEADLINE_MS), 4);
+    assertAggregated(await request(`${url}/api/aggregated/?n=4&delay=${DELAY_MS}`, {}, undefined, TIMEOUT_DEADLINE_MS), 4);
     const log = child.output.slice(from);
     assert.is(mostCallsAtOnce(log), 1);
     const servedBy = new Set([...log.matchAll(/\[(\d+)\] \[INFO\] \/api\/\?task_id=\d+&delay=\d+: answered/g)].map((match) => match[1]));
@@ -275,7 +275,7 @@ lesson("fan-out: one blocking worker deadlocks on itself", (test) => {
 
   test("one worker: the first call waits behind its own caller, and the read timeout ends it with 504", async () => {
     const child = children[0]!;
-    const res = await request(`${url}/api/aggregated/?n=3&delay=${DELAY_MS}`, {}, TIMEOUT_DEADLINE_MS);
+    const res = await request(`${url}/api/aggregated/?n=3&delay=${DELAY_MS}`, {}, undefined, TIMEOUT_DEADLINE_MS);
     assert.is(res.status, 504);
     assert.is(
       res.body,

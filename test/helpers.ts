@@ -7,13 +7,15 @@
 import http from "node:http";
 import net from "node:net";
 import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { setTimeout as delay } from "node:timers/promises";
 import { suite, type Test } from "uvu";
 import * as assert from "uvu/assert";
 import type { Browser, BrowserContext, Page } from "playwright-core";
+import postgres from "postgres";
 import { chromiumMissing, launchChromium } from "../bench/chromium.ts";
-import { createCountdownServer, listen, type CountdownServer } from "../server.ts";
+import { createCountdownServer, listen, type CountdownServer, type Hub, type ServerOptions } from "../server.ts";
 
 // ─── Helpers ─────────────────────────────────────────────────────────────────
 
@@ -43,10 +45,10 @@ export async function until(what: string, condition: () => boolean, ms = DEADLIN
   }
 }
 
-/** A plain HTTP request, its whole body read; agent: false so no socket outlives it. */
-export async function request(url: string, options: http.RequestOptions = {}, ms = DEADLINE_MS) {
+/** A plain HTTP request (with a body, if given), its whole answer read; agent: false so no socket outlives it. */
+export async function request(url: string, options: http.RequestOptions = {}, requestBody?: string, ms = DEADLINE_MS) {
   const req = http.request(url, { agent: false, ...options });
-  req.end();
+  req.end(requestBody);
   const [res] = (await within(`a response from ${url}`, once(req, "response"), ms)) as [http.IncomingMessage];
   let body = "";
   res.setEncoding("utf8").on("data", (chunk: string) => (body += chunk));
@@ -165,9 +167,9 @@ export class SseClient {
 }
 
 /** A countdown server in this process, on an ephemeral loopback port, its log kept in `lines`. */
-export async function startServer() {
+export async function startServer(options: ServerOptions = {}) {
   const lines: string[] = [];
-  const server: CountdownServer = createCountdownServer({ log: (line) => lines.push(line) });
+  const server: CountdownServer = createCountdownServer({ log: (line) => lines.push(line), ...options });
   server.listen(0, "127.0.0.1");
   await within("the server to listen", once(server, "listening"));
   const { port } = server.address() as net.AddressInfo;
@@ -178,6 +180,8 @@ export async function startServer() {
 export async function stopServer(server: http.Server | undefined) {
   if (!server?.listening) return;
   server.closeAllConnections();
+  // A WebSocket is no longer the HTTP server's connection: it is closed on its own.
+  (server as Partial<CountdownServer>).notifications?.closeAll();
   await within("the server to close", new Promise((resolve) => server.close(resolve)));
 }
 
@@ -186,6 +190,16 @@ export function activeResources(): Record<string, number> {
   const counts: Record<string, number> = {};
   for (const kind of process.getActiveResourcesInfo()) counts[kind] = (counts[kind] ?? 0) + 1;
   return counts;
+}
+
+/** Waits until this process holds as many timers and sockets as it did `before`, or fails showing both counts. */
+export async function untilResourcesReturn(before: Record<string, number>): Promise<void> {
+  await until("timers and sockets to return to what they were", () => {
+    const now = activeResources();
+    return (now.Timeout ?? 0) === (before.Timeout ?? 0) && (now.TCPSocketWrap ?? 0) === (before.TCPSocketWrap ?? 0);
+  }).catch((error) => {
+    throw new Error(`${error.message}: before ${JSON.stringify(before)}, now ${JSON.stringify(activeResources())}`);
+  });
 }
 
 /**
@@ -197,10 +211,11 @@ export class Child {
   output = "";
   exited: Promise<number | null>;
 
-  constructor(file: string, args: string[], env: NodeJS.ProcessEnv = {}) {
+  /** With `stdin: "pipe"` a test can type into the server's terminal through `process.stdin`. */
+  constructor(file: string, args: string[], env: NodeJS.ProcessEnv = {}, { stdin = "ignore" }: { stdin?: "ignore" | "pipe" } = {}) {
     this.process = spawn(process.execPath, [...process.execArgv, file, ...args], {
       env: { ...process.env, ...env },
-      stdio: ["ignore", "pipe", "pipe"],
+      stdio: [stdin, "pipe", "pipe"],
     });
     this.process.stdout!.setEncoding("utf8").on("data", (text: string) => (this.output += text));
     this.process.stderr!.setEncoding("utf8").on("data", (text: string) => (this.output += text));
@@ -549,9 +564,10 @@ export interface LoopbackServer {
   port: number;
 }
 
-export async function startLoopbackServer(port = 0): Promise<LoopbackServer> {
+/** Starts one; `hub`, when given, is kept from a server before it, as --database keeps the room across a restart. */
+export async function startLoopbackServer(port = 0, hub?: Hub): Promise<LoopbackServer> {
   const lines: string[] = [];
-  const server = createCountdownServer({ log: (line) => lines.push(line) });
+  const server = createCountdownServer({ log: (line) => lines.push(line), hub });
   const listeners = await within("the server to listen", listen(server, "localhost", port));
   return { server, listeners, lines, port: (server.address() as net.AddressInfo).port };
 }
@@ -564,6 +580,7 @@ export function closeListener(listener: net.Server): Promise<void> {
 export async function stopLoopbackServer(running: LoopbackServer | undefined) {
   if (!running) return;
   running.server.closeAllConnections();
+  running.server.notifications.closeAll();
   await within("the server to close", Promise.all(running.listeners.map(closeListener)));
 }
 
@@ -571,11 +588,64 @@ export async function stopLoopbackServer(running: LoopbackServer | undefined) {
  * Stops a server the way Ctrl-C does, its streams ended cleanly so browsers
  * reconnect, then starts a new one on the same port.
  */
-export async function restartLoopbackServer(running: LoopbackServer): Promise<LoopbackServer> {
+export async function restartLoopbackServer(running: LoopbackServer, hub?: Hub): Promise<LoopbackServer> {
   const closed = Promise.all(running.listeners.map(closeListener));
   running.server.endStreams();
   await until("the ended streams to close", () => running.server.streams.size === 0);
   running.server.closeIdleConnections();
   await within("the old server to close", closed);
-  return startLoopbackServer(running.port);
+  return startLoopbackServer(running.port, hub);
+}
+
+// ─── A real PostgreSQL ───────────────────────────────────────────────────────
+//
+// The database suites need a PostgreSQL server at TEST_DATABASE_URL, as a
+// user who may create databases (.ci/run starts a throwaway one). Each test
+// gets a database of its own, dropped in `after`.
+
+let databaseMissingSaid = false;
+
+/**
+ * Registers a lesson that needs PostgreSQL. `database()` creates a fresh
+ * database and returns its URL. Without TEST_DATABASE_URL the lesson is left
+ * out with one line, except under PG_REQUIRED=1 (as in CI), where that fails.
+ */
+export function databaseLesson(name: string, build: (test: Test, database: () => Promise<string>) => void) {
+  if (!selected(name)) return;
+  const adminUrl = process.env.TEST_DATABASE_URL;
+  if (!adminUrl) {
+    if (databaseMissingSaid) return;
+    databaseMissingSaid = true;
+    const why = "TEST_DATABASE_URL is not set (see .ci/run for a throwaway PostgreSQL)";
+    if (process.env.PG_REQUIRED !== "1") {
+      console.log(`Skipping the PostgreSQL suites: ${why}.`);
+      return;
+    }
+    const test = suite("database: PostgreSQL is required");
+    test("PG_REQUIRED=1, so the PostgreSQL suites must run", () => assert.unreachable(why));
+    test.run();
+    return;
+  }
+  lesson(name, (test) => {
+    const created: string[] = [];
+    const database = async () => {
+      const name = `countdown_test_${randomBytes(6).toString("hex")}`;
+      const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });
+      try {
+        await within("PostgreSQL to create a database", admin.unsafe(`create database ${name}`));
+      } finally {
+        await admin.end({ timeout: 1 });
+      }
+      created.push(name);
+      const url = new URL(adminUrl);
+      url.pathname = `/${name}`;
+      return url.href;
+    };
+    build(test, database);
+    test.after(async () => {
+      const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });
+      for (const name of created.splice(0)) await admin.unsafe(`drop database if exists ${name} with (force)`).catch(() => {});
+      await admin.end({ timeout: 1 });
+    });
+  });
 }

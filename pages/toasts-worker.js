@@ -1,0 +1,33 @@
+// The toasts' shared worker: one EventSource for every tab of this site, so
+// toasts cost one connection however many tabs are open. Each tab connects
+// with a port, is sent the unread toasts at once, then each toast and each
+// read mark as they come. EventSource reconnects by itself after a drop; the
+// server then sends the unread toasts again, and tabs skip the ones they show.
+const ports = new Set();
+const unread = new Map();
+
+function tell(message) {
+  for (const port of ports) port.postMessage(message);
+}
+
+const source = new EventSource("/toasts/stream");
+source.addEventListener("toast", (event) => {
+  const toast = JSON.parse(event.data);
+  unread.set(toast.id, toast);
+  tell({ kind: "toast", data: toast });
+});
+source.addEventListener("read", (event) => {
+  const mark = JSON.parse(event.data);
+  unread.delete(mark.id);
+  tell({ kind: "read", data: mark });
+});
+
+onconnect = (event) => {
+  const port = event.ports[0];
+  ports.add(port);
+  // A closing tab says goodbye, so the worker stops posting to it.
+  port.onmessage = (message) => {
+    if (message.data === "bye") ports.delete(port);
+  };
+  for (const toast of unread.values()) port.postMessage({ kind: "toast", data: toast });
+};

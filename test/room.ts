@@ -1,0 +1,534 @@
+/**
+ * test/room.ts: lesson 3, push, don't poll. The hub on its own (order,
+ * replay, the gap, cleanup, the slow subscriber), the room over HTTP (posting,
+ * every bad input, streams, reconnects, polling), and the room in a real
+ * browser (two tabs, a message that looks like HTML, the polling page).
+ */
+
+import { getEventListeners } from "node:events";
+import * as assert from "uvu/assert";
+import {
+  HUB_KEEP,
+  MemoryHub,
+  NAME_MAX,
+  ROOM_REPLAY,
+  ROOM_TOPIC,
+  SlowSubscriberError,
+  TEXT_MAX,
+  type CountdownServer,
+  type HubEvent,
+  type HubGap,
+} from "../server.ts";
+import {
+  activeResources,
+  browserLesson,
+  lesson,
+  Profile,
+  request,
+  SseClient,
+  startBlocking,
+  startLoopbackServer,
+  startServer,
+  stopBlocking,
+  stopLoopbackServer,
+  stopServer,
+  until,
+  untilResourcesReturn,
+  within,
+  type Child,
+  type LoopbackServer,
+  type SseMessage,
+} from "./helpers.ts";
+
+// ─── The hub on its own ──────────────────────────────────────────────────────
+
+/** Reads `count` items from a subscription, each within the deadline. */
+async function take(subscription: AsyncGenerator<HubEvent | HubGap>, count: number): Promise<(HubEvent | HubGap)[]> {
+  const items: (HubEvent | HubGap)[] = [];
+  while (items.length < count) {
+    const next = await within(`item ${items.length + 1} of ${count}`, subscription.next());
+    if (next.done) throw new Error(`the subscription ended after ${items.length} of ${count} items`);
+    items.push(next.value);
+  }
+  return items;
+}
+
+const ids = (items: (HubEvent | HubGap)[]) => items.map((item) => (item.type === "gap" ? "gap" : (item as HubEvent).id));
+
+async function publishMany(hub: MemoryHub, topic: string, count: number) {
+  for (let k = 0; k < count; k++) await hub.publish(topic, "message", { k });
+}
+
+lesson("hub: publish and subscribe", (test) => {
+  test("ids count up from 1 per topic, and a live subscriber gets every event in order", async () => {
+    const hub = new MemoryHub();
+    const leave = new AbortController();
+    const subscription = hub.subscribe("room:a", { signal: leave.signal });
+    const first = subscription.next(); // the generator registers at its first next()
+    await until("the subscriber to register", () => hub.subscribers("room:a") === 1);
+    const published = [await hub.publish("room:a", "message", { n: 1 }), await hub.publish("room:b", "message", { n: 2 }), await hub.publish("room:a", "toast", { n: 3 })];
+    assert.equal(published.map((event) => [event.topic, event.id]), [["room:a", 1], ["room:b", 1], ["room:a", 2]]);
+    assert.ok(!Number.isNaN(Date.parse(published[0]!.at)) && published[0]!.at.endsWith("Z"), "at is ISO 8601");
+    const received = [(await within("the first event", first)).value as HubEvent, ...((await take(subscription, 1)) as HubEvent[])];
+    assert.equal(received.map((event) => [event.id, event.type, event.data]), [[1, "message", { n: 1 }], [2, "toast", { n: 3 }]]);
+    leave.abort();
+    assert.is((await within("the subscription to end", subscription.next())).done, true);
+  });
+
+  test("publish stores the event before it returns, so code that does not await it can rely on it", async () => {
+    const hub = new MemoryHub();
+    void hub.publish("room:a", "message", "not awaited");
+    assert.equal((await hub.history("room:a")).map((event) => event.data), ["not awaited"]);
+  });
+
+  test("history gives what is kept after an id, oldest first, at most the newest `limit`", async () => {
+    const hub = new MemoryHub();
+    await publishMany(hub, "room:a", 5);
+    assert.equal(ids(await hub.history("room:a")), [1, 2, 3, 4, 5]);
+    assert.equal(ids(await hub.history("room:a", { after: 2 })), [3, 4, 5]);
+    assert.equal(ids(await hub.history("room:a", { after: 1, limit: 2 })), [4, 5]);
+    assert.equal(await hub.history("room:nobody"), []);
+  });
+
+  test(`it keeps the last ${HUB_KEEP} events of a topic`, async () => {
+    const hub = new MemoryHub();
+    await publishMany(hub, "room:a", HUB_KEEP + 50);
+    const kept = await hub.history("room:a");
+    assert.is(kept.length, HUB_KEEP);
+    assert.is(kept[0]!.id, 51);
+  });
+
+  test("subscribing after an id replays exactly what came after it, then goes on live", async () => {
+    const hub = new MemoryHub();
+    await publishMany(hub, "room:a", 5);
+    const leave = new AbortController();
+    const subscription = hub.subscribe("room:a", { after: 2, signal: leave.signal });
+    assert.equal(ids(await take(subscription, 3)), [3, 4, 5]);
+    await hub.publish("room:a", "message", { k: 6 });
+    assert.equal(ids(await take(subscription, 1)), [6]);
+    leave.abort();
+  });
+
+  test("events published while the replay is being read come once each, in order: no gap, no duplicate", async () => {
+    const hub = new MemoryHub();
+    await publishMany(hub, "room:a", 3);
+    const leave = new AbortController();
+    const subscription = hub.subscribe("room:a", { after: 0, signal: leave.signal });
+    const seen = await take(subscription, 1);
+    await publishMany(hub, "room:a", 2); // 4 and 5, while 2 and 3 are still to be replayed
+    seen.push(...(await take(subscription, 4)));
+    await hub.publish("room:a", "message", { k: 6 });
+    seen.push(...(await take(subscription, 1)));
+    assert.equal(ids(seen), [1, 2, 3, 4, 5, 6]);
+    leave.abort();
+  });
+
+  test("an id older than what is kept, or one never issued, gets a gap first, then everything kept", async () => {
+    const hub = new MemoryHub({ keep: 3 });
+    await publishMany(hub, "room:a", 6); // keeps 4, 5, 6
+    const leave = new AbortController();
+    const tooOld = await take(hub.subscribe("room:a", { after: 2, signal: leave.signal }), 4);
+    assert.equal(tooOld[0], { type: "gap", topic: "room:a", after: 2 });
+    assert.equal(ids(tooOld), ["gap", 4, 5, 6]);
+    const neverIssued = await take(hub.subscribe("room:a", { after: 57, signal: leave.signal }), 4);
+    assert.equal(ids(neverIssued), ["gap", 4, 5, 6]);
+    const justBeforeKept = await take(hub.subscribe("room:a", { after: 3, signal: leave.signal }), 3);
+    assert.equal(ids(justBeforeKept), [4, 5, 6], "the oldest kept is the next one: exact, no gap");
+    leave.abort();
+  });
+
+  test("without `after` there is no replay, only live events", async () => {
+    const hub = new MemoryHub();
+    await publishMany(hub, "room:a", 3);
+    const leave = new AbortController();
+    const subscription = hub.subscribe("room:a", { signal: leave.signal });
+    const first = subscription.next();
+    await until("the subscriber to register", () => hub.subscribers("room:a") === 1);
+    await hub.publish("room:a", "message", { k: 4 });
+    assert.is(((await within("the live event", first)).value as HubEvent).id, 4);
+    leave.abort();
+  });
+});
+
+lesson("hub: subscribers that leave, and one that stops reading", (test) => {
+  test("300 subscribe-then-abort cycles leave no subscriber, listener or timer behind", async () => {
+    const hub = new MemoryHub();
+    const before = activeResources();
+    for (let round = 0; round < 300; round++) {
+      const leave = new AbortController();
+      const subscription = hub.subscribe("room:a", { after: 0, signal: leave.signal });
+      const waiting = subscription.next();
+      if (round === 0) await hub.publish("room:a", "message", {});
+      await within("the first event", waiting);
+      const parked = subscription.next(); // waits for a live event that never comes
+      assert.is(hub.subscribers("room:a"), 1);
+      leave.abort();
+      assert.is((await within("the parked read to end", parked)).done, true);
+      assert.is(hub.subscribers("room:a"), 0);
+      assert.is(getEventListeners(leave.signal, "abort").length, 0, "the abort listener is removed");
+    }
+    assert.equal(activeResources().Timeout ?? 0, before.Timeout ?? 0);
+  });
+
+  test("breaking out of for await (return()) removes the subscriber at once", async () => {
+    const hub = new MemoryHub();
+    await publishMany(hub, "room:a", 2);
+    const signal = new AbortController().signal; // never aborted
+    for await (const event of hub.subscribe("room:a", { after: 0, signal })) {
+      assert.is(hub.subscribers("room:a"), 1);
+      if ((event as HubEvent).id === 2) break;
+    }
+    assert.is(hub.subscribers("room:a"), 0);
+    assert.is(getEventListeners(signal, "abort").length, 0);
+  });
+
+  test("a subscriber that stops reading is dropped once its queue is full, with one log line, and others go on", async () => {
+    const lines: string[] = [];
+    const limit = 5;
+    const hub = new MemoryHub({ queueLimit: limit, log: (line) => lines.push(line) });
+    const leave = new AbortController();
+    const slow = hub.subscribe("room:a", { signal: leave.signal });
+    const reader = hub.subscribe("room:a", { signal: leave.signal });
+    const slowFirst = slow.next();
+    const readerFirst = reader.next();
+    await until("both to register", () => hub.subscribers("room:a") === 2);
+    await hub.publish("room:a", "message", { k: 1 });
+    await within("the slow one's first event", slowFirst);
+    await within("the reader's first event", readerFirst);
+    const read: number[] = [];
+    for (let k = 2; k <= limit + 2; k++) {
+      await hub.publish("room:a", "message", { k });
+      read.push(((await take(reader, 1))[0] as HubEvent).id);
+    }
+    assert.is(hub.subscribers("room:a"), 1, "the slow one is gone as soon as its queue overflowed");
+    assert.equal(lines, [`hub: dropped a subscriber of room:a: ${limit} events unread`]);
+    await within("the slow one to learn why", slow.next()).then(
+      () => assert.unreachable("the slow subscription should throw"),
+      (error) => assert.instance(error, SlowSubscriberError),
+    );
+    assert.equal(read, [2, 3, 4, 5, 6, 7]);
+    leave.abort();
+  });
+
+  test("close() ends every subscription", async () => {
+    const hub = new MemoryHub();
+    const subscription = hub.subscribe("room:a", { signal: new AbortController().signal });
+    const waiting = subscription.next();
+    await until("the subscriber to register", () => hub.subscribers("room:a") === 1);
+    await hub.close();
+    assert.is((await within("the subscription to end", waiting)).done, true);
+    assert.is(hub.subscribers("room:a"), 0);
+  });
+});
+
+// ─── The room over HTTP ──────────────────────────────────────────────────────
+
+/** POSTs to the room as JSON (or with other headers and a raw body). */
+function post(url: string, body: unknown, headers: Record<string, string> = { "Content-Type": "application/json" }) {
+  const text = typeof body === "string" ? body : JSON.stringify(body);
+  return request(`${url}/room/messages`, { method: "POST", headers }, text);
+}
+
+const messageOf = (message: SseMessage) => JSON.parse(message.data) as { id: number; name: string; text: string; at: string };
+const messageIds = (client: SseClient) => client.messages.filter((m) => m.event === "message").map((m) => Number(m.id));
+
+lesson("room: posting and streaming over HTTP", (test) => {
+  let server: CountdownServer | undefined;
+  let lines: string[] = [];
+  let url = "";
+  const clients: SseClient[] = [];
+  const open = (headers: Record<string, string> = {}) => {
+    const client = new SseClient(`${url}/room/stream`, headers);
+    clients.push(client);
+    return client;
+  };
+  test.before(async () => {
+    ({ server, lines, url } = await startServer());
+  });
+  test.after.each(async () => {
+    for (const client of clients.splice(0)) client.close();
+    await until("every room stream to close", () => server!.room.size === 0 && server!.hub.subscribers(ROOM_TOPIC) === 0);
+  });
+  test.after(() => stopServer(server));
+
+  test("two open streams both receive one POST, as the stored message the 201 answered", async () => {
+    const [first, second] = [open(), open()];
+    await until("both streams to subscribe", () => server!.hub.subscribers(ROOM_TOPIC) === 2);
+    const answer = await post(url, { name: "  Ada ", text: " hello room " });
+    assert.is(answer.status, 201);
+    assert.is(answer.headers["content-type"], "application/json; charset=utf-8");
+    const stored = JSON.parse(answer.body);
+    assert.equal(Object.keys(stored), ["id", "name", "text", "poster", "at"]);
+    assert.equal([stored.name, stored.text], ["Ada", "hello room"], "surrounding whitespace is trimmed");
+    for (const client of [first, second]) {
+      const message = await client.next("message");
+      assert.is(message.id, String(stored.id));
+      assert.equal(messageOf(message), stored);
+    }
+    assert.ok(first.raw.includes(`event: message\nid: ${stored.id}\ndata: ${answer.body}\n\n`), "the wire format, byte for byte");
+  });
+
+  test("a form post works too", async () => {
+    const answer = await post(url, "name=Bo&text=from+a+form", { "Content-Type": "application/x-www-form-urlencoded" });
+    assert.is(answer.status, 201);
+    assert.equal([JSON.parse(answer.body).name, JSON.parse(answer.body).text], ["Bo", "from a form"]);
+  });
+
+  const json = { "Content-Type": "application/json" };
+  const badInputs: [string, unknown, Record<string, string>, number, string][] = [
+    ["a missing name", { text: "hi" }, json, 400, `name is missing: it takes 1 to ${NAME_MAX} characters.`],
+    ["an empty text", { name: "Ada", text: "   " }, json, 400, `text is missing: it takes 1 to ${TEXT_MAX} characters.`],
+    ["a name that is not text", { name: 7, text: "hi" }, json, 400, `name is missing: it takes 1 to ${NAME_MAX} characters.`],
+    ["a name too long", { name: "n".repeat(NAME_MAX + 1), text: "hi" }, json, 400, `name is too long: at most ${NAME_MAX} characters.`],
+    ["a text too long", { name: "Ada", text: "t".repeat(TEXT_MAX + 1) }, json, 400, `text is too long: at most ${TEXT_MAX} characters.`],
+    ["a control character", { name: "Ada", text: "two\nlines" }, json, 400, "text must not contain control characters such as line breaks."],
+    ["a body that is not JSON", "{name:", json, 400, 'The body is not JSON; send {"name": "...", "text": "..."}.'],
+    ["a JSON list", "[1]", json, 400, 'The body must be one JSON object: {"name": "...", "text": "..."}.'],
+    ["a body over 4 KB", { name: "Ada", text: "x".repeat(5000) }, json, 413, "The body is over 4096 bytes."],
+    ["text/plain", "hi", { "Content-Type": "text/plain" }, 415, "Send the message as application/json or as a form (application/x-www-form-urlencoded)."],
+    ["no content type", "hi", {}, 415, "Send the message as application/json or as a form (application/x-www-form-urlencoded)."],
+    ["a post from another site", { name: "Ada", text: "hi" }, { ...json, Origin: "http://evil.example" }, 403, "Posts from another site are refused: Origin http://evil.example is not this server."],
+    ["a post from an opaque origin", { name: "Ada", text: "hi" }, { ...json, Origin: "null" }, 403, "Posts from another site are refused: Origin null is not this server."],
+  ];
+  for (const [what, body, headers, status, sentence] of badInputs) {
+    test(`${what} gets ${status} with one sentence, and nothing is published`, async () => {
+      const before = (await server!.hub.history(ROOM_TOPIC)).length;
+      const answer = await post(url, body, headers);
+      assert.is(answer.status, status);
+      assert.is(answer.body, `${sentence}\n`);
+      assert.is((await server!.hub.history(ROOM_TOPIC)).length, before);
+    });
+  }
+
+  test("a post whose Origin is this server's own address is accepted", async () => {
+    const { host } = new URL(url);
+    const answer = await post(url, { name: "Ada", text: "same site" }, { ...json, Origin: `http://${host}` });
+    assert.is(answer.status, 201);
+  });
+
+  test("the log says which message was posted and how long the name was, never its text", async () => {
+    const answer = await post(url, { name: "Ünal", text: "a secret" });
+    const { id } = JSON.parse(answer.body);
+    assert.ok(lines.includes(`message ${id} posted (a name of 4 characters)`));
+    assert.not.ok(lines.some((line) => line.includes("a secret") || line.includes("Ünal")));
+  });
+
+  test(`a new stream replays the last ${ROOM_REPLAY} messages, then goes on live`, async () => {
+    for (let k = 0; k < ROOM_REPLAY + 5; k++) await post(url, { name: "Ada", text: `number ${k}` });
+    const newest = (await server!.hub.history(ROOM_TOPIC, { limit: 1 }))[0]!.id;
+    const client = open();
+    await until(`${ROOM_REPLAY} replayed messages`, () => messageIds(client).length === ROOM_REPLAY);
+    assert.equal(messageIds(client), Array.from({ length: ROOM_REPLAY }, (_, k) => newest - ROOM_REPLAY + 1 + k));
+    await until("the stream to subscribe", () => server!.hub.subscribers(ROOM_TOPIC) === 1);
+    await post(url, { name: "Ada", text: "live" });
+    await until("the live message", () => messageIds(client).at(-1) === newest + 1);
+  });
+
+  test("a reconnect with Last-Event-ID gets exactly what it missed: no duplicate, nothing lost", async () => {
+    const first = open();
+    await until("the first stream to subscribe", () => server!.hub.subscribers(ROOM_TOPIC) === 1);
+    const seen = JSON.parse((await post(url, { name: "Ada", text: "seen" })).body).id;
+    await until("the first stream to see it", () => messageIds(first).at(-1) === seen);
+    first.close();
+    await until("the first stream to close", () => server!.room.size === 0);
+    const missed = [await post(url, { name: "Ada", text: "missed 1" }), await post(url, { name: "Ada", text: "missed 2" })].map((answer) => JSON.parse(answer.body).id);
+    const again = open({ "Last-Event-ID": String(seen) });
+    await until("the missed messages", () => messageIds(again).length === 2);
+    await until("the stream to subscribe", () => server!.hub.subscribers(ROOM_TOPIC) === 1);
+    const live = JSON.parse((await post(url, { name: "Ada", text: "live" })).body).id;
+    await until("the live message", () => messageIds(again).length === 3);
+    assert.equal(messageIds(again), [...missed, live]);
+    assert.is(again.messages.filter((m) => m.event === "gap").length, 0);
+  });
+
+  test("a Last-Event-ID this hub never issued gets an event: gap first, then what is kept", async () => {
+    const kept = (await server!.hub.history(ROOM_TOPIC)).map((event) => event.id);
+    const client = open({ "Last-Event-ID": "999999" });
+    const gap = await client.next("gap");
+    assert.equal(JSON.parse(gap.data), { after: 999999 });
+    assert.is(gap.id, undefined, "a gap carries no id, so the browser keeps the last one it saw");
+    await until("what is kept", () => messageIds(client).length === kept.length);
+    assert.equal(messageIds(client), kept);
+    assert.ok(client.messages.findIndex((m) => m.event === "gap") < client.messages.findIndex((m) => m.event === "message"));
+  });
+
+  test("a malformed Last-Event-ID gets 400 with one sentence", async () => {
+    const answer = await request(`${url}/room/stream`, { headers: { "Last-Event-ID": "abc" } });
+    assert.is(answer.status, 400);
+    assert.is(answer.body, "Last-Event-ID must be a whole number from 0 to 1000000000000.\n");
+  });
+
+  test("every stream is told how many tabs are in the room when that changes", async () => {
+    const first = open();
+    await until("one tab", () => first.messages.some((m) => m.event === "presence" && JSON.parse(m.data).tabs === 1));
+    const second = open();
+    await until("both to hear of two tabs", () => [first, second].every((c) => c.messages.at(-1)?.event === "presence" && JSON.parse(c.messages.at(-1)!.data).tabs === 2));
+    second.close();
+    await until("the first to hear of one tab again", () => JSON.parse(first.messages.filter((m) => m.event === "presence").at(-1)!.data).tabs === 1);
+    assert.ok(lines.some((line) => /^room stream closed after \d+ events: the client left \(1 in the room\)$/.test(line)));
+  });
+
+  test("the polling version answers the JSON list after an id; a bad id gets 400", async () => {
+    const kept = await server!.hub.history(ROOM_TOPIC);
+    const after = kept.at(-3)!.id;
+    const answer = await request(`${url}/room/messages?after=${after}`);
+    assert.is(answer.status, 200);
+    assert.is(answer.headers["content-type"], "application/json; charset=utf-8");
+    assert.equal(JSON.parse(answer.body).map((m: { id: number }) => m.id), kept.slice(-2).map((event) => event.id));
+    assert.equal(JSON.parse((await request(`${url}/room/messages?after=${kept.at(-1)!.id}`)).body), []);
+    assert.is(JSON.parse((await request(`${url}/room/messages`)).body).length, ROOM_REPLAY, "without ?after= the last few");
+    assert.is(JSON.parse((await request(`${url}/room/messages?after=999999`)).body).length, kept.length, "an id never issued gets everything kept");
+    const bad = await request(`${url}/room/messages?after=-1`);
+    assert.is(bad.status, 400);
+    assert.is(bad.body, "after must be a whole number from 0 to 1000000000000.\n");
+  });
+
+  test("the page is served, ?poll= is checked, and the other methods get 405", async () => {
+    const page = await request(`${url}/room/`);
+    assert.is(page.status, 200);
+    assert.is(page.headers["content-type"], "text/html; charset=utf-8");
+    assert.match(page.body, /<form/);
+    assert.is((await request(`${url}/room/?poll=5`)).status, 200);
+    const badPoll = await request(`${url}/room/?poll=0`);
+    assert.equal([badPoll.status, badPoll.body], [400, "poll must be a whole number from 1 to 60.\n"]);
+    const wrongMethod = await request(`${url}/room/stream`, { method: "POST" });
+    assert.is(wrongMethod.status, 405);
+    assert.is(wrongMethod.headers.allow, "GET");
+  });
+});
+
+lesson("room streams: leaving, stopping, heartbeat, quiet", (test) => {
+  let server: CountdownServer | undefined;
+  let lines: string[] = [];
+  let url = "";
+  test.before(async () => {
+    ({ server, lines, url } = await startServer({ heartbeat: 50 }));
+  });
+  test.after(() => stopServer(server));
+
+  test("300 open-then-abort cycles leave no subscriber, timer or socket behind", async () => {
+    await until("the last suite's server and sockets to close", () => activeResources().TCPServerWrap === 1 && !activeResources().TCPSocketWrap);
+    const before = activeResources();
+    for (let round = 0; round < 30; round++) {
+      const batch = Array.from({ length: 10 }, () => new SseClient(`${url}/room/stream`));
+      await Promise.all(batch.map((client) => client.next("presence")));
+      for (const client of batch) client.close();
+    }
+    await until("every stream to close on the server", () => server!.room.size === 0 && server!.hub.subscribers(ROOM_TOPIC) === 0);
+    await untilResourcesReturn(before);
+    assert.is(lines.filter((line) => line.startsWith("room stream closed") && line.includes("the client left")).length, 300);
+  });
+
+  test("a silent stream gets the heartbeat comment", async () => {
+    const client = new SseClient(`${url}/room/stream`);
+    try {
+      await until("a heartbeat comment", () => client.raw.includes("\n\n: still here\n\n"));
+    } finally {
+      client.close();
+    }
+  });
+
+  test("stopping the server ends room streams cleanly, so browsers reconnect", async () => {
+    const clients = [new SseClient(`${url}/room/stream`), new SseClient(`${url}/room/stream`)];
+    await until("both to subscribe", () => server!.hub.subscribers(ROOM_TOPIC) === 2);
+    server!.endStreams();
+    assert.equal(await within("both streams to end", Promise.all(clients.map((client) => client.ended))), [true, true]);
+    await until("the server to close them", () => server!.room.size === 0 && server!.hub.subscribers(ROOM_TOPIC) === 0);
+    assert.ok(lines.some((line) => line.includes("the server is stopping")));
+  });
+
+  test("--quiet leaves out the lines per message and per stream", async () => {
+    const quiet = await startServer({ quiet: true });
+    try {
+      const client = new SseClient(`${quiet.url}/room/stream`);
+      await post(quiet.url, { name: "Ada", text: "hush" });
+      await client.next("message");
+      client.close();
+      await until("the stream to close", () => quiet.server.room.size === 0);
+      assert.equal(quiet.lines, []);
+    } finally {
+      await stopServer(quiet.server);
+    }
+  });
+});
+
+lesson("room on the blocking server: not there, and it says why", (test) => {
+  const children: Child[] = [];
+  test.after(() => stopBlocking(children));
+
+  test("/room/ answers 404 with one sentence pointing to the README", async () => {
+    const { url } = await startBlocking(children, []);
+    const answer = await request(`${url}/room/`);
+    assert.is(answer.status, 404);
+    assert.is(answer.body, "The room is served by server.ts only: a blocking worker cannot push (see lesson 3 in the README).\n");
+  });
+});
+
+// ─── The room in a real browser ──────────────────────────────────────────────
+
+browserLesson("browser: the room pushes to every tab", (test, browser) => {
+  let running: LoopbackServer | undefined;
+  let profile: Profile | undefined;
+  const roomUrl = (query = "") => `http://localhost:${running!.port}/room/${query}`;
+  const texts = (tab: { page: import("playwright-core").Page }) => tab.page.locator("#messages li .text").allTextContents();
+
+  test.before(async () => {
+    running = await startLoopbackServer();
+  });
+  test.before.each(async () => {
+    profile = await Profile.open(browser());
+  });
+  test.after.each(async () => {
+    await profile?.close();
+    await until("the room's streams to close", () => running!.server.room.size === 0);
+  });
+  test.after(() => stopLoopbackServer(running));
+
+  test("two tabs: one posts, the other shows it at once, and only the poster marks it as its own", async () => {
+    const [poster, reader] = [await profile!.open(roomUrl()), await profile!.open(roomUrl())];
+    for (const tab of [poster, reader]) {
+      await tab.page.locator("#state", { hasText: "streaming" }).waitFor();
+      await tab.page.locator("#tabs", { hasText: "tabs in the room: 2" }).waitFor();
+    }
+    await poster.page.fill("#name", "Ada");
+    await poster.page.fill("#text", "hello from the first tab");
+    await poster.page.click("button");
+    await reader.page.locator("#messages li", { hasText: "hello from the first tab" }).waitFor();
+    await poster.page.locator("#messages li.own", { hasText: "hello from the first tab" }).waitFor();
+    assert.is(await reader.page.locator("#messages li.own").count(), 0, "the other tab does not mark it as its own");
+    assert.is(await poster.page.inputValue("#text"), "", "the text field is cleared for the next message");
+    assert.match(await reader.page.textContent("#requests") ?? "", /requests for news: 1$/);
+    assert.match(await reader.page.textContent("#delay") ?? "", /^last message shown \d+ ms after it was posted$/);
+  });
+
+  test("a message that looks like HTML shows as text and creates no element", async () => {
+    const attack = "<img src=x onerror=alert(1)>";
+    const tab = await profile!.open(roomUrl());
+    let dialogs = 0;
+    tab.page.on("dialog", (dialog) => {
+      dialogs++;
+      void dialog.dismiss();
+    });
+    await tab.page.locator("#state", { hasText: "streaming" }).waitFor();
+    await until("the tab to subscribe", () => running!.server.hub.subscribers(ROOM_TOPIC) === 1);
+    const answer = await request(`http://127.0.0.1:${running!.port}/room/messages`, { method: "POST", headers: { "Content-Type": "application/json" } }, JSON.stringify({ name: attack, text: attack }));
+    assert.is(answer.status, 201);
+    await tab.page.locator("#messages li .text", { hasText: attack }).waitFor();
+    assert.is(await tab.page.locator("#messages img").count(), 0);
+    assert.is(await tab.page.locator("#messages li .name", { hasText: attack }).count(), 1);
+    assert.is(dialogs, 0);
+  });
+
+  test("with ?poll=2 the page asks every 2 seconds and shows a message by the next request after it was posted", async () => {
+    const tab = await profile!.open(roomUrl("?poll=2"));
+    await tab.page.locator("#state", { hasText: "polling" }).waitFor();
+    assert.is(running!.server.room.size, 0, "no stream is open in polling mode");
+    const answer = await request(`http://127.0.0.1:${running!.port}/room/messages`, { method: "POST", headers: { "Content-Type": "application/json" } }, JSON.stringify({ name: "Bo", text: "polled" }));
+    assert.is(answer.status, 201);
+    const requestsAtPost = Number((await tab.page.textContent("#requests"))!.match(/\d+$/)![0]);
+    await tab.page.locator("#messages li .text", { hasText: "polled" }).waitFor();
+    const requestsAtShow = Number((await tab.page.textContent("#requests"))!.match(/\d+$/)![0]);
+    assert.ok(requestsAtShow <= requestsAtPost + 1, `shown by request ${requestsAtShow}, posted after request ${requestsAtPost}`);
+    assert.ok((await texts(tab)).includes("polled"));
+  });
+});
