@@ -13,6 +13,14 @@
  *   - curl -N http://localhost:8000/sse/ shows the raw events as they are sent;
  *   - press Ctrl-C and start the server again: open tabs carry on where they were;
  *   - http://localhost:8000/?from=10&interval=200 makes a short, fast countdown.
+ *
+ * Lesson 3, push, don't poll: http://localhost:8000/room/ is a room on a
+ * publish/subscribe hub.
+ *   - open it in two tabs and post in one: the other shows the message at once;
+ *   - curl -N http://localhost:8000/room/stream, and post from another terminal:
+ *     curl -d name=Ada -d text=hello http://localhost:8000/room/messages
+ *   - http://localhost:8000/room/?poll=5 asks every 5 seconds instead; each page
+ *     counts the requests it made.
  */
 
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
@@ -970,12 +978,13 @@ export function isMain(moduleUrl: string): boolean {
 
 const HELP = `Usage: npx tsx server.ts [--port N] [--host H] [--quiet]
 
-Serves a countdown page and its event stream from one async process.
+Serves a countdown page and its event stream, and a room (/room/), from one async process.
 
   --port N   Listens on this TCP port (env PORT; default ${DEFAULT_PORT}).
   --host H   Listens on this address (env HOST; default ${DEFAULT_HOST}, meaning
              127.0.0.1 and ::1). Use 0.0.0.0 to share it on your LAN at a workshop.
-  --quiet    Leaves out the one line per stream opened and closed (for load tests).
+  --quiet    Leaves out the one line per stream opened and closed and per message
+             posted (for load tests).
   --help     Shows this help.`;
 
 async function main() {
@@ -1001,9 +1010,11 @@ async function main() {
   console.log(`  Past 6 tabs, use the page's "Open another tab" link: a browser opens at most 6 connections`);
   console.log(`  per host name, so tab7.localhost, tab8.localhost, ... each get their own.`);
   console.log(`  Raw events: curl -N ${url}sse/   Short demo: ${url}?from=10&interval=200`);
+  console.log(`  Lesson 3, the room: ${url}room/ in two tabs (its stream: curl -N ${url}room/stream)`);
 
   const stop = (signal: string) => {
-    console.log(`${signal}: ending ${server.streams.size} open streams (their browsers will reconnect and resume)`);
+    const open = server.streams.size + server.room.size;
+    console.log(`${signal}: ending ${open} open streams (their browsers will reconnect and resume)`);
     // A second Ctrl-C means "now".
     process.once("SIGINT", () => process.exit(130));
     for (const listener of listeners) listener.close();

@@ -34,7 +34,7 @@ import {
   stopServer,
   until,
   within,
-  type Child,
+  Child,
   type LoopbackServer,
   type SseMessage,
 } from "./helpers.ts";
@@ -453,6 +453,33 @@ lesson("room streams: leaving, stopping, heartbeat, quiet", (test) => {
     } finally {
       await stopServer(quiet.server);
     }
+  });
+});
+
+lesson("room command line: the README's two terminals", (test) => {
+  const children: Child[] = [];
+  const clients: SseClient[] = [];
+  test.after(() => {
+    for (const client of clients) client.close();
+    for (const child of children) child.kill();
+  });
+
+  test("curl -N on the stream shows a message posted as a form from another terminal; the log names it; Ctrl-C ends the stream", async () => {
+    const child = new Child("server.ts", ["--port", "0", "--host", "127.0.0.1"]);
+    children.push(child);
+    const [, url] = await child.waitFor(/listening at (http:\/\/127\.0\.0\.1:\d+)\//);
+    const stream = new SseClient(`${url}/room/stream`);
+    clients.push(stream);
+    await child.waitFor(/room stream opened for 127\.0\.0\.1:\d+, with the last 20 messages \(1 in the room\)/);
+    // What `curl -d name=Ada -d text=hello .../room/messages` sends.
+    const answer = await post(url!, "name=Ada&text=hello", { "Content-Type": "application/x-www-form-urlencoded" });
+    assert.is(answer.status, 201);
+    assert.equal(messageOf(await stream.next("message")), JSON.parse(answer.body));
+    await child.waitFor(/message 1 posted \(a name of 3 characters\)/);
+    assert.is(await child.stop("SIGINT"), 0);
+    assert.is(await within("the stream to end", stream.ended), true, "ended cleanly, so a browser reconnects");
+    assert.match(child.output, /SIGINT: ending 1 open streams/);
+    assert.match(child.output, /room stream closed after \d+ events: the server is stopping \(0 in the room\)/);
   });
 });
 
