@@ -14,7 +14,8 @@
  * the median of the runs, ratios to the floor of the same run, and events and
  * failures summed over all runs. Then the soak (bench/soak.ts) opens and
  * abandons --cycles streams against one in-process server.ts and checks that
- * nothing is left behind.
+ * nothing is left behind. Last, lesson 3's room (bench/room.ts) with --streams
+ * subscribers: push against poll.
  *
  * Run:   npm run bench                                             (10,000 streams for 20 s, 3 runs)
  *        npm run bench -- --streams 200 --seconds 3 --runs 1       (the tiny one, for CI)
@@ -37,6 +38,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { readFlags } from "../server.ts";
 import type { ClientReport } from "./client.ts";
 import type { SoakReport } from "./soak.ts";
+import { roomSection, type RoomReport } from "./room.ts";
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.dirname(BENCH);
@@ -390,12 +392,25 @@ function configurations(node24: string | undefined): Config[] {
 
 // ─── The soak ────────────────────────────────────────────────────────────────
 
-async function runSoak(): Promise<SoakReport> {
-  const soak = start(process.execPath, ["--expose-gc", ...TSX, path.join(BENCH, "soak.ts"), "--cycles", String(CYCLES), "--json"]);
-  await soak.exited;
-  const report = soak.output().split("\n").find((line) => line.startsWith("{"));
-  if (!report) throw new Error(`the soak failed:\n${soak.output()}`);
-  return JSON.parse(report) as SoakReport;
+/** Runs a bench script as its own process and reads the one line of JSON it prints. */
+async function runJson<Report>(what: string, args: string[]): Promise<Report> {
+  const child = start(process.execPath, [...args, "--json"]);
+  await child.exited;
+  const report = child.output().split("\n").find((line) => line.startsWith("{"));
+  if (!report) throw new Error(`${what} failed:\n${child.output()}`);
+  return JSON.parse(report) as Report;
+}
+
+/** Lesson 3: as many room subscribers as countdown streams, then as many polling tabs. */
+function runRoom(): Promise<RoomReport> {
+  const pollSeconds = Math.max(SECONDS, ROOM_POLL_SECONDS_MIN);
+  return runJson("the room bench", [...TSX, path.join(BENCH, "room.ts"), "--subscribers", String(STREAMS), "--poll-seconds", String(pollSeconds)]);
+}
+/** Two polling periods at least, so every tab asks more than once. */
+const ROOM_POLL_SECONDS_MIN = 10;
+
+function runSoak(): Promise<SoakReport> {
+  return runJson("the soak", ["--expose-gc", ...TSX, path.join(BENCH, "soak.ts"), "--cycles", String(CYCLES)]);
 }
 
 function soakSection(soak: SoakReport): string {
@@ -621,14 +636,18 @@ async function main(): Promise<number> {
 
   if (!flags.only.length) console.error(`soak: ${count(CYCLES)} open-then-abort cycles`);
   const soak = flags.only.length ? undefined : await runSoak();
-  const report = table(configs, results, soak, notes);
+  if (!flags.only.length) console.error(`room: ${count(STREAMS)} subscribers, then as many polling tabs`);
+  const room = flags.only.length ? undefined : await runRoom();
+  const report = table(configs, results, soak, notes) + (room ? `\n${roomSection(room)}\n` : "");
   console.log(report);
   write(report);
 
   const asyncBroken = results.flat().filter((m) => m.config.kind !== "blocking" && (m.client.lost || m.client.duplicated || m.client.malformed || m.client.failed));
   for (const m of asyncBroken) console.error(`${m.config.label}: ${m.client.lost} events lost, ${m.client.duplicated} duplicated, ${m.client.malformed} malformed, ${m.client.failed} streams failed`);
   if (soak && !soak.matches) console.error(`soak: ${soak.verdict}`);
-  return asyncBroken.length || (soak && !soak.matches) ? 1 : 0;
+  const roomBroken = room && (room.pushed.duplicates > 0 || room.pushed.deliveries.some((delivery) => delivery.lost > 0));
+  if (roomBroken) console.error("room: a subscriber lost a message or got one twice");
+  return asyncBroken.length || (soak && !soak.matches) || roomBroken ? 1 : 0;
 }
 
 try {
