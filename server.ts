@@ -525,11 +525,16 @@ export function eventJson({ id, data, at }: HubEvent): Record<string, unknown> {
   return { id, ...(data as object), at };
 }
 
+/** Each event's wire text, made once however many streams send it. */
+const wireText = new WeakMap<HubEvent, string>();
+
 /** One hub event on the wire: `event: message`, `id: 42`, `data: {...}`; a gap has no id. */
 export function hubEventToSse(event: HubEvent | HubGap): string {
   if (event.type === "gap") return formatEvent("gap", JSON.stringify({ after: (event as HubGap).after }));
   const stored = event as HubEvent;
-  return formatEvent(stored.type, JSON.stringify(eventJson(stored)), stored.id);
+  let text = wireText.get(stored);
+  if (text === undefined) wireText.set(stored, (text = formatEvent(stored.type, JSON.stringify(eventJson(stored)), stored.id)));
+  return text;
 }
 
 /** How many tabs are in the room, as the page shows it. */

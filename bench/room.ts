@@ -4,7 +4,9 @@
  * On loopback only, each part with a fresh server.ts (tsx, --quiet) as its own process:
  *   1. the reference: --subscribers countdown streams that sit between ticks;
  *      the server's RSS per stream;
- *   2. push: --subscribers room streams, then --posts POSTs a second apart. For
+ *   2. push: --subscribers room streams, then --posts POSTs a second apart,
+ *      first on the floor (bench/room-floor.ts: one loop of writes, no hub),
+ *      then on server.ts. For
  *      each POST, the time from its 201 until each subscriber has the message
  *      (p50, p99, max; a subscriber that had it before this process read the
  *      201 counts 0), and how many never got it or got it twice. RSS per
@@ -31,7 +33,7 @@ import { readFileSync } from "node:fs";
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { setTimeout as delay } from "node:timers/promises";
-import { isMain, readFlags } from "../server.ts";
+import { exitWith, isMain, readFlags, wholeNumber } from "../server.ts";
 import { percentiles, type Percentiles } from "./client.ts";
 
 const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
@@ -71,8 +73,9 @@ interface Server {
   url: string;
 }
 
-async function startServer(): Promise<Server> {
-  const child = spawn(process.execPath, [...TSX, "server.ts", "--port", "0", "--host", "127.0.0.1", "--quiet"], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] });
+/** server.ts, or bench/room-floor.ts, on a free loopback port. */
+async function startServer(file = "server.ts"): Promise<Server> {
+  const child = spawn(process.execPath, [...TSX, file, "--port", "0", "--host", "127.0.0.1", "--quiet"], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] });
   let output = "";
   child.stdout!.setEncoding("utf8").on("data", (text: string) => (output += text));
   const deadline = Date.now() + 30_000;
@@ -225,8 +228,8 @@ export interface Delivery extends Percentiles {
   mean: number;
 }
 
-async function push(options: RoomBenchOptions) {
-  const server = await startServer();
+async function push(options: RoomBenchOptions, file: string) {
+  const server = await startServer(file);
   try {
     const count = options.subscribers;
     const measured = await memoryPerStream(server, "/room/stream", count, (streams) => streams.every((s) => s.failed || s.tabs === count));
@@ -291,7 +294,7 @@ class Poller {
         });
       });
       req.on("error", () => {
-        this.errors++;
+        if (!this.stopped) this.errors++; // a request cut by stop() is not the server's error
         resolve();
       });
     });
@@ -344,11 +347,16 @@ export type RoomReport = Awaited<ReturnType<typeof runRoomBench>>;
 export async function runRoomBench(options: RoomBenchOptions) {
   console.error(`room: ${options.subscribers} countdown streams for reference`);
   const reference = await countdownReference(options.subscribers);
+  console.error(`room: ${options.subscribers} streams on the floor (bench/room-floor.ts), ${options.posts} POSTs`);
+  const floor = await push(options, "bench/room-floor.ts");
+  console.error(`room: floor delivery p99 ${floor.deliveries.map((delivery) => ms(delivery.p99)).join(", ")}`);
   console.error(`room: ${options.subscribers} room subscribers, ${options.posts} POSTs`);
-  const pushed = await push(options);
+  const pushed = await push(options, "server.ts");
+  const p99s = pushed.deliveries.map((delivery) => ms(delivery.p99)).join(", ");
+  console.error(`room: delivery p99 ${p99s}; ${kb(pushed.perStreamKB)} per subscriber, ${kb(reference.perStreamKB)} per countdown stream`);
   console.error(`room: ${options.subscribers} tabs polling every ${options.poll} s for ${options.pollSeconds} s`);
   const polled = await poll(options);
-  return { options, reference, pushed, polled };
+  return { options, reference, floor, pushed, polled };
 }
 
 const ms = (value: number) => (Number.isFinite(value) ? `${value.toFixed(value < 100 ? 1 : 0)} ms` : "n/a");
@@ -356,25 +364,27 @@ const kb = (value: number) => `${value.toFixed(1)} KB`;
 const mb = (kbValue: number) => `${(kbValue / 1024).toFixed(1)} MB`;
 const count = (value: number) => value.toLocaleString("en");
 
-export function roomSection({ options, reference, pushed, polled }: RoomReport): string {
+export function roomSection({ options, reference, floor, pushed, polled }: RoomReport): string {
   const ratio = pushed.perStreamKB / reference.perStreamKB;
   const worstP99 = Math.max(...pushed.deliveries.map((d) => d.p99));
+  const floorP99 = Math.max(...floor.deliveries.map((d) => d.p99));
   const lost = pushed.deliveries.reduce((sum, d) => sum + d.lost, 0);
   return [
     `### Lesson 3: the room (bench/room.ts)`,
     ``,
-    `Push: ${count(options.subscribers)} room streams on one server.ts, then ${options.posts} POSTs a second apart. Delivery is the time from the 201 (as this load client read it) until a subscriber had the message.`,
+    `Push: ${count(options.subscribers)} room streams on one process, then ${options.posts} POSTs a second apart, first on the floor (bench/room-floor.ts: one loop of writes, no hub, no generator), then on server.ts. Delivery is the time from the 201 (as this load client read it) until a subscriber had the message.`,
     ``,
-    `| POST | delivered | lost | had it before the 201 | p50 | p99 | max |`,
-    `|---|---|---|---|---|---|---|`,
-    ...pushed.deliveries.map((d) => `| message ${d.id} | ${count(d.delivered)} of ${count(d.delivered + d.lost)} | ${d.lost} | ${count(d.beforeThe201)} | ${ms(d.p50)} | ${ms(d.p99)} | ${ms(d.max)} |`),
+    `| server | POST | delivered | lost | had it before the 201 | p50 | p99 | max |`,
+    `|---|---|---|---|---|---|---|---|`,
+    ...floor.deliveries.map((d) => `| floor | message ${d.id} | ${count(d.delivered)} of ${count(d.delivered + d.lost)} | ${d.lost} | ${count(d.beforeThe201)} | ${ms(d.p50)} | ${ms(d.p99)} | ${ms(d.max)} |`),
+    ...pushed.deliveries.map((d) => `| **server.ts** | message ${d.id} | ${count(d.delivered)} of ${count(d.delivered + d.lost)} | ${d.lost} | ${count(d.beforeThe201)} | ${ms(d.p50)} | ${ms(d.p99)} | ${ms(d.max)} |`),
     ``,
     `| streams | failed to open | RSS idle → all open | per stream | × a countdown stream |`,
     `|---|---|---|---|---|`,
     `| countdown (between ticks) | ${reference.failed} | ${mb(reference.idleKB)} → ${mb(reference.loadedKB)} | ${kb(reference.perStreamKB)} | 1× |`,
     `| room subscriber | ${pushed.failed} | ${mb(pushed.idleKB)} → ${mb(pushed.loadedKB)} | ${kb(pushed.perStreamKB)} | ${ratio.toFixed(2)}× |`,
     ``,
-    `Against the target (p99 at most 100 ms after the 201, at most 1.5× a countdown stream's memory): worst p99 ${ms(worstP99)} ${worstP99 <= 100 ? "meets it" : "misses it"}; memory ${ratio.toFixed(2)}× ${ratio <= 1.5 ? "meets it" : "misses it"}; ${lost} lost, ${pushed.duplicates} duplicated.`,
+    `Against the target (p99 at most 100 ms after the 201, at most 1.5× a countdown stream's memory): worst p99 ${ms(worstP99)} ${worstP99 <= 100 ? "meets it" : "misses it"} (the floor's worst, in the same run: ${ms(floorP99)}); memory ${ratio.toFixed(2)}× ${ratio <= 1.5 ? "meets it" : "misses it"}; ${lost} lost, ${pushed.duplicates} duplicated.`,
     ``,
     `| ${count(options.subscribers)} tabs | requests answered per second | server CPU (% of one core) | delay from the 201 to the tab: mean · p99 | tabs that got it | errors |`,
     `|---|---|---|---|---|---|`,
@@ -383,14 +393,15 @@ export function roomSection({ options, reference, pushed, polled }: RoomReport):
   ].join("\n");
 }
 
-function wholeFlag(name: string, text: string, min: number): number {
-  const value = Number(text);
-  if (!Number.isInteger(value) || value < min) {
-    console.error(`--${name} must be a whole number of at least ${min}.`);
-    process.exit(2);
+/** A whole number of at least 1 from a flag, or one sentence and exit code 2, in server.ts's words. */
+function wholeFlag(name: string, text: string): number {
+  try {
+    return wholeNumber(`--${name}`, text, FLAG_RANGE);
+  } catch (error) {
+    exitWith(2, (error as Error).message);
   }
-  return value;
 }
+const FLAG_RANGE = { min: 1, max: 1_000_000 };
 
 async function main() {
   const flags = readFlags(
@@ -405,10 +416,10 @@ async function main() {
     HELP,
   );
   const options: RoomBenchOptions = {
-    subscribers: wholeFlag("subscribers", flags.subscribers, 1),
-    posts: wholeFlag("posts", flags.posts, 1),
-    poll: wholeFlag("poll", flags.poll, 1),
-    pollSeconds: wholeFlag("poll-seconds", flags["poll-seconds"], 1),
+    subscribers: wholeFlag("subscribers", flags.subscribers),
+    posts: wholeFlag("posts", flags.posts),
+    poll: wholeFlag("poll", flags.poll),
+    pollSeconds: wholeFlag("poll-seconds", flags["poll-seconds"]),
   };
   const report = await runRoomBench(options);
   console.log(flags.json ? JSON.stringify(report) : roomSection(report));
