@@ -520,7 +520,10 @@ export class MemoryHub implements Hub {
 
 // ─── Lesson 3: the room's stream ─────────────────────────────────────────────
 
-/** What a client sees of one event: its id, its data, when it was published. The room's message is {"id", "name", "text", "at"}. */
+/**
+ * What a client sees of one event: its id, the fields of its data (an
+ * object), when it was published. The room's message is {"id", "name", "text", "at"}.
+ */
 export function eventJson({ id, data, at }: HubEvent): Record<string, unknown> {
   return { id, ...(data as object), at };
 }
@@ -530,11 +533,15 @@ const wireText = new WeakMap<HubEvent, string>();
 
 /** One hub event on the wire: `event: message`, `id: 42`, `data: {...}`; a gap has no id. */
 export function hubEventToSse(event: HubEvent | HubGap): string {
-  if (event.type === "gap") return formatEvent("gap", JSON.stringify({ after: (event as HubGap).after }));
-  const stored = event as HubEvent;
-  let text = wireText.get(stored);
-  if (text === undefined) wireText.set(stored, (text = formatEvent(stored.type, JSON.stringify(eventJson(stored)), stored.id)));
+  if (isGap(event)) return formatEvent("gap", JSON.stringify({ after: event.after }));
+  let text = wireText.get(event);
+  if (text === undefined) wireText.set(event, (text = formatEvent(event.type, JSON.stringify(eventJson(event)), event.id)));
   return text;
+}
+
+/** A gap is the one thing a subscription yields that has no id. */
+export function isGap(item: HubEvent | HubGap): item is HubGap {
+  return !("id" in item);
 }
 
 /** How many tabs are in the room, as the page shows it. */
@@ -751,7 +758,11 @@ function contentType(req: IncomingMessage): string {
   return type;
 }
 
-/** The whole body as text, or a 413 past the limit; the connection then closes, so the rest is never read. */
+/**
+ * The whole body as text, or a 413 past the limit; the connection then
+ * closes, so the rest is never read. A client that hangs up mid-body ends the
+ * wait too, so no request is left waiting for an end that never comes.
+ */
 function readBody(req: IncomingMessage, res: ServerResponse): Promise<string> {
   const tooLarge = () => {
     res.setHeader("Connection", "close");
@@ -771,12 +782,18 @@ function readBody(req: IncomingMessage, res: ServerResponse): Promise<string> {
       stop();
       resolve(Buffer.concat(chunks).toString("utf8"));
     };
+    const onClose = () => {
+      stop();
+      reject(new RequestError(400, "The request ended before its body did."));
+    };
     const stop = () => {
       req.off("data", onData);
       req.off("end", onEnd);
+      req.off("close", onClose);
     };
     req.on("data", onData);
     req.on("end", onEnd);
+    req.on("close", onClose);
   });
 }
 
