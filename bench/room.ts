@@ -275,12 +275,12 @@ class Poller {
     await delay(offsetMs);
     while (!this.stopped) {
       const next = performance.now() + periodMs;
-      await this.ask(url, watched());
+      await this.ask(url, watched);
       await delay(Math.max(0, next - performance.now()));
     }
   }
 
-  private ask(url: string, watchedId: number): Promise<void> {
+  private ask(url: string, watched: () => number): Promise<void> {
     return new Promise((resolve) => {
       const req = http.get(`${url}/room/messages?after=${this.lastId}`, { agent: this.agent }, (res) => {
         let body = "";
@@ -288,6 +288,8 @@ class Poller {
         res.on("end", () => {
           this.answers++;
           const list = JSON.parse(body) as { id: number }[];
+          // Read the watched id now, not when asking: the POST may land while this request is on its way.
+          const watchedId = watched();
           if (watchedId && !this.gotWatchedAt && list.some((message) => message.id === watchedId)) this.gotWatchedAt = performance.now();
           this.lastId = list.at(-1)?.id ?? this.lastId;
           resolve();
