@@ -5,7 +5,9 @@
  * browser (two tabs, a message that looks like HTML, the polling page).
  */
 
+import net from "node:net";
 import { getEventListeners } from "node:events";
+import { setTimeout as delay } from "node:timers/promises";
 import * as assert from "uvu/assert";
 import {
   HUB_KEEP,
@@ -221,6 +223,10 @@ lesson("hub: subscribers that leave, and one that stops reading", (test) => {
 });
 
 // ─── The room over HTTP ──────────────────────────────────────────────────────
+
+/** Events this big, this many, are far more than loopback's socket buffers hold. */
+const BIG_EVENT_BYTES = 256 * 1024;
+const FILL_EVENTS = 400;
 
 /** POSTs to the room as JSON (or with other headers and a raw body). */
 function post(url: string, body: unknown, headers: Record<string, string> = { "Content-Type": "application/json" }) {
@@ -439,6 +445,34 @@ lesson("room streams: leaving, stopping, heartbeat, quiet", (test) => {
     assert.equal(await within("both streams to end", Promise.all(clients.map((client) => client.ended))), [true, true]);
     await until("the server to close them", () => server!.room.size === 0 && server!.hub.subscribers(ROOM_TOPIC) === 0);
     assert.ok(lines.some((line) => line.includes("the server is stopping")));
+  });
+
+  test("a tab that stops reading is dropped by the hub once its queue is full, while its socket is still open", async () => {
+    const queueLimit = 5;
+    const slow = await startServer({ hub: new MemoryHub({ queueLimit, log: (line) => slow.lines.push(line) }) });
+    const { port } = new URL(slow.url);
+    // A reader that sends its request and then never reads a byte.
+    const socket = net.connect(Number(port), "127.0.0.1");
+    socket.on("error", () => {});
+    socket.pause();
+    socket.write("GET /room/stream HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    try {
+      await until("the stream to subscribe", () => slow.server.hub.subscribers(ROOM_TOPIC) === 1);
+      // Big events (the hub does not check sizes; the POST handler does) fill the socket, then the queue.
+      const big = "x".repeat(BIG_EVENT_BYTES);
+      for (let k = 0; k < FILL_EVENTS && slow.server.hub.subscribers(ROOM_TOPIC) > 0; k++) {
+        await slow.server.hub.publish(ROOM_TOPIC, "message", { name: "flood", text: big });
+        await delay(1);
+      }
+      assert.is(slow.server.hub.subscribers(ROOM_TOPIC), 0, "dropped while its socket is still open");
+      assert.ok(slow.lines.includes(`hub: dropped a subscriber of ${ROOM_TOPIC}: ${queueLimit} events unread`));
+      socket.destroy();
+      await until("the stream to close", () => slow.server.room.size === 0);
+      await until("its closing line", () => slow.lines.some((line) => /^room stream closed after \d+ events: too slow to read, cut \(0 in the room\)$/.test(line)));
+    } finally {
+      socket.destroy();
+      await stopServer(slow.server);
+    }
   });
 
   test("--quiet leaves out the lines per message and per stream", async () => {
