@@ -10,7 +10,8 @@
  *      each POST, the time from its 201 until each subscriber has the message
  *      (p50, p99, max; a subscriber that had it before this process read the
  *      201 counts 0), and how many never got it or got it twice. RSS per
- *      subscriber, against the reference's. Server CPU over the posting window;
+ *      subscriber, against the reference's. Server CPU while the room is quiet
+ *      (every stream open, nothing posted), and over the posting window;
  *   3. poll: the same number of tabs asking /room/messages?after= every --poll
  *      seconds (spread evenly over the period, one kept-alive connection each,
  *      as a browser tab keeps one), for --poll-seconds, with one POST halfway:
@@ -62,6 +63,8 @@ const SETTLE_MS = 2000;
 /** How long a POST's message may take to reach every subscriber before the rest count as lost. */
 const DELIVERY_DEADLINE_MS = 30_000;
 const BETWEEN_POSTS_MS = 1000;
+/** How long the room sits quiet, every stream open and nothing posted, while the server's CPU is read. */
+const QUIET_WINDOW_MS = 5000;
 
 // ─── The server, as a child process, and /proc ───────────────────────────────
 
@@ -234,6 +237,9 @@ async function push(options: RoomBenchOptions, file: string) {
     const count = options.subscribers;
     const measured = await memoryPerStream(server, "/room/stream", count, (streams) => streams.every((s) => s.failed || s.tabs === count));
     const live = measured.streams.filter((stream) => !stream.failed);
+    const quietCpuBefore = cpuSeconds(server.child.pid!);
+    await delay(QUIET_WINDOW_MS);
+    const quietCpuPercent = ((cpuSeconds(server.child.pid!) - quietCpuBefore) / (QUIET_WINDOW_MS / 1000)) * 100;
     const cpuBefore = cpuSeconds(server.child.pid!);
     const startedAt = performance.now();
     const deliveries: Delivery[] = [];
@@ -249,7 +255,7 @@ async function push(options: RoomBenchOptions, file: string) {
     const cpuPercent = ((cpuSeconds(server.child.pid!) - cpuBefore) / windowSeconds) * 100;
     const duplicates = live.reduce((sum, stream) => sum + stream.duplicates, 0);
     for (const stream of measured.streams) stream.close();
-    return { idleKB: measured.idleKB, loadedKB: measured.loadedKB, perStreamKB: measured.perStreamKB, failed: measured.failed, deliveries, duplicates, cpuPercent, windowSeconds };
+    return { idleKB: measured.idleKB, loadedKB: measured.loadedKB, perStreamKB: measured.perStreamKB, failed: measured.failed, deliveries, duplicates, quietCpuPercent, cpuPercent, windowSeconds };
   } finally {
     await stopServer(server);
   }
@@ -390,7 +396,8 @@ export function roomSection({ options, reference, floor, pushed, polled }: RoomR
     ``,
     `| ${count(options.subscribers)} tabs | requests answered per second | server CPU (% of one core) | delay from the 201 to the tab: mean · p99 | tabs that got it | errors |`,
     `|---|---|---|---|---|---|`,
-    `| push (one stream each, ${options.posts} POSTs in ${pushed.windowSeconds.toFixed(0)} s) | ${(options.posts / pushed.windowSeconds).toFixed(1)} (the POSTs) | ${pushed.cpuPercent.toFixed(0)}% | ${ms(mean(pushed.deliveries.map((d) => d.mean)))} · ${ms(worstP99)} (worst POST) | ${count(pushed.deliveries[0]?.delivered ?? 0)} | ${pushed.failed} |`,
+    `| push, a quiet room (one stream each, nothing posted for ${QUIET_WINDOW_MS / 1000} s) | 0 | ${pushed.quietCpuPercent.toFixed(0)}% | (nothing to deliver) | | ${pushed.failed} |`,
+    `| push, a busy room (one stream each, ${options.posts} POSTs in ${pushed.windowSeconds.toFixed(0)} s) | ${(options.posts / pushed.windowSeconds).toFixed(1)} (the POSTs) | ${pushed.cpuPercent.toFixed(0)}% | ${ms(mean(pushed.deliveries.map((d) => d.mean)))} · ${ms(worstP99)} (worst POST) | ${count(pushed.deliveries[0]?.delivered ?? 0)} | ${pushed.failed} |`,
     `| poll every ${options.poll} s (${polled.seconds.toFixed(0)} s, one POST halfway) | ${polled.requestsPerSecond.toFixed(0)} | ${polled.cpuPercent.toFixed(0)}% | ${ms(polled.meanDelayMs)} · ${ms(polled.delay.p99)} | ${count(polled.gotIt)} | ${polled.errors} |`,
   ].join("\n");
 }
