@@ -477,11 +477,14 @@ export class MemoryHub implements Hub {
     topic.subscribers.add(subscriber);
     signal.addEventListener("abort", leave);
     try {
+      // The newest id this subscriber has: live events up to it are already known.
       let lastId = after ?? topic.lastId;
       if (after !== undefined) {
         const oldestKept = topic.kept[0]?.id ?? topic.lastId + 1;
         const exact = after <= topic.lastId && after >= oldestKept - 1;
         const replay = exact ? topic.kept.filter((event) => event.id > after) : [...topic.kept];
+        // After a gap the subscriber starts over from what is kept, whatever id it named.
+        if (!exact) lastId = oldestKept - 1;
         if (!exact) yield { type: "gap", topic: topicName, after };
         for (const event of replay) {
           if (signal.aborted) return;

@@ -24,9 +24,12 @@ import {
 import {
   activeResources,
   browserLesson,
+  DEADLINE_MS,
   lesson,
   Profile,
+  RECONNECT_DELAY_MS,
   request,
+  restartLoopbackServer,
   SseClient,
   startBlocking,
   startLoopbackServer,
@@ -135,6 +138,16 @@ lesson("hub: publish and subscribe", (test) => {
     assert.equal(ids(neverIssued), ["gap", 4, 5, 6]);
     const justBeforeKept = await take(hub.subscribe("room:a", { after: 3, signal: leave.signal }), 3);
     assert.equal(ids(justBeforeKept), [4, 5, 6], "the oldest kept is the next one: exact, no gap");
+    leave.abort();
+  });
+
+  test("after a gap on an empty topic (a restarted hub), live events come from id 1", async () => {
+    const hub = new MemoryHub();
+    const leave = new AbortController();
+    const subscription = hub.subscribe("room:a", { after: 57, signal: leave.signal });
+    assert.equal(await take(subscription, 1), [{ type: "gap", topic: "room:a", after: 57 }]);
+    await hub.publish("room:a", "message", { k: 1 });
+    assert.equal(ids(await take(subscription, 1)), [1]);
     leave.abort();
   });
 
@@ -582,6 +595,25 @@ browserLesson("browser: the room pushes to every tab", (test, browser) => {
     assert.is(await tab.page.locator("#messages img").count(), 0);
     assert.is(await tab.page.locator("#messages li .name", { hasText: attack }).count(), 1);
     assert.is(dialogs, 0);
+  });
+
+  test("after a server restart (ids count from 1 again) the tab shows the gap line, then the new messages", async () => {
+    const tab = await profile!.open(roomUrl());
+    await tab.page.locator("#state", { hasText: "streaming" }).waitFor();
+    await until("the tab to subscribe", () => running!.server.hub.subscribers(ROOM_TOPIC) === 1);
+    const postTo = (text: string) =>
+      request(`http://127.0.0.1:${running!.port}/room/messages`, { method: "POST", headers: { "Content-Type": "application/json" } }, JSON.stringify({ name: "Ada", text }));
+    await postTo("before the restart");
+    await tab.page.locator("#messages li .text", { hasText: "before the restart" }).waitFor();
+    running = await restartLoopbackServer(running!);
+    await tab.page.locator("#messages li.gap", { hasText: "some messages were missed" }).waitFor({ timeout: RECONNECT_DELAY_MS + DEADLINE_MS });
+    await until("the tab to subscribe again", () => running!.server.hub.subscribers(ROOM_TOPIC) === 1);
+    assert.is(JSON.parse((await postTo("after the restart")).body).id, 1, "the new hub counts from 1");
+    await tab.page.locator("#messages li .text", { hasText: "after the restart" }).waitFor();
+    const shown = await texts(tab);
+    assert.equal(shown.slice(-2), ["before the restart", "after the restart"]);
+    assert.is(await tab.page.locator("#messages li").last().textContent(), "Adaafter the restart", "the new message comes after the gap line");
+    assert.is(await tab.page.locator("#messages li.gap").count(), 1);
   });
 
   test("with ?poll=2 the page asks every 2 seconds and shows a message by the next request after it was posted", async () => {
