@@ -24,6 +24,13 @@
  *   - curl "http://localhost:8000/api/aggregated/?via=blocking&n=4" makes four such calls,
  *     four seconds frozen; with ten, the last ones miss their read timeout: 504.
  *
+ * Lesson 3, push, don't poll: http://localhost:8000/room/ is a room on a
+ * publish/subscribe hub.
+ *   - open it in two tabs and post in one: the other shows the message at once;
+ *   - curl -N http://localhost:8000/room/stream, and post from another terminal:
+ *     curl -d name=Ada -d text=hello http://localhost:8000/room/messages
+ *   - http://localhost:8000/room/?poll=5 asks every 5 seconds instead; each page
+ *     counts the requests it made.
  * Lesson 3's toasts (further down):
  *   - type a line where the server runs and press Enter: every open page shows it
  *     in a corner until closed, and closing it in one tab closes it in all of them;
@@ -542,11 +549,14 @@ export class MemoryHub implements Hub {
     topic.subscribers.add(subscriber);
     signal.addEventListener("abort", leave);
     try {
+      // The newest id this subscriber has: live events up to it are already known.
       let lastId = after ?? topic.lastId;
       if (after !== undefined) {
         const oldestKept = topic.kept[0]?.id ?? topic.lastId + 1;
         const exact = after <= topic.lastId && after >= oldestKept - 1;
         const replay = exact ? topic.kept.filter((event) => event.id > after) : [...topic.kept];
+        // After a gap the subscriber starts over from what is kept, whatever id it named.
+        if (!exact) lastId = oldestKept - 1;
         if (!exact) yield { type: "gap", topic: topicName, after };
         for (const event of replay) {
           if (signal.aborted) return;
@@ -593,16 +603,28 @@ export class MemoryHub implements Hub {
 
 // ─── Lesson 3: the room's stream ─────────────────────────────────────────────
 
-/** What a client sees of one event: its id, its data, when it was published. The room's message is {"id", "name", "text", "at"}. */
+/**
+ * What a client sees of one event: its id, the fields of its data (an
+ * object), when it was published. The room's message is {"id", "name", "text", "at"}.
+ */
 export function eventJson({ id, data, at }: HubEvent): Record<string, unknown> {
   return { id, ...(data as object), at };
 }
 
+/** Each event's wire text, made once however many streams send it. */
+const wireText = new WeakMap<HubEvent, string>();
+
 /** One hub event on the wire: `event: message`, `id: 42`, `data: {...}`; a gap has no id. */
 export function hubEventToSse(event: HubEvent | HubGap): string {
-  if (event.type === "gap") return formatEvent("gap", JSON.stringify({ after: (event as HubGap).after }));
-  const stored = event as HubEvent;
-  return formatEvent(stored.type, JSON.stringify(eventJson(stored)), stored.id);
+  if (isGap(event)) return formatEvent("gap", JSON.stringify({ after: event.after }));
+  let text = wireText.get(event);
+  if (text === undefined) wireText.set(event, (text = formatEvent(event.type, JSON.stringify(eventJson(event)), event.id)));
+  return text;
+}
+
+/** A gap is the one thing a subscription yields that has no id. */
+export function isGap(item: HubEvent | HubGap): item is HubGap {
+  return !("id" in item);
 }
 
 /** How many tabs are in the room, as the page shows it. */
@@ -827,7 +849,11 @@ function contentType(req: IncomingMessage): string {
   return type;
 }
 
-/** The whole body as text, or a 413 past the limit; the connection then closes, so the rest is never read. */
+/**
+ * The whole body as text, or a 413 past the limit; the connection then
+ * closes, so the rest is never read. A client that hangs up mid-body ends the
+ * wait too, so no request is left waiting for an end that never comes.
+ */
 function readBody(req: IncomingMessage, res: ServerResponse): Promise<string> {
   const tooLarge = () => {
     res.setHeader("Connection", "close");
@@ -847,12 +873,18 @@ function readBody(req: IncomingMessage, res: ServerResponse): Promise<string> {
       stop();
       resolve(Buffer.concat(chunks).toString("utf8"));
     };
+    const onClose = () => {
+      stop();
+      reject(new RequestError(400, "The request ended before its body did."));
+    };
     const stop = () => {
       req.off("data", onData);
       req.off("end", onEnd);
+      req.off("close", onClose);
     };
     req.on("data", onData);
     req.on("end", onEnd);
+    req.on("close", onClose);
   });
 }
 
@@ -2451,7 +2483,7 @@ export function isMain(moduleUrl: string): boolean {
 
 const HELP = `Usage: npx tsx server.ts [--port N] [--host H] [--workers N] [--database URL] [--quiet]
 
-Serves a countdown page and its event stream from one async process.
+Serves a countdown page and its event stream, and a room (/room/), from one async process.
 
   --port N         Listens on this TCP port (env PORT; default ${DEFAULT_PORT}).
   --host H         Listens on this address (env HOST; default ${DEFAULT_HOST}, meaning
@@ -2460,7 +2492,8 @@ Serves a countdown page and its event stream from one async process.
                    (env WEB_CONCURRENCY; default ${DEFAULT_WORKERS}).
   --database URL   Keeps the room and the toasts in PostgreSQL, shared by every process
                    (env DATABASE_URL), e.g. postgres://user:password@localhost:5432/countdown.
-  --quiet          Leaves out the one line per stream opened and closed (for load tests).
+  --quiet          Leaves out the one line per stream opened and closed and per message
+                   posted (for load tests).
   --help           Shows this help.
 
 Each line on standard input becomes a toast for everyone (with --workers, the primary
@@ -2476,6 +2509,7 @@ function printBanner(host: string, port: number, workers: number, databaseUrl: s
   console.log(`  Past 5 tabs, use the page's "Open another tab" link: a browser opens at most 6 connections`);
   console.log(`  per host name and the toasts hold one, so tab6.localhost, tab7.localhost, ... each get their own.`);
   console.log(`  Raw events: curl -N ${url}sse/   Short demo: ${url}?from=10&interval=200`);
+  console.log(`  Lesson 3, the room: ${url}room/ in two tabs (its stream: curl -N ${url}room/stream)`);
   console.log(`  Toasts: type a line here and press Enter: every open page shows it. Demo: ${url}toasts/`);
   console.log(`  Both servers side by side: ${url}wall (start blocking-server.ts too)`);
   if (databaseUrl) {
@@ -2520,7 +2554,7 @@ async function main() {
   const stop = (why: string) => {
     if (stopping) return;
     stopping = true;
-    logLine(`${why}: ending ${server.streams.size} open streams and ${server.notifications.size} WebSockets (their browsers will reconnect and resume)`);
+    logLine(`${why}: ending ${server.streams.size + server.room.size} open streams and ${server.notifications.size} WebSockets (their browsers will reconnect and resume)`);
     const cancelled = server.toasts.cancelTasks();
     if (cancelled > 0) logLine(`cancelled ${cancelled} toast demo tasks still sleeping`);
     // A second Ctrl-C means "now".

@@ -17,9 +17,10 @@
  * nothing is left behind. Then lesson 2's fan-out (bench/fanout.ts): the
  * aggregated view's latency on both servers, and the lateness of 200
  * countdowns beside it (ten calls of 1000 ms in a full-size run, of 100 ms
- * in a smaller one, so the tiny run stays tiny). Last, bench/ws.ts puts
- * --streams subscribers on the room, over WebSocket and then over SSE, and
- * times one POST's delivery.
+ * in a smaller one, so the tiny run stays tiny). Then lesson 3's room
+ * (bench/room.ts) with --streams subscribers: push against poll. Last,
+ * bench/ws.ts puts --streams subscribers on the room, over WebSocket and then
+ * over SSE, and times one POST's delivery (lesson 4).
  *
  * Run:   npm run bench                                             (10,000 streams for 20 s, 3 runs)
  *        npm run bench -- --streams 200 --seconds 3 --runs 1       (the tiny one, for CI)
@@ -43,6 +44,7 @@ import { readFlags } from "../server.ts";
 import type { ClientReport } from "./client.ts";
 import type { SoakReport } from "./soak.ts";
 import { fanOutSection, type FanOutOptions, type FanOutReport } from "./fanout.ts";
+import { roomSection, type RoomReport } from "./room.ts";
 import { freePort, runWsBench, wsBroken, wsSection, type WsBenchReport } from "./ws.ts";
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
@@ -390,12 +392,25 @@ function configurations(node24: string | undefined): Config[] {
 
 // ─── The soak ────────────────────────────────────────────────────────────────
 
-async function runSoak(): Promise<SoakReport> {
-  const soak = start(process.execPath, ["--expose-gc", ...TSX, path.join(BENCH, "soak.ts"), "--cycles", String(CYCLES), "--json"]);
-  await soak.exited;
-  const report = soak.output().split("\n").find((line) => line.startsWith("{"));
-  if (!report) throw new Error(`the soak failed:\n${soak.output()}`);
-  return JSON.parse(report) as SoakReport;
+/** Runs a bench script as its own process and reads the one line of JSON it prints. */
+async function runJson<Report>(what: string, args: string[]): Promise<Report> {
+  const child = start(process.execPath, [...args, "--json"]);
+  await child.exited;
+  const report = child.output().split("\n").find((line) => line.startsWith("{"));
+  if (!report) throw new Error(`${what} failed:\n${child.output()}`);
+  return JSON.parse(report) as Report;
+}
+
+/** Lesson 3: as many room subscribers as countdown streams, then as many polling tabs. */
+function runRoom(): Promise<RoomReport> {
+  const pollSeconds = Math.max(SECONDS, ROOM_POLL_SECONDS_MIN);
+  return runJson("the room bench", [...TSX, path.join(BENCH, "room.ts"), "--subscribers", String(STREAMS), "--poll-seconds", String(pollSeconds)]);
+}
+/** Two polling periods at least, so every tab asks more than once. */
+const ROOM_POLL_SECONDS_MIN = 10;
+
+function runSoak(): Promise<SoakReport> {
+  return runJson("the soak", ["--expose-gc", ...TSX, path.join(BENCH, "soak.ts"), "--cycles", String(CYCLES)]);
 }
 
 // ─── Lesson 2: fan-out ───────────────────────────────────────────────────────
@@ -666,12 +681,18 @@ async function main(): Promise<number> {
     console.error("fan-out: the aggregated view on both servers, and countdowns beside it");
     sections.push(fanOutSection(await runFanOutProcess()));
   }
+  let room: RoomReport | undefined;
+  if (!flags.only.length) {
+    console.error(`room: ${count(STREAMS)} subscribers, then as many polling tabs`);
+    room = await runRoom();
+    sections.push(roomSection(room));
+  }
   // Lesson 4: the room over WebSocket and SSE, as many subscribers of each as there were streams.
-  let room: WsBenchReport | undefined;
+  let sockets: WsBenchReport | undefined;
   if (!flags.only.length) {
     console.error(`room: ${count(STREAMS)} WebSocket and ${count(STREAMS)} SSE subscribers, one POST each`);
-    room = await runWsBench(STREAMS, RUNS);
-    sections.push(wsSection(room));
+    sockets = await runWsBench(STREAMS, RUNS);
+    sections.push(wsSection(sockets));
   }
   const report = table(configs, results, soak, notes, sections);
   console.log(report);
@@ -680,9 +701,11 @@ async function main(): Promise<number> {
   const asyncBroken = results.flat().filter((m) => m.config.kind !== "blocking" && (m.client.lost || m.client.duplicated || m.client.malformed || m.client.failed));
   for (const m of asyncBroken) console.error(`${m.config.label}: ${m.client.lost} events lost, ${m.client.duplicated} duplicated, ${m.client.malformed} malformed, ${m.client.failed} streams failed`);
   if (soak && !soak.matches) console.error(`soak: ${soak.verdict}`);
-  const roomBroken = room !== undefined && wsBroken(room);
-  if (roomBroken) console.error("room: a message was lost or duplicated (see the table)");
-  return asyncBroken.length || (soak && !soak.matches) || roomBroken ? 1 : 0;
+  const roomBroken = room && (room.pushed.duplicates > 0 || room.pushed.deliveries.some((delivery) => delivery.lost > 0));
+  if (roomBroken) console.error("room: a subscriber lost a message or got one twice");
+  const socketsBroken = sockets !== undefined && wsBroken(sockets);
+  if (socketsBroken) console.error("room over WebSocket: a message was lost or duplicated (see the table)");
+  return asyncBroken.length || (soak && !soak.matches) || roomBroken || socketsBroken ? 1 : 0;
 }
 
 try {

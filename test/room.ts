@@ -5,7 +5,9 @@
  * browser (two tabs, a message that looks like HTML, the polling page).
  */
 
+import net from "node:net";
 import { getEventListeners } from "node:events";
+import { setTimeout as delay } from "node:timers/promises";
 import * as assert from "uvu/assert";
 import {
   HUB_KEEP,
@@ -22,9 +24,12 @@ import {
 import {
   activeResources,
   browserLesson,
+  DEADLINE_MS,
   lesson,
   Profile,
+  RECONNECT_DELAY_MS,
   request,
+  restartLoopbackServer,
   SseClient,
   startBlocking,
   startLoopbackServer,
@@ -35,7 +40,7 @@ import {
   until,
   untilResourcesReturn,
   within,
-  type Child,
+  Child,
   type LoopbackServer,
   type SseMessage,
 } from "./helpers.ts";
@@ -137,6 +142,16 @@ lesson("hub: publish and subscribe", (test) => {
     leave.abort();
   });
 
+  test("after a gap on an empty topic (a restarted hub), live events come from id 1", async () => {
+    const hub = new MemoryHub();
+    const leave = new AbortController();
+    const subscription = hub.subscribe("room:a", { after: 57, signal: leave.signal });
+    assert.equal(await take(subscription, 1), [{ type: "gap", topic: "room:a", after: 57 }]);
+    await hub.publish("room:a", "message", { k: 1 });
+    assert.equal(ids(await take(subscription, 1)), [1]);
+    leave.abort();
+  });
+
   test("without `after` there is no replay, only live events", async () => {
     const hub = new MemoryHub();
     await publishMany(hub, "room:a", 3);
@@ -222,6 +237,10 @@ lesson("hub: subscribers that leave, and one that stops reading", (test) => {
 });
 
 // ─── The room over HTTP ──────────────────────────────────────────────────────
+
+/** Events this big, this many, are far more than loopback's socket buffers hold. */
+const BIG_EVENT_BYTES = 256 * 1024;
+const FILL_EVENTS = 400;
 
 /** POSTs to the room as JSON (or with other headers and a raw body). */
 function post(url: string, body: unknown, headers: Record<string, string> = { "Content-Type": "application/json" }) {
@@ -437,6 +456,34 @@ lesson("room streams: leaving, stopping, heartbeat, quiet", (test) => {
     assert.ok(lines.some((line) => line.includes("the server is stopping")));
   });
 
+  test("a tab that stops reading is dropped by the hub once its queue is full, while its socket is still open", async () => {
+    const queueLimit = 5;
+    const slow = await startServer({ hub: new MemoryHub({ queueLimit, log: (line) => slow.lines.push(line) }) });
+    const { port } = new URL(slow.url);
+    // A reader that sends its request and then never reads a byte.
+    const socket = net.connect(Number(port), "127.0.0.1");
+    socket.on("error", () => {});
+    socket.pause();
+    socket.write("GET /room/stream HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    try {
+      await until("the stream to subscribe", () => slow.server.hub.subscribers(ROOM_TOPIC) === 1);
+      // Big events (the hub does not check sizes; the POST handler does) fill the socket, then the queue.
+      const big = "x".repeat(BIG_EVENT_BYTES);
+      for (let k = 0; k < FILL_EVENTS && slow.server.hub.subscribers(ROOM_TOPIC) > 0; k++) {
+        await slow.server.hub.publish(ROOM_TOPIC, "message", { name: "flood", text: big });
+        await delay(1);
+      }
+      assert.is(slow.server.hub.subscribers(ROOM_TOPIC), 0, "dropped while its socket is still open");
+      assert.ok(slow.lines.includes(`hub: dropped a subscriber of ${ROOM_TOPIC}: ${queueLimit} events unread`));
+      socket.destroy();
+      await until("the stream to close", () => slow.server.room.size === 0);
+      await until("its closing line", () => slow.lines.some((line) => /^room stream closed after \d+ events: too slow to read, cut \(0 in the room\)$/.test(line)));
+    } finally {
+      socket.destroy();
+      await stopServer(slow.server);
+    }
+  });
+
   test("--quiet leaves out the lines per message and per stream", async () => {
     const quiet = await startServer({ quiet: true });
     try {
@@ -449,6 +496,33 @@ lesson("room streams: leaving, stopping, heartbeat, quiet", (test) => {
     } finally {
       await stopServer(quiet.server);
     }
+  });
+});
+
+lesson("room command line: the README's two terminals", (test) => {
+  const children: Child[] = [];
+  const clients: SseClient[] = [];
+  test.after(() => {
+    for (const client of clients) client.close();
+    for (const child of children) child.kill();
+  });
+
+  test("curl -N on the stream shows a message posted as a form from another terminal; the log names it; Ctrl-C ends the stream", async () => {
+    const child = new Child("server.ts", ["--port", "0", "--host", "127.0.0.1"]);
+    children.push(child);
+    const [, url] = await child.waitFor(/listening at (http:\/\/127\.0\.0\.1:\d+)\//);
+    const stream = new SseClient(`${url}/room/stream`);
+    clients.push(stream);
+    await child.waitFor(/room stream opened for 127\.0\.0\.1:\d+, with the last 20 messages \(1 in the room\)/);
+    // What `curl -d name=Ada -d text=hello .../room/messages` sends.
+    const answer = await post(url!, "name=Ada&text=hello", { "Content-Type": "application/x-www-form-urlencoded" });
+    assert.is(answer.status, 201);
+    assert.equal(messageOf(await stream.next("message")), JSON.parse(answer.body));
+    await child.waitFor(/message 1 posted \(a name of 3 characters\)/);
+    assert.is(await child.stop("SIGINT"), 0);
+    assert.is(await within("the stream to end", stream.ended), true, "ended cleanly, so a browser reconnects");
+    assert.match(child.output, /SIGINT: ending 1 open streams/);
+    assert.match(child.output, /room stream closed after \d+ events: the server is stopping \(0 in the room\)/);
   });
 });
 
@@ -517,6 +591,25 @@ browserLesson("browser: the room pushes to every tab", (test, browser) => {
     assert.is(await tab.page.locator("#messages img").count(), 0);
     assert.is(await tab.page.locator("#messages li .name", { hasText: attack }).count(), 1);
     assert.is(dialogs, 0);
+  });
+
+  test("after a server restart (ids count from 1 again) the tab shows the gap line, then the new messages", async () => {
+    const tab = await profile!.open(roomUrl());
+    await tab.page.locator("#state", { hasText: "streaming" }).waitFor();
+    await until("the tab to subscribe", () => running!.server.hub.subscribers(ROOM_TOPIC) === 1);
+    const postTo = (text: string) =>
+      request(`http://127.0.0.1:${running!.port}/room/messages`, { method: "POST", headers: { "Content-Type": "application/json" } }, JSON.stringify({ name: "Ada", text }));
+    await postTo("before the restart");
+    await tab.page.locator("#messages li .text", { hasText: "before the restart" }).waitFor();
+    running = await restartLoopbackServer(running!);
+    await tab.page.locator("#messages li.gap", { hasText: "some messages were missed" }).waitFor({ timeout: RECONNECT_DELAY_MS + DEADLINE_MS });
+    await until("the tab to subscribe again", () => running!.server.hub.subscribers(ROOM_TOPIC) === 1);
+    assert.is(JSON.parse((await postTo("after the restart")).body).id, 1, "the new hub counts from 1");
+    await tab.page.locator("#messages li .text", { hasText: "after the restart" }).waitFor();
+    const shown = await texts(tab);
+    assert.equal(shown.slice(-2), ["before the restart", "after the restart"]);
+    assert.is(await tab.page.locator("#messages li").last().textContent(), "Adaafter the restart", "the new message comes after the gap line");
+    assert.is(await tab.page.locator("#messages li.gap").count(), 1);
   });
 
   test("with ?poll=2 the page asks every 2 seconds and shows a message by the next request after it was posted", async () => {

@@ -1,0 +1,439 @@
+/**
+ * bench/room.ts: lesson 3 measured. Push against poll, on one server.ts.
+ *
+ * On loopback only, each part with a fresh server.ts (tsx, --quiet) as its own process:
+ *   1. the reference: --subscribers countdown streams that sit between ticks;
+ *      the server's RSS per stream;
+ *   2. push: --subscribers room streams, then --posts POSTs a second apart,
+ *      first on the floor (bench/room-floor.ts: one loop of writes, no hub),
+ *      then on server.ts. For
+ *      each POST, the time from its 201 until each subscriber has the message
+ *      (p50, p99, max; a subscriber that had it before this process read the
+ *      201 counts 0), and how many never got it or got it twice. RSS per
+ *      subscriber, against the reference's. Server CPU while the room is quiet
+ *      (every stream open, nothing posted), and over the posting window;
+ *   3. poll: the same number of tabs asking /room/messages?after= every --poll
+ *      seconds (spread evenly over the period, one kept-alive connection each,
+ *      as a browser tab keeps one), for --poll-seconds, with one POST halfway:
+ *      requests answered per second, server CPU, and the delay from the 201 to
+ *      the answer that carried the message (mean, p99).
+ * This process is the load client, so one clock times both the 201 and every
+ * arrival. Its source addresses spread over 127.0.0.0/8, as bench/client.ts does.
+ *
+ * Run:  npx tsx bench/room.ts                                   (10,000 subscribers)
+ *       npx tsx bench/room.ts --subscribers 200 --poll-seconds 10
+ *       (npm run bench runs it after the countdown's configurations, with --streams)
+ *
+ * It prints a markdown section (or one line of JSON with --json) and exits 1
+ * when a subscriber lost a message or got one twice. It asserts nothing about speed.
+ */
+
+import http from "node:http";
+import path from "node:path";
+import { readFileSync } from "node:fs";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { setTimeout as delay } from "node:timers/promises";
+import { exitWith, isMain, readFlags, wholeNumber } from "../server.ts";
+import { percentiles, type Percentiles } from "./client.ts";
+
+const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
+
+// ─── Flags ───────────────────────────────────────────────────────────────────
+
+const HELP = `Usage: npx tsx bench/room.ts [flags]
+
+  --subscribers N   Opens this many room streams, and as many countdown streams for reference (default 10000).
+  --posts P         POSTs this many messages to the room, a second apart (default 5).
+  --poll S          Each polling tab asks every S seconds, as /room/?poll=S does (default 5).
+  --poll-seconds T  Polls for this long (default 30).
+  --json            Prints the report as one line of JSON.`;
+
+export interface RoomBenchOptions {
+  subscribers: number;
+  posts: number;
+  poll: number;
+  pollSeconds: number;
+}
+
+/** Requests waiting for their headers at once while streams open, as bench/client.ts allows. */
+const OPENING_AT_ONCE = 256;
+/** Time for start-up garbage, and then the opened streams, to settle before a memory reading. */
+const SETTLE_MS = 2000;
+/** How long a POST's message may take to reach every subscriber before the rest count as lost. */
+const DELIVERY_DEADLINE_MS = 30_000;
+const BETWEEN_POSTS_MS = 1000;
+/** How long the room sits quiet, every stream open and nothing posted, while the server's CPU is read. */
+const QUIET_WINDOW_MS = 5000;
+
+// ─── The server, as a child process, and /proc ───────────────────────────────
+
+const TSX = process.execArgv.some((flag) => flag.includes("tsx")) ? process.execArgv : ["--import", "tsx"];
+const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+
+interface Server {
+  child: ChildProcess;
+  url: string;
+}
+
+/** server.ts, or bench/room-floor.ts, on a free loopback port. */
+async function startServer(file = "server.ts"): Promise<Server> {
+  const child = spawn(process.execPath, [...TSX, file, "--port", "0", "--host", "127.0.0.1", "--quiet"], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] });
+  let output = "";
+  child.stdout!.setEncoding("utf8").on("data", (text: string) => (output += text));
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const url = /listening at (http:\/\/127\.0\.0\.1:\d+)\//.exec(output)?.[1];
+    if (url) return { child, url };
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`server.ts did not start:\n${output}`);
+    await delay(50);
+  }
+}
+
+async function stopServer(server: Server) {
+  if (server.child.exitCode !== null) return;
+  server.child.kill("SIGKILL");
+  await new Promise((resolve) => server.child.once("exit", resolve));
+}
+
+function rssKB(pid: number): number {
+  return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0);
+}
+
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+}
+
+// ─── Streams ─────────────────────────────────────────────────────────────────
+
+/** A source address on 127.0.0.0/8 for the k-th connection, so ten thousand never run out of ports. */
+const sourceFor = (k: number) => `127.0.0.${2 + (k % 253)}`;
+
+/** One open SSE stream: when each message id arrived, and the last head count it was told. */
+class Stream {
+  req?: http.ClientRequest;
+  arrivals = new Map<number, number>();
+  duplicates = 0;
+  /** Messages of any kind read so far. */
+  events = 0;
+  tabs = 0;
+  failed = false;
+  private buffer = "";
+
+  constructor(url: string, index: number, onHeaders: () => void) {
+    this.req = http.get(url, { agent: false, localAddress: sourceFor(index) });
+    this.req.on("error", () => {
+      this.failed = true;
+      onHeaders();
+    });
+    this.req.on("response", (res) => {
+      onHeaders();
+      res.setEncoding("utf8");
+      res.on("data", (text: string) => this.read(text));
+    });
+  }
+
+  private read(text: string) {
+    const now = performance.now();
+    this.buffer += text;
+    let end: number;
+    while ((end = this.buffer.indexOf("\n\n")) !== -1) {
+      const block = this.buffer.slice(0, end);
+      this.buffer = this.buffer.slice(end + 2);
+      if (!block.startsWith(":")) this.events++;
+      const id = /^event: message\nid: (\d+)\n/.exec(block)?.[1];
+      if (id !== undefined) {
+        if (this.arrivals.has(Number(id))) this.duplicates++;
+        else this.arrivals.set(Number(id), now);
+      }
+      const tabs = /^event: presence\ndata: \{"tabs":(\d+)\}/.exec(block)?.[1];
+      if (tabs !== undefined) this.tabs = Number(tabs);
+    }
+  }
+
+  close() {
+    this.req?.destroy();
+    this.req = undefined;
+  }
+}
+
+/** Opens `count` streams, at most OPENING_AT_ONCE waiting for headers at a time. */
+async function openStreams(url: string, count: number): Promise<Stream[]> {
+  const streams: Stream[] = [];
+  let waiting = 0;
+  while (streams.length < count) {
+    while (waiting >= OPENING_AT_ONCE) await delay(1);
+    waiting++;
+    streams.push(new Stream(url, streams.length, () => waiting--));
+  }
+  while (waiting > 0) await delay(10);
+  return streams;
+}
+
+const mean = (values: number[]) => values.reduce((sum, value) => sum + value, 0) / Math.max(1, values.length);
+
+async function waitUntil(what: string, condition: () => boolean, ms: number) {
+  const deadline = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`gave up waiting for ${what}`);
+    await delay(20);
+  }
+}
+
+/** A POST to the room, resolved when its 201 has been read, with the message's id. */
+async function post(url: string, text: string): Promise<{ id: number; at: number }> {
+  const answer = await fetch(`${url}/room/messages`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ name: "bench", text }),
+  });
+  const at = performance.now();
+  if (answer.status !== 201) throw new Error(`POST answered ${answer.status}: ${await answer.text()}`);
+  return { id: ((await answer.json()) as { id: number }).id, at };
+}
+
+// ─── 1. The reference: countdown streams ─────────────────────────────────────
+
+/** RSS per stream of `count` streams opened against a fresh server, in KB. */
+async function memoryPerStream(server: Server, path: string, count: number, ready: (streams: Stream[]) => boolean) {
+  await delay(SETTLE_MS);
+  const idleKB = rssKB(server.child.pid!);
+  const streams = await openStreams(`${server.url}${path}`, count);
+  await waitUntil("every stream to be ready", () => ready(streams), 60_000 + count * 5);
+  await delay(SETTLE_MS);
+  const loadedKB = rssKB(server.child.pid!);
+  const failed = streams.filter((stream) => stream.failed).length;
+  return { streams, idleKB, loadedKB, perStreamKB: (loadedKB - idleKB) / (count - failed), failed };
+}
+
+async function countdownReference(count: number) {
+  const server = await startServer();
+  try {
+    // A long interval: the streams sit between ticks, as room streams sit between messages.
+    const measured = await memoryPerStream(server, "/sse/?from=1000&interval=60000", count, (streams) => streams.every((s) => s.failed || s.events > 0));
+    for (const stream of measured.streams) stream.close();
+    return { idleKB: measured.idleKB, loadedKB: measured.loadedKB, perStreamKB: measured.perStreamKB, failed: measured.failed };
+  } finally {
+    await stopServer(server);
+  }
+}
+
+// ─── 2. Push: room streams and POSTs ─────────────────────────────────────────
+
+export interface Delivery extends Percentiles {
+  id: number;
+  delivered: number;
+  lost: number;
+  /** Subscribers that had it before this process had read the 201. */
+  beforeThe201: number;
+  mean: number;
+}
+
+async function push(options: RoomBenchOptions, file: string) {
+  const server = await startServer(file);
+  try {
+    const count = options.subscribers;
+    const measured = await memoryPerStream(server, "/room/stream", count, (streams) => streams.every((s) => s.failed || s.tabs === count));
+    const live = measured.streams.filter((stream) => !stream.failed);
+    const quietCpuBefore = cpuSeconds(server.child.pid!);
+    await delay(QUIET_WINDOW_MS);
+    const quietCpuPercent = ((cpuSeconds(server.child.pid!) - quietCpuBefore) / (QUIET_WINDOW_MS / 1000)) * 100;
+    const cpuBefore = cpuSeconds(server.child.pid!);
+    const startedAt = performance.now();
+    const deliveries: Delivery[] = [];
+    for (let k = 0; k < options.posts; k++) {
+      const { id, at } = await post(server.url, `message ${k + 1}`);
+      await waitUntil(`message ${id} to reach every subscriber`, () => live.every((s) => s.arrivals.has(id)), DELIVERY_DEADLINE_MS).catch(() => {});
+      const times = live.filter((s) => s.arrivals.has(id)).map((s) => s.arrivals.get(id)! - at);
+      const fromThe201 = times.map((t) => Math.max(0, t));
+      deliveries.push({ id, delivered: times.length, lost: live.length - times.length, beforeThe201: times.filter((t) => t < 0).length, mean: mean(fromThe201), ...percentiles(fromThe201) });
+      await delay(BETWEEN_POSTS_MS);
+    }
+    const windowSeconds = (performance.now() - startedAt) / 1000;
+    const cpuPercent = ((cpuSeconds(server.child.pid!) - cpuBefore) / windowSeconds) * 100;
+    const duplicates = live.reduce((sum, stream) => sum + stream.duplicates, 0);
+    for (const stream of measured.streams) stream.close();
+    return { idleKB: measured.idleKB, loadedKB: measured.loadedKB, perStreamKB: measured.perStreamKB, failed: measured.failed, deliveries, duplicates, quietCpuPercent, cpuPercent, windowSeconds };
+  } finally {
+    await stopServer(server);
+  }
+}
+
+// ─── 3. Poll: the same tabs, asking every few seconds ────────────────────────
+
+/** One polling tab: one kept-alive connection, one request every period, the last id it has. */
+class Poller {
+  lastId = 0;
+  answers = 0;
+  errors = 0;
+  /** When the answer carrying the watched message came (performance.now()). */
+  gotWatchedAt = 0;
+  private agent: http.Agent;
+  private stopped = false;
+
+  constructor(index: number) {
+    this.agent = new http.Agent({ keepAlive: true, maxSockets: 1, localAddress: sourceFor(index) } as http.AgentOptions);
+  }
+
+  async run(url: string, periodMs: number, offsetMs: number, watched: () => number) {
+    await delay(offsetMs);
+    while (!this.stopped) {
+      const next = performance.now() + periodMs;
+      await this.ask(url, watched);
+      await delay(Math.max(0, next - performance.now()));
+    }
+  }
+
+  private ask(url: string, watched: () => number): Promise<void> {
+    return new Promise((resolve) => {
+      const req = http.get(`${url}/room/messages?after=${this.lastId}`, { agent: this.agent }, (res) => {
+        let body = "";
+        res.setEncoding("utf8").on("data", (text: string) => (body += text));
+        res.on("end", () => {
+          this.answers++;
+          const list = JSON.parse(body) as { id: number }[];
+          // Read the watched id now, not when asking: the POST may land while this request is on its way.
+          const watchedId = watched();
+          if (watchedId && !this.gotWatchedAt && list.some((message) => message.id === watchedId)) this.gotWatchedAt = performance.now();
+          this.lastId = list.at(-1)?.id ?? this.lastId;
+          resolve();
+        });
+      });
+      req.on("error", () => {
+        if (!this.stopped) this.errors++; // a request cut by stop() is not the server's error
+        resolve();
+      });
+    });
+  }
+
+  stop() {
+    this.stopped = true;
+    this.agent.destroy();
+  }
+}
+
+async function poll(options: RoomBenchOptions) {
+  const server = await startServer();
+  try {
+    const periodMs = options.poll * 1000;
+    const pollers = Array.from({ length: options.subscribers }, (_, k) => new Poller(k));
+    let watchedId = 0;
+    const cpuBefore = cpuSeconds(server.child.pid!);
+    const startedAt = performance.now();
+    const running = pollers.map((poller, k) => poller.run(server.url, periodMs, (k / pollers.length) * periodMs, () => watchedId));
+    await delay((options.pollSeconds * 1000) / 2);
+    const { id, at } = await post(server.url, "polled");
+    watchedId = id;
+    await delay((options.pollSeconds * 1000) / 2);
+    const seconds = (performance.now() - startedAt) / 1000;
+    const cpuPercent = ((cpuSeconds(server.child.pid!) - cpuBefore) / seconds) * 100;
+    for (const poller of pollers) poller.stop();
+    await Promise.all(running);
+    const delays = pollers.filter((p) => p.gotWatchedAt).map((p) => p.gotWatchedAt - at);
+    const answers = pollers.reduce((sum, p) => sum + p.answers, 0);
+    return {
+      pollers: pollers.length,
+      seconds,
+      requestsPerSecond: answers / seconds,
+      cpuPercent,
+      errors: pollers.reduce((sum, p) => sum + p.errors, 0),
+      gotIt: delays.length,
+      meanDelayMs: mean(delays),
+      delay: percentiles(delays),
+    };
+  } finally {
+    await stopServer(server);
+  }
+}
+
+// ─── The report ──────────────────────────────────────────────────────────────
+
+export type RoomReport = Awaited<ReturnType<typeof runRoomBench>>;
+
+export async function runRoomBench(options: RoomBenchOptions) {
+  console.error(`room: ${options.subscribers} countdown streams for reference`);
+  const reference = await countdownReference(options.subscribers);
+  console.error(`room: ${options.subscribers} streams on the floor (bench/room-floor.ts), ${options.posts} POSTs`);
+  const floor = await push(options, "bench/room-floor.ts");
+  console.error(`room: floor delivery p99 ${floor.deliveries.map((delivery) => ms(delivery.p99)).join(", ")}`);
+  console.error(`room: ${options.subscribers} room subscribers, ${options.posts} POSTs`);
+  const pushed = await push(options, "server.ts");
+  const p99s = pushed.deliveries.map((delivery) => ms(delivery.p99)).join(", ");
+  console.error(`room: delivery p99 ${p99s}; ${kb(pushed.perStreamKB)} per subscriber, ${kb(reference.perStreamKB)} per countdown stream`);
+  console.error(`room: ${options.subscribers} tabs polling every ${options.poll} s for ${options.pollSeconds} s`);
+  const polled = await poll(options);
+  return { options, reference, floor, pushed, polled };
+}
+
+const ms = (value: number) => (Number.isFinite(value) ? `${value.toFixed(value < 100 ? 1 : 0)} ms` : "n/a");
+const kb = (value: number) => `${value.toFixed(1)} KB`;
+const mb = (kbValue: number) => `${(kbValue / 1024).toFixed(1)} MB`;
+const count = (value: number) => value.toLocaleString("en");
+
+export function roomSection({ options, reference, floor, pushed, polled }: RoomReport): string {
+  const ratio = pushed.perStreamKB / reference.perStreamKB;
+  const worstP99 = Math.max(...pushed.deliveries.map((d) => d.p99));
+  const floorP99 = Math.max(...floor.deliveries.map((d) => d.p99));
+  const lost = pushed.deliveries.reduce((sum, d) => sum + d.lost, 0);
+  return [
+    `### Lesson 3: the room (bench/room.ts)`,
+    ``,
+    `Push: ${count(options.subscribers)} room streams on one process, then ${options.posts} POSTs a second apart, first on the floor (bench/room-floor.ts: one loop of writes, no hub, no generator), then on server.ts. Delivery is the time from the 201 (as this load client read it) until a subscriber had the message.`,
+    ``,
+    `| server | POST | delivered | lost | had it before the 201 | p50 | p99 | max |`,
+    `|---|---|---|---|---|---|---|---|`,
+    ...floor.deliveries.map((d) => `| floor | message ${d.id} | ${count(d.delivered)} of ${count(d.delivered + d.lost)} | ${d.lost} | ${count(d.beforeThe201)} | ${ms(d.p50)} | ${ms(d.p99)} | ${ms(d.max)} |`),
+    ...pushed.deliveries.map((d) => `| **server.ts** | message ${d.id} | ${count(d.delivered)} of ${count(d.delivered + d.lost)} | ${d.lost} | ${count(d.beforeThe201)} | ${ms(d.p50)} | ${ms(d.p99)} | ${ms(d.max)} |`),
+    ``,
+    `| streams | failed to open | RSS idle → all open | per stream | × a countdown stream |`,
+    `|---|---|---|---|---|`,
+    `| countdown (between ticks) | ${reference.failed} | ${mb(reference.idleKB)} → ${mb(reference.loadedKB)} | ${kb(reference.perStreamKB)} | 1× |`,
+    `| room subscriber | ${pushed.failed} | ${mb(pushed.idleKB)} → ${mb(pushed.loadedKB)} | ${kb(pushed.perStreamKB)} | ${ratio.toFixed(2)}× |`,
+    ``,
+    `Against the target (p99 at most 100 ms after the 201, at most 1.5× a countdown stream's memory): worst p99 ${ms(worstP99)} ${worstP99 <= 100 ? "meets it" : "misses it"} (the floor's worst, in the same run: ${ms(floorP99)}); memory ${ratio.toFixed(2)}× ${ratio <= 1.5 ? "meets it" : "misses it"}; ${lost} lost, ${pushed.duplicates} duplicated.`,
+    ``,
+    `| ${count(options.subscribers)} tabs | requests answered per second | server CPU (% of one core) | delay from the 201 to the tab: mean · p99 | tabs that got it | errors |`,
+    `|---|---|---|---|---|---|`,
+    `| push, a quiet room (one stream each, nothing posted for ${QUIET_WINDOW_MS / 1000} s) | 0 | ${pushed.quietCpuPercent.toFixed(0)}% | (nothing to deliver) | | ${pushed.failed} |`,
+    `| push, a busy room (one stream each, ${options.posts} POSTs in ${pushed.windowSeconds.toFixed(0)} s) | ${(options.posts / pushed.windowSeconds).toFixed(1)} (the POSTs) | ${pushed.cpuPercent.toFixed(0)}% | ${ms(mean(pushed.deliveries.map((d) => d.mean)))} · ${ms(worstP99)} (worst POST) | ${count(pushed.deliveries[0]?.delivered ?? 0)} | ${pushed.failed} |`,
+    `| poll every ${options.poll} s (${polled.seconds.toFixed(0)} s, one POST halfway) | ${polled.requestsPerSecond.toFixed(0)} | ${polled.cpuPercent.toFixed(0)}% | ${ms(polled.meanDelayMs)} · ${ms(polled.delay.p99)} | ${count(polled.gotIt)} | ${polled.errors} |`,
+  ].join("\n");
+}
+
+/** A whole number of at least 1 from a flag, or one sentence and exit code 2, in server.ts's words. */
+function wholeFlag(name: string, text: string): number {
+  try {
+    return wholeNumber(`--${name}`, text, FLAG_RANGE);
+  } catch (error) {
+    exitWith(2, (error as Error).message);
+  }
+}
+const FLAG_RANGE = { min: 1, max: 1_000_000 };
+
+async function main() {
+  const flags = readFlags(
+    {
+      subscribers: { type: "string", default: "10000" },
+      posts: { type: "string", default: "5" },
+      poll: { type: "string", default: "5" },
+      "poll-seconds": { type: "string", default: "30" },
+      json: { type: "boolean", default: false },
+      help: { type: "boolean", default: false },
+    },
+    HELP,
+  );
+  const options: RoomBenchOptions = {
+    subscribers: wholeFlag("subscribers", flags.subscribers),
+    posts: wholeFlag("posts", flags.posts),
+    poll: wholeFlag("poll", flags.poll),
+    pollSeconds: wholeFlag("poll-seconds", flags["poll-seconds"]),
+  };
+  const report = await runRoomBench(options);
+  console.log(flags.json ? JSON.stringify(report) : roomSection(report));
+  const broken = report.pushed.deliveries.some((d) => d.lost) || report.pushed.duplicates > 0;
+  process.exit(broken ? 1 : 0);
+}
+
+if (isMain(import.meta.url)) await main();
