@@ -21,6 +21,7 @@ import net from "node:net";
 import os from "node:os";
 import { readFileSync, realpathSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { setTimeout as pause } from "node:timers/promises";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 // Types only: the postgres package itself is loaded with await import() when --database is given.
 import type { Sql } from "postgres";
@@ -930,10 +931,9 @@ export async function superviseWorkers(count: number, host: string, port: number
   cluster.on("listening", (worker, address) => {
     if (listened.has(worker.id)) return;
     listened.add(worker.id);
-    logLine(`primary: worker ${worker.process.pid} is serving`);
-    if (bannerPrinted) return;
+    if (!bannerPrinted) printBanner(host, address.port, count, databaseUrl);
     bannerPrinted = true;
-    printBanner(host, address.port, count, databaseUrl);
+    logLine(`primary: worker ${worker.process.pid} is serving`);
   });
   cluster.on("exit", (worker, code, signal) => {
     const how = signal ?? `code ${code}`;
@@ -1054,6 +1054,13 @@ export const NOTIFY_MAX_BYTES = 7900;
 export const RECONNECT_FIRST_MS = 250;
 export const RECONNECT_MAX_MS = 8000;
 
+/** What the driver and PostgreSQL say when the database is down or went away, rather than refusing one query. */
+const CONNECTION_ERRORS = new Set([
+  "ECONNREFUSED", "ECONNRESET", "ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT",
+  "CONNECT_TIMEOUT", "CONNECTION_CLOSED", "CONNECTION_ENDED", "CONNECTION_DESTROYED",
+  "57P01", "57P02", "57P03", // admin_shutdown, crash_shutdown, cannot_connect_now
+]);
+
 /** The tables, created at start when missing: a second start changes nothing. */
 const SCHEMA = `
   create table if not exists hub_topics (
@@ -1098,9 +1105,9 @@ export class PostgresHub implements Hub {
   /** Notifications are handled one at a time, in the order they came. */
   private queue: Promise<void> = Promise.resolve();
   private log: (line: string) => void;
-  private closing = false;
-  private retryMs = RECONNECT_FIRST_MS;
-  private retryTimer: NodeJS.Timeout | undefined;
+  /** Aborted by close(): ends a reconnect's pause. */
+  private closing = new AbortController();
+  private reconnecting = false;
 
   private constructor(sql: Sql, listener: Sql, log: (line: string) => void) {
     this.sql = sql;
@@ -1133,7 +1140,7 @@ export class PostgresHub implements Hub {
   }
 
   async publish<Data>(topic: string, type: string, data: Data): Promise<HubEvent<Data>> {
-    const event = await this.sql.begin(async (tx) => {
+    const event = await this.ask(() => this.sql.begin(async (tx) => {
       // The topic's row is locked until commit, so two processes publishing to one topic take ids in turn, and commit in id order.
       const [row] = await tx<EventRow[]>`
         with next as (
@@ -1150,17 +1157,29 @@ export class PostgresHub implements Hub {
       // A parameter, never SQL built from the text: pg_notify(channel, payload) is a plain function call.
       await tx`select pg_notify(${HUB_CHANNEL}, ${payload})`;
       return stored;
-    });
+    }));
     return event;
   }
 
   async history(topic: string, { after = 0, limit = HUB_KEEP }: { after?: number; limit?: number } = {}): Promise<HubEvent[]> {
     if (limit <= 0) return [];
-    const rows = await this.sql<EventRow[]>`
+    const rows = await this.ask(() => this.sql<EventRow[]>`
       select topic, id, type, data, at from hub_events
       where topic = ${topic} and id > ${after}
-      order by id desc limit ${limit}`;
+      order by id desc limit ${limit}`);
     return rows.reverse().map(rowToEvent);
+  }
+
+  /** A database that does not answer is this server's trouble, not the request's: a 503 with one sentence, and a log line. */
+  private async ask<T>(query: () => Promise<T>): Promise<T> {
+    try {
+      return await query();
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code ?? "";
+      if (!CONNECTION_ERRORS.has(code)) throw error;
+      this.log(`hub: the database did not answer (${code})`);
+      throw new RequestError(503, "The database is not answering right now; try again in a moment.");
+    }
   }
 
   /** The local hub's subscription, once this process holds the topic's recent events: the same replay, gap and bound. */
@@ -1174,8 +1193,7 @@ export class PostgresHub implements Hub {
   }
 
   async close(): Promise<void> {
-    this.closing = true;
-    clearTimeout(this.retryTimer);
+    this.closing.abort();
     await this.local.close();
     await this.listener.end({ timeout: 0 });
     await this.sql.end({ timeout: 1 });
@@ -1222,24 +1240,29 @@ export class PostgresHub implements Hub {
     }
   }
 
-  /** The listening connection closed: say so once, and try again after a pause that grows. */
+  /** The listening connection closed: say so once, then try again, with pauses that grow, until it is back. */
   private lost(): void {
-    if (this.closing || this.retryTimer) return;
-    this.log(`hub: lost the database connection; listening again in ${this.retryMs} ms`);
-    this.retryTimer = setTimeout(() => void this.relisten(), this.retryMs);
+    if (this.closing.signal.aborted || this.reconnecting) return;
+    this.reconnecting = true;
+    this.log("hub: lost the database connection; listening again as soon as it answers");
+    void this.relisten(performance.now());
   }
 
-  private async relisten(): Promise<void> {
-    this.retryTimer = undefined;
-    try {
-      await this.listen();
-      this.retryMs = RECONNECT_FIRST_MS;
-      // Whatever was committed while nobody here listened is in the table.
-      await this.serially(() => this.catchUp());
-      this.log("hub: listening again; caught up from the table");
-    } catch {
-      this.retryMs = Math.min(this.retryMs * 2, RECONNECT_MAX_MS);
-      this.lost();
+  private async relisten(since: number): Promise<void> {
+    for (let wait = RECONNECT_FIRST_MS; ; wait = Math.min(wait * 2, RECONNECT_MAX_MS)) {
+      const stopped = await pause(wait, false, { signal: this.closing.signal }).catch(() => true);
+      if (stopped) return;
+      try {
+        await this.listen();
+        // Whatever was committed while nobody here listened is in the table.
+        await this.serially(() => this.catchUp());
+      } catch {
+        continue; // still down: the next pause is longer
+      }
+      this.reconnecting = false;
+      const seconds = ((performance.now() - since) / 1000).toFixed(1);
+      this.log(`hub: listening again after ${seconds} s; caught up from the table`);
+      return;
     }
   }
 
