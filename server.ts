@@ -1119,7 +1119,13 @@ export class PostgresHub implements Hub {
   /** Creates the tables when missing, then LISTENs; a database that fails here ends the start with one sentence. */
   static async open(url: string, log: (line: string) => void): Promise<PostgresHub> {
     const sql = await openDatabase(url);
-    await sql.unsafe(SCHEMA);
+    await sql
+      .begin(async (tx) => {
+        // Workers start together: without the lock two would create the same table at once, and one would fail.
+        await tx`select pg_advisory_xact_lock(hashtext(${HUB_CHANNEL}))`;
+        await tx.unsafe(SCHEMA);
+      })
+      .catch((error: Error) => exitWith(1, `Cannot create the hub's tables in ${redactUrl(url)}: ${error.message}.`));
     const { default: postgres } = await import("postgres");
     let hub: PostgresHub | undefined;
     // The listener's own connection: one per process, kept open, never recycled. The driver
