@@ -1980,7 +1980,11 @@ export function createCountdownServer(options: ServerOptions = {}): CountdownSer
 export async function superviseWorkers(count: number, host: string, port: number, databaseUrl: string): Promise<void> {
   // Try the address and the database once here, so a busy port or a database that is down is one sentence, not one per worker.
   for (const probe of await listen(net.createServer(), host, port)) await new Promise((resolve) => probe.close(resolve));
-  if (databaseUrl) await createTables(databaseUrl);
+  if (databaseUrl) {
+    const sql = await openDatabase(databaseUrl);
+    await createTables(sql, databaseUrl);
+    await sql.end();
+  }
 
   let stopping = false;
   let bannerPrinted = false;
@@ -1991,12 +1995,13 @@ export async function superviseWorkers(count: number, host: string, port: number
   cluster.on("listening", (worker, address) => {
     if (listened.has(worker.id)) return;
     listened.add(worker.id);
-    logLine(`primary: worker ${worker.process.pid} is serving`);
-    if (bannerPrinted) return;
+    if (!bannerPrinted) {
+      printBanner(host, address.port, count, databaseUrl);
+      // Only now: a line typed before a worker serves waits in standard input until then.
+      forwardPresenterLines(() => alive().filter((serving) => listened.has(serving.id)));
+    }
     bannerPrinted = true;
-    printBanner(host, address.port, count, databaseUrl);
-    // Only now: a line typed before a worker serves waits in standard input until then.
-    forwardPresenterLines(() => alive().filter((worker) => listened.has(worker.id)));
+    logLine(`primary: worker ${worker.process.pid} is serving`);
   });
   cluster.on("exit", (worker, code, signal) => {
     const how = signal ?? `code ${code}`;
@@ -2128,6 +2133,13 @@ export const NOTIFY_MAX_BYTES = 7900;
 export const RECONNECT_FIRST_MS = 250;
 export const RECONNECT_MAX_MS = 8000;
 
+/** What the driver and PostgreSQL say when the database is down or went away, rather than refusing one query. */
+const CONNECTION_ERRORS = new Set([
+  "ECONNREFUSED", "ECONNRESET", "ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT",
+  "CONNECT_TIMEOUT", "CONNECTION_CLOSED", "CONNECTION_ENDED", "CONNECTION_DESTROYED",
+  "57P01", "57P02", "57P03", // admin_shutdown, crash_shutdown, cannot_connect_now
+]);
+
 /** The tables, created at start when missing: a second start changes nothing. */
 const SCHEMA = `
   create table if not exists hub_topics (
@@ -2145,14 +2157,20 @@ const SCHEMA = `
 `;
 
 /**
- * Creates the tables once, in the primary of --workers N, before any worker
- * starts: two workers running "create table if not exists" at the same moment
- * can both try to create, and one of them fails.
+ * Creates the tables when missing, or exits with one sentence. The primary of
+ * --workers N does it before any worker starts, and every process does it
+ * again at its own start (a second time changes nothing). Processes that start
+ * together, on this machine or another, take turns under a lock: two running
+ * "create table if not exists" at the same moment can both try to create, and
+ * one of them would fail.
  */
-async function createTables(url: string): Promise<void> {
-  const sql = await openDatabase(url);
-  await sql.unsafe(SCHEMA);
-  await sql.end();
+async function createTables(sql: Sql, url: string): Promise<void> {
+  await sql
+    .begin(async (tx) => {
+      await tx`select pg_advisory_xact_lock(hashtext(${HUB_CHANNEL}))`;
+      await tx.unsafe(SCHEMA);
+    })
+    .catch((error: Error) => exitWith(1, `Cannot create the hub's tables in ${redactUrl(url)}: ${error.message}.`));
 }
 
 interface EventRow {
@@ -2183,9 +2201,9 @@ export class PostgresHub implements Hub {
   /** Notifications are handled one at a time, in the order they came. */
   private queue: Promise<void> = Promise.resolve();
   private log: (line: string) => void;
-  private closing = false;
-  private retryMs = RECONNECT_FIRST_MS;
-  private retryTimer: NodeJS.Timeout | undefined;
+  /** Aborted by close(): ends a reconnect's pause. */
+  private closing = new AbortController();
+  private reconnecting = false;
 
   private constructor(sql: Sql, listener: Sql, log: (line: string) => void) {
     this.sql = sql;
@@ -2197,7 +2215,7 @@ export class PostgresHub implements Hub {
   /** Creates the tables when missing, then LISTENs; a database that fails here ends the start with one sentence. */
   static async open(url: string, log: (line: string) => void): Promise<PostgresHub> {
     const sql = await openDatabase(url);
-    await sql.unsafe(SCHEMA);
+    await createTables(sql, url);
     const { default: postgres } = await import("postgres");
     let hub: PostgresHub | undefined;
     // The listener's own connection: one per process, kept open, never recycled. The driver
@@ -2218,7 +2236,7 @@ export class PostgresHub implements Hub {
   }
 
   async publish<Data>(topic: string, type: string, data: Data): Promise<HubEvent<Data>> {
-    const event = await this.sql.begin(async (tx) => {
+    const event = await this.ask(() => this.sql.begin(async (tx) => {
       // The topic's row is locked until commit, so two processes publishing to one topic take ids in turn, and commit in id order.
       const [row] = await tx<EventRow[]>`
         with next as (
@@ -2235,17 +2253,29 @@ export class PostgresHub implements Hub {
       // A parameter, never SQL built from the text: pg_notify(channel, payload) is a plain function call.
       await tx`select pg_notify(${HUB_CHANNEL}, ${payload})`;
       return stored;
-    });
+    }));
     return event;
   }
 
   async history(topic: string, { after = 0, limit = HUB_KEEP }: { after?: number; limit?: number } = {}): Promise<HubEvent[]> {
     if (limit <= 0) return [];
-    const rows = await this.sql<EventRow[]>`
+    const rows = await this.ask(() => this.sql<EventRow[]>`
       select topic, id, type, data, at from hub_events
       where topic = ${topic} and id > ${after}
-      order by id desc limit ${limit}`;
+      order by id desc limit ${limit}`);
     return rows.reverse().map(rowToEvent);
+  }
+
+  /** A database that does not answer is this server's trouble, not the request's: a 503 with one sentence, and a log line. */
+  private async ask<T>(query: () => Promise<T>): Promise<T> {
+    try {
+      return await query();
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code ?? "";
+      if (!CONNECTION_ERRORS.has(code)) throw error;
+      this.log(`hub: the database did not answer (${code})`);
+      throw new RequestError(503, "The database is not answering right now; try again in a moment.");
+    }
   }
 
   /** The local hub's subscription, once this process holds the topic's recent events: the same replay, gap and bound. */
@@ -2266,8 +2296,7 @@ export class PostgresHub implements Hub {
   }
 
   async close(): Promise<void> {
-    this.closing = true;
-    clearTimeout(this.retryTimer);
+    this.closing.abort();
     await this.local.close();
     await this.listener.end({ timeout: 0 });
     await this.sql.end({ timeout: 1 });
@@ -2314,24 +2343,29 @@ export class PostgresHub implements Hub {
     }
   }
 
-  /** The listening connection closed: say so once, and try again after a pause that grows. */
+  /** The listening connection closed: say so once, then try again, with pauses that grow, until it is back. */
   private lost(): void {
-    if (this.closing || this.retryTimer) return;
-    this.log(`hub: lost the database connection; listening again in ${this.retryMs} ms`);
-    this.retryTimer = setTimeout(() => void this.relisten(), this.retryMs);
+    if (this.closing.signal.aborted || this.reconnecting) return;
+    this.reconnecting = true;
+    this.log("hub: lost the database connection; listening again as soon as it answers");
+    void this.relisten(performance.now());
   }
 
-  private async relisten(): Promise<void> {
-    this.retryTimer = undefined;
-    try {
-      await this.listen();
-      this.retryMs = RECONNECT_FIRST_MS;
-      // Whatever was committed while nobody here listened is in the table.
-      await this.serially(() => this.catchUp());
-      this.log("hub: listening again; caught up from the table");
-    } catch {
-      this.retryMs = Math.min(this.retryMs * 2, RECONNECT_MAX_MS);
-      this.lost();
+  private async relisten(since: number): Promise<void> {
+    for (let pauseMs = RECONNECT_FIRST_MS; ; pauseMs = Math.min(pauseMs * 2, RECONNECT_MAX_MS)) {
+      const stopped = await wait(pauseMs, false, { signal: this.closing.signal }).catch(() => true);
+      if (stopped) return;
+      try {
+        await this.listen();
+        // Whatever was committed while nobody here listened is in the table.
+        await this.serially(() => this.catchUp());
+      } catch {
+        continue; // still down: the next pause is longer
+      }
+      this.reconnecting = false;
+      const seconds = ((performance.now() - since) / 1000).toFixed(1);
+      this.log(`hub: listening again after ${seconds} s; caught up from the table`);
+      return;
     }
   }
 
