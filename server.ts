@@ -1390,8 +1390,8 @@ function addToasts(req: IncomingMessage, res: ServerResponse): void {
     return res;
   }) as typeof res.writeHead;
   res.end = ((page?: unknown) => {
-    if (!held || typeof page !== "string") return end(page as never);
-    const body = withToasts(page);
+    if (!held) return end(page as never);
+    const body = withToasts(Buffer.isBuffer(page) ? page.toString("utf8") : String(page ?? ""));
     const cookie = visitorSecret(req) ? {} : { "Set-Cookie": newVisitorCookie() };
     writeHead(held.status, { ...held.headers, ...cookie, "Content-Length": Buffer.byteLength(body) });
     return end(body);

@@ -11,7 +11,7 @@ import { once } from "node:events";
 import { setTimeout as delay } from "node:timers/promises";
 import * as assert from "uvu/assert";
 import type { Page } from "playwright-core";
-import { ROUTES, type CountdownServer } from "../server.ts";
+import { ROUTES, withToasts, type CountdownServer } from "../server.ts";
 import {
   BOOT_DEADLINE_MS,
   browserLesson,
@@ -66,15 +66,15 @@ lesson("wall http: the page, and the stream's CORS header on both servers", (tes
     await stopBlocking(children);
   });
 
-  test("GET /wall is pages/wall.html as it is, whatever the query says; HEAD gets its length", async () => {
+  test("GET /wall is pages/wall.html as it is (with the toasts, as every page), whatever the query says; HEAD gets its length", async () => {
     for (const query of ["", "?tiles=3&blocking=8101", "?tiles=<script>alert(1)</script>"]) {
       const page = await request(`${url}/wall${query}`);
       assert.is(page.status, 200);
       assert.is(page.headers["content-type"], "text/html; charset=utf-8");
-      assert.is(page.body, WALL_PAGE, `the same bytes for /wall${query}`);
+      assert.is(page.body, withToasts(WALL_PAGE), `the same bytes for /wall${query}`);
     }
     const head = await request(`${url}/wall`, { method: "HEAD" });
-    assert.is(head.headers["content-length"], String(Buffer.byteLength(WALL_PAGE)));
+    assert.is(head.headers["content-length"], String(Buffer.byteLength(withToasts(WALL_PAGE))));
     assert.is(head.body, "");
   });
 
