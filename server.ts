@@ -1,5 +1,6 @@
 /**
- * server.ts: a countdown streamed to every open tab by ONE process.
+ * server.ts: a countdown streamed to every open tab by ONE process, and the
+ * lessons that follow from it.
  *
  * The page at / counts down from 100 to "Blastoff!", one number a second. The
  * numbers arrive over Server-Sent Events from an `async function*` that awaits
@@ -8,13 +9,14 @@
  * countdown holds a whole worker process for as long as the tab stays open.
  *
  * Run it:    npx tsx server.ts          (or: node server.ts on Node 22.18+ / 24)
- * Then try:
+ *
+ * Lesson 1, the countdown (the sections up to "The server"). Then try:
  *   - open http://localhost:8000/ in a tab, then open some more: all of them count;
  *   - curl -N http://localhost:8000/sse/ shows the raw events as they are sent;
  *   - press Ctrl-C and start the server again: open tabs carry on where they were;
  *   - http://localhost:8000/?from=10&interval=200 makes a short, fast countdown.
  *
- * Lesson 2, fan-out (the section "Lesson 2" below). Then try:
+ * Lesson 2, fan-out (the section "Lesson 2"). Then try:
  *   - curl http://localhost:8000/api/aggregated/ calls /api/ ten times at once and
  *     answers in about one second: ten waits of one second, awaited together;
  *   - curl http://localhost:8000/api/aggregated/sequential/ makes the same calls one
@@ -24,24 +26,26 @@
  *   - curl "http://localhost:8000/api/aggregated/?via=blocking&n=4" makes four such calls,
  *     four seconds frozen; with ten, the last ones miss their read timeout: 504.
  *
- * Lesson 3, push, don't poll: http://localhost:8000/room/ is a room on a
- * publish/subscribe hub.
- *   - open it in two tabs and post in one: the other shows the message at once;
+ * Lesson 3, push, don't poll (the sections "Lesson 3"). Then try:
+ *   - http://localhost:8000/room/ in two tabs: post in one, the other shows it at once;
  *   - curl -N http://localhost:8000/room/stream, and post from another terminal:
  *     curl -d name=Ada -d text=hello http://localhost:8000/room/messages
  *   - http://localhost:8000/room/?poll=5 asks every 5 seconds instead; each page
- *     counts the requests it made.
- * Lesson 3's toasts (further down):
+ *     counts the requests it made;
  *   - type a line where the server runs and press Enter: every open page shows it
- *     in a corner until closed, and closing it in one tab closes it in all of them;
- *   - http://localhost:8000/toasts/ starts seed 000's demo: a toast now, another later.
- * Lesson 4's WebSocket (further down):
+ *     as a toast until closed, and closing it in one tab closes it in all of them;
+ *     http://localhost:8000/toasts/ starts seed 000's demo: a toast now, another later;
+ *   - --workers 2 runs two processes on the port: a message reaches only the tabs
+ *     of the process it was posted to, until --database postgres://... shares the
+ *     room and the toasts between them through LISTEN/NOTIFY.
+ *
+ * Lesson 4, two-way (the sections "Lesson 4"). Then try:
  *   - http://localhost:8000/room/?transport=ws is the room over a WebSocket: a message
  *     posted in a /room/ tab shows there too; after a restart it resumes where it was;
  *   - curl -X PUT a message's new text to /room/messages/<id>: every open room tab
  *     shows the change, and the same text again changes nothing and notifies nobody.
  *
- * The wall, for a workshop projector (see "The wall" below):
+ * The wall, for a workshop projector (the section "The wall"):
  *   - start blocking-server.ts as well and open http://localhost:8000/wall: eight
  *     tiles count on the left; on the right one counts and seven wait;
  *   - npm run crowd -- --streams 5000 adds 5,000 streams here; the left keeps counting.
@@ -373,6 +377,308 @@ export function drainOrClose(res: ServerResponse): Promise<void> {
     res.on("close", done);
   });
 }
+
+// ─── Routing ─────────────────────────────────────────────────────────────────
+//
+// A path maps to its methods. Each later lesson adds its paths, a line each,
+// at the end of its own section.
+
+export type Routes = Record<string, Partial<Record<string, Handler>>>;
+
+export const ROUTES: Routes = {
+  "/": { GET: servePage, HEAD: servePage },
+  "/sse/": { GET: serveCountdown },
+};
+
+/** The route for a path: its own line, else a line with a :placeholder in place of one segment. */
+function findRoute(routes: Routes, pathname: string): Routes[string] | undefined {
+  if (routes[pathname]) return routes[pathname];
+  const segments = pathname.split("/");
+  for (const [pattern, methods] of Object.entries(routes)) {
+    const parts = pattern.split("/");
+    if (parts.length === segments.length && parts.every((part, k) => part === segments[k] || (part.startsWith(":") && segments[k] !== ""))) return methods;
+  }
+  return undefined;
+}
+
+/**
+ * Turns a route table into a request listener that answers 400, 404 and 405
+ * with one sentence, and sends a known path without its trailing slash to the
+ * path with it (308, query kept), as Django's APPEND_SLASH does.
+ */
+export function router(routes: Routes, state: ServerState): http.RequestListener {
+  // blocking-server.ts shares this router and serves no toasts: its pages stay as they are.
+  const servesToasts = "/toasts/stream" in routes;
+  return async (req, res) => {
+    try {
+      const url = readTarget(req.url ?? "");
+      const methods = findRoute(routes, url.pathname);
+      if (!methods && findRoute(routes, `${url.pathname}/`) && (req.method === "GET" || req.method === "HEAD")) return redirect(res, `${url.pathname}/${url.search}`);
+      if (!methods) throw new RequestError(404, `Nothing here at ${url.pathname}; the countdown is at /.`);
+      const handler = methods[req.method ?? "GET"];
+      if (!handler) {
+        res.setHeader("Allow", Object.keys(methods).join(", "));
+        throw new RequestError(405, `${url.pathname} answers ${Object.keys(methods).join(" and ")} only.`);
+      }
+      if (servesToasts) addToasts(req, res);
+      await handler(req, res, url, state);
+    } catch (error) {
+      if (res.headersSent) return; // never an error page after the stream started
+      const known = error instanceof RequestError;
+      // A failed call is news for whoever runs the server; a user's 4xx is not.
+      if (!known) state.log(`error: ${error instanceof Error ? error.message : String(error)}`);
+      else if (error.status >= 500) state.log(error.message);
+      res.writeHead(known ? error.status : 500, { "Content-Type": "text/plain; charset=utf-8" });
+      res.end(known ? `${error.message}\n` : "Something went wrong on the server.\n");
+    }
+  };
+}
+
+/**
+ * The request target as a URL of this server. A target that starts with "/"
+ * is a path, even "//sse/": read as a URL on its own, that one would name the
+ * host "sse" and reach another route. A full URL (absolute-form, which HTTP/1.1
+ * servers must accept) keeps its own path.
+ */
+function readTarget(target: string): URL {
+  const path = `http://localhost${target}`;
+  if (target.startsWith("/") && URL.canParse(path)) return new URL(path);
+  if (/^https?:\/\//i.test(target) && URL.canParse(target)) return new URL(target);
+  throw new RequestError(400, "The request target is not a path this server can read.");
+}
+
+/** 308, not 301: the browser repeats the same method, and no cache keeps the answer forever. */
+function redirect(res: ServerResponse, location: string) {
+  res.writeHead(308, { Location: location, "Content-Type": "text/plain; charset=utf-8" });
+  res.end(`This page is at ${location}\n`);
+}
+
+// ─── The server ──────────────────────────────────────────────────────────────
+
+export interface CountdownServer extends http.Server {
+  /** Every countdown being streamed right now. */
+  streams: Set<ServerResponse>;
+  /** Lesson 3: the hub the room publishes to, and the room's open streams. */
+  hub: Hub;
+  room: RoomStreams;
+  /** Lesson 3: the toasts, with createToast() and createToastAsync() for code. */
+  toasts: Toasts;
+  /** Lesson 4: this process's WebSockets. */
+  notifications: Notifications;
+  /** Ends every open stream cleanly, and closes every WebSocket with 1001; browsers reconnect and resume. */
+  endStreams(): void;
+  /** Lesson 2: the /api/ requests being answered now, and the most at once so far. */
+  apiCalls: ApiCalls;
+}
+
+export interface ServerOptions {
+  /** Leave out the per-stream log lines. */
+  quiet?: boolean;
+  /** Where log lines go (tests collect them). */
+  log?: (line: string) => void;
+  /** Milliseconds of silence before a comment line; tests shorten it. */
+  heartbeat?: number;
+  /** The hub the room publishes to: a new MemoryHub unless another is given. */
+  hub?: Hub;
+  /** Milliseconds between WebSocket pings; tests shorten it. */
+  pingInterval?: number;
+}
+
+/** One log line: the time, this process's pid, what changed. */
+export function logLine(line: string): void {
+  console.log(`[${new Date().toTimeString().slice(0, 8)}] [${process.pid}] ${line}`);
+}
+
+export function createCountdownServer(options: ServerOptions = {}): CountdownServer {
+  const log = options.log ?? logLine;
+  const heartbeat = options.heartbeat ?? HEARTBEAT_MS;
+  const hub = options.hub ?? new MemoryHub({ log });
+  const state: ServerState = {
+    streams: new Set(),
+    log,
+    quiet: options.quiet ?? false,
+    heartbeat,
+    hub,
+    room: new RoomStreams(heartbeat),
+    toasts: new Toasts(hub, log, heartbeat),
+    origin: () => selfOrigin(server),
+    apiCalls: { inFlight: 0, peak: 0 },
+  };
+  const notifications = new Notifications(state, options.pingInterval ?? WS_PING_INTERVAL_MS);
+  const server = http.createServer(router(ROUTES, state));
+  // Lesson 4: a request that asks to become a WebSocket arrives here, not at the router.
+  server.on("upgrade", (req, socket, head) => void notifications.upgrade(req, socket, head));
+  return Object.assign(server, {
+    streams: state.streams,
+    apiCalls: state.apiCalls,
+    hub: state.hub,
+    room: state.room,
+    toasts: state.toasts,
+    notifications,
+    endStreams() {
+      for (const res of state.streams) res.end();
+      state.room.endAll();
+      state.toasts.streams.endAll();
+      notifications.closeAll();
+    },
+  });
+}
+
+// ─── Lesson 2: fan-out ───────────────────────────────────────────────────────
+//
+// The story of the post "Django 3.1 Async". /api/ is a slow endpoint: it
+// waits, then answers. The aggregated view calls it ten times on this same
+// server and answers with all ten answers. Awaiting the ten calls together
+// takes about one wait; awaiting them one after another takes ten; and neither
+// stops a countdown, because awaiting is not blocking. /api/blocking/ is the
+// mistake, on purpose: the same wait as a synchronous sleep, which stops
+// everything this process serves until it ends.
+
+/** How long /api/ waits, unless ?delay= says otherwise. */
+export const API_DELAY_MS = 1000;
+export const DELAY_RANGE = { min: 0, max: 10_000 };
+/** How many calls the aggregated view makes, unless ?n= says otherwise. */
+export const FAN_OUT = 10;
+export const FAN_OUT_RANGE = { min: 1, max: 50 };
+/** A call to this server that has no answer after this long fails: httpx's default read timeout, the one the post ran into. */
+export const SELF_CALL_TIMEOUT_MS = 5000;
+export const TASK_ID = /^[A-Za-z0-9_-]{1,20}$/;
+/** Which endpoint the aggregated view calls, by ?via=. */
+export const VIA: Record<string, string> = { api: "/api/", blocking: "/api/blocking/" };
+
+export interface ApiCalls {
+  inFlight: number;
+  peak: number;
+}
+
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+
+/** Blocks the whole thread for `ms`, like Python's time.sleep(): nothing else in this process runs meanwhile. */
+export function sleepSync(ms: number): void {
+  if (ms > 0) Atomics.wait(sleeper, 0, 0, ms);
+}
+
+/** Where a server can call itself: the address it listens on, or loopback when it listens on every address. */
+export function selfOrigin(server: net.Server): string {
+  const { address, port } = server.address() as net.AddressInfo;
+  const host = address === "0.0.0.0" ? "127.0.0.1" : address === "::" ? "::1" : address;
+  return `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
+}
+
+/** What /api/ is asked for: ?delay= and, when given, ?task_id=, which the answer repeats. */
+export function readApiOptions(url: URL): { delay: number; taskId: string | null } {
+  const delayParam = url.searchParams.get("delay");
+  const taskId = url.searchParams.get("task_id");
+  if (taskId !== null && !TASK_ID.test(taskId)) throw new RequestError(400, "task_id must be 1 to 20 characters of A-Z, a-z, 0-9, _ and -.");
+  return { delay: delayParam === null ? API_DELAY_MS : wholeNumber("delay", delayParam, DELAY_RANGE), taskId };
+}
+
+/** What the aggregated view is asked for: ?n= calls, each with ?delay=. */
+export function readFanOutOptions(url: URL): { n: number; delay: number } {
+  const nParam = url.searchParams.get("n");
+  const n = nParam === null ? FAN_OUT : wholeNumber("n", nParam, FAN_OUT_RANGE);
+  return { n, delay: readApiOptions(url).delay };
+}
+
+/** The post's answer, the task id included when the caller gave one. */
+export function apiAnswer(taskId: string | null): { message: string; task_id?: string } {
+  return taskId === null ? { message: "Hello Async World!" } : { message: "Hello Async World!", task_id: taskId };
+}
+
+/** The n calls of one aggregated view: task_id 0 to n - 1, each passing the delay on. */
+export function taskUrls(origin: string, path: string, { n, delay }: { n: number; delay: number }): string[] {
+  return Array.from({ length: n }, (_, taskId) => `${origin}${path}?task_id=${taskId}&delay=${delay}`);
+}
+
+/** The aggregated view's answer: the n answers in task order, and how long the calls took. */
+export function aggregatedAnswer(responses: unknown[], startedAt: number) {
+  const seconds = ((performance.now() - startedAt) / 1000).toFixed(2);
+  return { message: "Hello Async World!", responses, debug_message: `fetch executed in ${seconds} seconds.` };
+}
+
+/** The one sentence for a call that timed out (504) or failed otherwise (502); `why` may explain the timeout. */
+export function callTimedOut(url: string, why = ""): RequestError {
+  return new RequestError(504, `The call to ${pathOf(url)} got no answer within ${SELF_CALL_TIMEOUT_MS / 1000} s (its read timeout)${why}.`);
+}
+
+export function callFailed(url: string, what: string): RequestError {
+  return new RequestError(502, `The call to ${pathOf(url)} failed: ${what}.`);
+}
+
+function pathOf(url: string): string {
+  const { pathname, search } = new URL(url);
+  return pathname + search;
+}
+
+/** Counts one /api/ request as in flight while `answer` runs: the tests read the peak. */
+async function counted({ apiCalls }: ServerState, answer: () => unknown): Promise<void> {
+  apiCalls.inFlight++;
+  apiCalls.peak = Math.max(apiCalls.peak, apiCalls.inFlight);
+  try {
+    await answer();
+  } finally {
+    apiCalls.inFlight--;
+  }
+}
+
+/** The slow endpoint, done right: `await` hands the thread back while it waits. */
+async function serveApi(_req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) {
+  const { delay, taskId } = readApiOptions(url);
+  await counted(state, () => wait(delay));
+  sendJson(res, 200, apiAnswer(taskId));
+}
+
+/** The same endpoint with the mistake: a sync sleep stops every countdown of this process until it ends. */
+async function serveBlockingApi(_req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) {
+  const { delay, taskId } = readApiOptions(url);
+  await counted(state, () => sleepSync(delay));
+  sendJson(res, 200, apiAnswer(taskId));
+}
+
+/** One call to this server, its answer as JSON; a timeout or a failure becomes that call's one sentence. */
+export async function callSelf(url: string): Promise<unknown> {
+  let answer: Response;
+  try {
+    answer = await fetch(url, { signal: AbortSignal.timeout(SELF_CALL_TIMEOUT_MS) });
+    if (answer.status !== 200) throw callFailed(url, `it answered ${answer.status}`);
+    return await answer.json();
+  } catch (error) {
+    if (error instanceof RequestError) throw error;
+    if ((error as Error).name === "TimeoutError") throw callTimedOut(url);
+    const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+    throw callFailed(url, cause?.code ?? cause?.message ?? (error as Error).message);
+  }
+}
+
+/** Reads ?n=, ?delay= and ?via=, and lists the calls to make. */
+function plannedCalls(url: URL, state: ServerState): string[] {
+  const via = url.searchParams.get("via") ?? "api";
+  const path = VIA[via];
+  if (path === undefined) throw new RequestError(400, `via must be ${Object.keys(VIA).join(" or ")}.`);
+  return taskUrls(state.origin(), path, readFanOutOptions(url));
+}
+
+/** The post's async view: every call starts at once, and Promise.all waits for the last. */
+async function serveAggregated(_req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) {
+  const calls = plannedCalls(url, state);
+  const startedAt = performance.now();
+  const responses = await Promise.all(calls.map(callSelf));
+  sendJson(res, 200, aggregatedAnswer(responses, startedAt));
+}
+
+/** The same calls awaited one after another: n waits long, yet the thread stays free between them. */
+async function serveAggregatedSequential(_req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) {
+  const calls = plannedCalls(url, state);
+  const startedAt = performance.now();
+  const responses: unknown[] = [];
+  for (const call of calls) responses.push(await callSelf(call));
+  sendJson(res, 200, aggregatedAnswer(responses, startedAt));
+}
+
+ROUTES["/api/"] = { GET: serveApi };
+ROUTES["/api/aggregated/"] = { GET: serveAggregated };
+ROUTES["/api/aggregated/sequential/"] = { GET: serveAggregatedSequential };
+ROUTES["/api/blocking/"] = { GET: serveBlockingApi };
 
 // ─── Lesson 3: push, don't poll ──────────────────────────────────────────────
 //
@@ -911,6 +1217,10 @@ function checkField(fields: Record<string, unknown>, name: string, max: number):
   return text;
 }
 
+ROUTES["/room/"] = { GET: serveRoomPage, HEAD: serveRoomPage };
+ROUTES["/room/messages"] = { GET: listMessages, POST: postMessage };
+ROUTES["/room/stream"] = { GET: serveRoomStream };
+
 // ─── Lesson 3: toasts that stay until acknowledged ───────────────────────────
 //
 // Seed 000's toasts: a short message for one visitor, or for everyone, that
@@ -1398,568 +1708,35 @@ function addToasts(req: IncomingMessage, res: ServerResponse): void {
   }) as typeof res.end;
 }
 
-// ─── Lesson 4: two-way ───────────────────────────────────────────────────────
+ROUTES["/toasts/"] = { GET: serveDemoPage, HEAD: serveDemoPage };
+ROUTES["/toasts/stream"] = { GET: serveToastStream };
+ROUTES["/toasts/demo"] = { POST: startDemo };
+ROUTES["/toasts/worker.js"] = { GET: serveToastWorker };
+ROUTES["/toasts/:id/read"] = { POST: readToast };
+
+// ─── Lesson 3: toasts from the terminal ──────────────────────────────────────
 //
-// Seed 002 adds push to a REST API: one WebSocket endpoint where the client
-// names what it wants to follow, `{"object_type": "room", "id": "lobby"}`, the
-// server checks that this visitor may see it and adds the socket to a group,
-// and every save that really changed something is sent to the group. Here the
-// groups are the hub's topics (no second hub), and the same room is served
-// over both transports, so a reader can compare them side by side.
+// At a workshop the presenter types a line where the server runs, and every
+// screen shows it. With --workers N only the primary reads the terminal, and
+// hands each line to one worker, whose hub publishes it: with --database that
+// reaches every process; without, only that worker's tabs.
 
-export const NOTIFICATIONS_PATH = "/ws/notifications";
-/** A frame larger than this closes the socket with 1009 ("message too big"): nothing we accept comes near it. */
-export const WS_FRAME_LIMIT_BYTES = 4 * 1024;
-/** Subscriptions one socket may hold at once; the next one gets an ERROR. */
-export const WS_SUBSCRIPTIONS_MAX = 100;
-/** Bytes a socket may hold unsent, past what the kernel took, before it is cut: a reader that stopped reading must not hold memory for everyone else. */
-export const WS_UNSENT_LIMIT_BYTES = 256 * 1024;
-/** How often every socket is pinged; one that has not answered the previous ping by then is dropped. */
-export const WS_PING_INTERVAL_MS = 30_000;
-
-/**
- * One place decides what a subscriber receives: the hub's event type on the
- * left, the WebSocket message type on the right (seed 002's Redux names).
- * An event type missing here is never sent over a WebSocket.
- */
-export const WS_MESSAGE_TYPES: Readonly<Record<string, string>> = {
-  message: "MESSAGE_CREATED",
-  message_updated: "MESSAGE_UPDATED",
-  message_deleted: "MESSAGE_DELETED",
-  toast: "TOAST_CREATED",
-  read: "TOAST_READ",
-  // Not an object's change, but the subscriber must know, as with SSE's `event: gap`.
-  gap: "GAP",
-};
-
-/** Each event's WebSocket message, built once however many sockets it goes to. */
-const wsMessages = new WeakMap<HubEvent | HubGap, string>();
-
-/** A WebSocket message: `{"type": "MESSAGE_CREATED", "payload": {...}}`, its type from the table above. */
-export function wsMessage(type: string, payload: unknown): string {
-  return JSON.stringify({ type: WS_MESSAGE_TYPES[type], payload });
+/** A message over IPC from the primary to a worker: one line from the terminal. */
+interface PresenterLine {
+  presenterLine: string;
 }
 
-/** One hub event as a WebSocket message; its payload is what SSE sends as `data:`. */
-export function hubEventToWs(event: HubEvent | HubGap): string {
-  let message = wsMessages.get(event);
-  if (message === undefined) {
-    message = wsMessage(event.type, event.type === "gap" ? { after: (event as HubGap).after } : eventJson(event as HubEvent));
-    wsMessages.set(event, message);
-  }
-  return message;
+/** Calls `onLine` for each line of standard input. When it ends (or is /dev/null) the server goes on serving. */
+export function readPresenterLines(onLine: (line: string) => void): void {
+  const lines = createInterface({ input: process.stdin });
+  lines.on("line", onLine);
+  lines.on("close", () => logLine("standard input closed: no more toasts from this terminal; still serving"));
 }
 
-// ─── Lesson 4: REST on the room's messages ───────────────────────────────────
-//
-// Seed 002's viewset: GET, PUT and DELETE on one message. The room's state is
-// its events: a message is its `message` event, changed by later
-// `message_updated` and `message_deleted` events, each with an id of its own,
-// so SSE replay and WebSocket `after` stay exact. The hub keeps the last
-// HUB_KEEP events of the room, and a message older than those is gone.
-
-/** A message as it stands now. */
-export interface RoomMessage {
-  id: number;
-  name: string;
-  text: string;
-  poster: string | null; // the public id of the visitor who posted it; null when it had no cookie
-  at: string;
-}
-
-/** A message as it stands now, from the room's kept events, and the id of the newest of those events. */
-export async function findMessage(hub: Hub, id: number): Promise<{ message?: RoomMessage; lastId: number }> {
-  const events = await hub.history(ROOM_TOPIC);
-  let message: RoomMessage | undefined;
-  for (const event of events) {
-    const data = event.data as Partial<RoomMessage> & { message?: number };
-    if (event.type === "message" && event.id === id) message = eventJson(event) as unknown as RoomMessage;
-    else if (message && data.message === id && event.type === "message_updated") message = { ...message, text: data.text! };
-    else if (message && data.message === id && event.type === "message_deleted") message = undefined;
-  }
-  return { message, lastId: events.at(-1)?.id ?? 0 };
-}
-
-/** The message named by the path /room/messages/<id>, or a 404. */
-async function messageFromPath(hub: Hub, url: URL): Promise<RoomMessage> {
-  const id = wholeNumber("The message id", url.pathname.split("/").at(-1)!, MESSAGE_ID_RANGE);
-  const { message } = await findMessage(hub, id);
-  if (!message) throw new RequestError(404, `There is no message ${id} in the room (it may be deleted, or older than the last ${HUB_KEEP} events).`);
-  return message;
-}
-
-/** The public id of the request's visitor (lesson 3's cookie), or undefined without one. */
-export function readVisitor(req: IncomingMessage): string | undefined {
-  const secret = visitorSecret(req);
-  return secret === undefined ? undefined : publicVisitorId(secret);
-}
-
-/** Only the visitor who posted a message may change it: seed 002's permission check. */
-function checkPoster(message: RoomMessage, visitor: string | undefined, verb: string) {
-  if (visitor === undefined || visitor !== message.poster) {
-    throw new RequestError(403, `Only the visitor who posted message ${message.id} may ${verb} it.`);
-  }
-}
-
-const getMessage: Handler = async (req, res, url, { hub }) => {
-  sendJson(res, 200, await messageFromPath(hub, url));
-};
-
-/** Changes a message's text. The same text again changes nothing and notifies nobody (seed 002's FieldTracker). */
-const putMessage: Handler = async (req, res, url, { hub, log, quiet }) => {
-  checkOrigin(req);
-  const type = contentType(req);
-  const body = await readBody(req, res);
-  const message = await messageFromPath(hub, url);
-  checkPoster(message, readVisitor(req), "change");
-  const fields = type === "application/json" ? parseJsonBody(body) : Object.fromEntries(new URLSearchParams(body));
-  const text = checkField(fields, "text", TEXT_MAX);
-  if (text === message.text) return sendJson(res, 200, message);
-  const event = await hub.publish(ROOM_TOPIC, "message_updated", { message: message.id, text });
-  if (!quiet) log(`message ${message.id} changed (event ${event.id})`);
-  sendJson(res, 200, { ...message, text });
-};
-
-const deleteMessage: Handler = async (req, res, url, { hub, log, quiet }) => {
-  checkOrigin(req);
-  const message = await messageFromPath(hub, url);
-  checkPoster(message, readVisitor(req), "delete");
-  const event = await hub.publish(ROOM_TOPIC, "message_deleted", { message: message.id });
-  if (!quiet) log(`message ${message.id} deleted (event ${event.id})`);
-  res.writeHead(204).end();
-};
-
-// ─── Lesson 4: the WebSocket endpoint ────────────────────────────────────────
-
-/** What a client may follow, parsed from one frame: the hub topic, where to start, and which of its events to pass on. */
-interface Target {
-  key: string; // "room lobby", "message 42": names the subscription in replies and in {"unsubscribe": ...}
-  reply: { object_type: string; id: string | number };
-  topic: string;
-  after?: number;
-  accepts: (event: HubEvent | HubGap) => boolean;
-}
-
-/** One open socket: who it is, what it follows (each subscription stopped by its own AbortController), whether it answered the last ping. */
-interface Connection {
-  client: string; // its address, as the log names it
-  visitor: string | undefined;
-  subscriptions: Map<string, AbortController>;
-  alive: boolean;
-  sent: number;
-}
-
-type WsModule = typeof import("ws");
-
-let wsModule: Promise<WsModule | undefined> | undefined;
-
-/** The ws package, loaded at the first upgrade; undefined when it is not installed. */
-function loadWs(): Promise<WsModule | undefined> {
-  wsModule ??= import("ws").catch(() => undefined);
-  return wsModule;
-}
-
-export const WS_MISSING = "The WebSocket endpoint needs the ws package, which is not installed: run npm ci first.";
-
-/**
- * GET /ws/notifications without an Upgrade header: says whether the endpoint
- * works here. The page asks this when its WebSocket fails, because a browser's
- * WebSocket never shows the status of a refused handshake.
- */
-const describeNotifications: Handler = async (req, res) => {
-  if (!(await loadWs())) throw new RequestError(501, WS_MISSING);
-  res.setHeader("Upgrade", "websocket");
-  throw new RequestError(426, `${NOTIFICATIONS_PATH} speaks WebSocket: open it with new WebSocket("ws://host${NOTIFICATIONS_PATH}").`);
-};
-
-/** Answers a refused upgrade the way a handler answers a request: one sentence, then the connection closes. */
-function refuseUpgrade(socket: Duplex, status: number, sentence: string) {
-  const body = `${sentence}\n`;
-  socket.end(
-    `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n` +
-      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-  );
-}
-
-/** Reads one frame: a subscription, or `{"unsubscribe": {...}}`. Throws a RequestError whose sentence the ERROR reply carries. */
-export function readFrame(text: string): { unsubscribe: boolean; target: Target } {
-  let frame: unknown;
-  try {
-    frame = JSON.parse(text);
-  } catch {
-    throw new RequestError(400, 'The frame is not JSON; send {"object_type": "room", "id": "lobby"}.');
-  }
-  if (!isObject(frame)) throw new RequestError(400, 'The frame must be one JSON object, such as {"object_type": "room", "id": "lobby"}.');
-  if ("unsubscribe" in frame) {
-    if (!isObject(frame.unsubscribe)) throw new RequestError(400, 'unsubscribe takes what was subscribed to: {"unsubscribe": {"object_type": "room", "id": "lobby"}}.');
-    return { unsubscribe: true, target: readSubscription(frame.unsubscribe) };
-  }
-  return { unsubscribe: false, target: readSubscription(frame) };
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
-}
-
-function readSubscription(frame: Record<string, unknown>): Target {
-  const { object_type: objectType, id, after } = frame;
-  if (id === undefined || id === null || id === "") throw new RequestError(400, `id is missing: the room is "lobby", a message is its number, toasts are your visitor id.`);
-  switch (objectType) {
-    case "room": {
-      if (id !== "lobby") throw new RequestError(400, 'There is one room, and its id is "lobby".');
-      const start = after === undefined ? undefined : wholeNumber("after", typeof after === "number" ? String(after) : "", MESSAGE_ID_RANGE);
-      return { key: "room lobby", reply: { object_type: "room", id }, topic: ROOM_TOPIC, after: start, accepts: () => true };
-    }
-    case "message": {
-      const messageId = wholeNumber("A message id", typeof id === "number" ? String(id) : "", MESSAGE_ID_RANGE);
-      // Its changes, and a gap: the events about other messages are not this subscriber's business.
-      const accepts = (event: HubEvent | HubGap) => event.type === "gap" || (event as HubEvent<{ message?: number }>).data.message === messageId;
-      return { key: `message ${messageId}`, reply: { object_type: "message", id: messageId }, topic: ROOM_TOPIC, accepts };
-    }
-    case "toasts": {
-      if (typeof id !== "string") throw new RequestError(400, "The id of toasts is a visitor id, a string.");
-      return { key: `toasts ${id}`, reply: { object_type: "toasts", id }, topic: toastTopic(id), accepts: () => true };
-    }
-    default:
-      throw new RequestError(400, "object_type must be room, message or toasts.");
-  }
-}
-
-/**
- * Every WebSocket of this process. It accepts an upgrade, reads each frame
- * as a (un)subscription, checks it, and relays the hub's events; one timer
- * pings every socket. When a socket closes, its subscriptions are aborted,
- * and with the last socket the timer goes too.
- */
-export class Notifications {
-  private connections = new Map<WebSocket, Connection>();
-  private pingTimer: NodeJS.Timeout | undefined;
-  private server: Promise<WebSocketServer | undefined> | undefined;
-  private state: ServerState;
-  private pingInterval: number;
-
-  constructor(state: ServerState, pingInterval: number) {
-    this.state = state;
-    this.pingInterval = pingInterval;
-  }
-
-  get size(): number {
-    return this.connections.size;
-  }
-
-  /** Subscriptions held by every socket together. */
-  get subscriptions(): number {
-    let count = 0;
-    for (const connection of this.connections.values()) count += connection.subscriptions.size;
-    return count;
-  }
-
-  /** The server's `upgrade` event: checks the path and the Origin, loads ws, hands the socket over. */
-  async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
-    socket.on("error", () => {}); // a client that hangs up mid-handshake is normal
-    const path = URL.canParse(req.url ?? "", "http://localhost") ? new URL(req.url ?? "", "http://localhost").pathname : "";
-    if (path !== NOTIFICATIONS_PATH) return refuseUpgrade(socket, 404, `Only ${NOTIFICATIONS_PATH} speaks WebSocket here.`);
-    try {
-      // Browsers let any page open a WebSocket to any site: the Origin check is what keeps other sites out.
-      checkOrigin(req, "Connections");
-    } catch (error) {
-      return refuseUpgrade(socket, 403, (error as Error).message);
-    }
-    const server = await this.webSocketServer();
-    if (!server) return refuseUpgrade(socket, 501, WS_MISSING);
-    server.handleUpgrade(req, socket, head, (webSocket) => this.opened(webSocket, req));
-  }
-
-  private webSocketServer(): Promise<WebSocketServer | undefined> {
-    this.server ??= loadWs().then((ws) => ws && new ws.WebSocketServer({ noServer: true, maxPayload: WS_FRAME_LIMIT_BYTES, clientTracking: false }));
-    return this.server;
-  }
-
-  private opened(socket: WebSocket, req: IncomingMessage) {
-    const client = clientName(req.socket);
-    const connection: Connection = { client, visitor: readVisitor(req), subscriptions: new Map(), alive: true, sent: 0 };
-    this.connections.set(socket, connection);
-    this.pingTimer ??= setInterval(() => this.ping(), this.pingInterval);
-    if (!this.state.quiet) this.state.log(`websocket opened for ${client} (${this.connections.size} open)`);
-    socket.on("error", () => {}); // the close that follows says enough
-    socket.on("pong", () => (connection.alive = true));
-    socket.on("message", (data, isBinary) => void this.received(socket, connection, isBinary ? undefined : data.toString()));
-    socket.on("close", (code) => this.closed(socket, connection, code));
-  }
-
-  private closed(socket: WebSocket, connection: Connection, code: number) {
-    for (const leave of connection.subscriptions.values()) leave.abort();
-    connection.subscriptions.clear();
-    this.connections.delete(socket);
-    if (this.connections.size === 0) {
-      clearInterval(this.pingTimer);
-      this.pingTimer = undefined;
-    }
-    if (!this.state.quiet) this.state.log(`websocket closed for ${connection.client} after ${connection.sent} events: code ${code} (${this.connections.size} open)`);
-  }
-
-  /** The ws README's heartbeat: a socket that did not answer the last ping is dropped, every other one is pinged again. */
-  private ping() {
-    for (const [socket, connection] of this.connections) {
-      if (!connection.alive) {
-        socket.terminate();
-        continue;
-      }
-      connection.alive = false;
-      socket.ping();
-    }
-  }
-
-  private async received(socket: WebSocket, connection: Connection, text: string | undefined) {
-    try {
-      if (text === undefined) throw new RequestError(400, "Send text frames of JSON, not binary ones.");
-      const { unsubscribe, target } = readFrame(text);
-      if (unsubscribe) return this.unsubscribe(socket, connection, target);
-      await this.subscribe(socket, connection, target);
-    } catch (error) {
-      if (error instanceof RequestError) return socket.send(JSON.stringify({ type: "ERROR", payload: error.message }));
-      // Our fault, not the client's: say so in the log, and close as a handler would answer 500.
-      this.state.log(`error: ${error instanceof Error ? error.message : String(error)}`);
-      socket.close(WS_SERVER_ERROR, "something went wrong on the server");
-    }
-  }
-
-  /** Checks the request and the permission, answers SUBSCRIBED, then relays the topic's events until unsubscribed or closed. */
-  private async subscribe(socket: WebSocket, connection: Connection, target: Target) {
-    const { subscriptions } = connection;
-    if (subscriptions.has(target.key)) throw new RequestError(400, `Already subscribed to ${target.key}.`);
-    if (subscriptions.size >= WS_SUBSCRIPTIONS_MAX) throw new RequestError(400, `At most ${WS_SUBSCRIPTIONS_MAX} subscriptions per connection: unsubscribe from one first.`);
-    // Anyone may follow the room and its messages; only the visitor itself may follow its toasts.
-    if (target.reply.object_type === "toasts" && target.reply.id !== connection.visitor) {
-      throw new RequestError(403, "Only the visitor itself may follow its toasts.");
-    }
-    let after = target.after;
-    if (target.reply.object_type === "message") {
-      const found = await findMessage(this.state.hub, target.reply.id as number);
-      if (!found.message) throw new RequestError(404, `There is no message ${target.reply.id} in the room.`);
-      after = found.lastId; // from the state just read: a change made meanwhile is replayed, not missed
-    }
-    if (socket.readyState !== socket.OPEN || subscriptions.has(target.key)) return;
-    const leave = new AbortController();
-    subscriptions.set(target.key, leave);
-    socket.send(JSON.stringify({ type: "SUBSCRIBED", payload: target.reply }));
-    const from = target.after === undefined ? "" : ` after ${target.after}`;
-    if (!this.state.quiet) this.state.log(`websocket ${connection.client} follows ${target.key}${from}`);
-    try {
-      for await (const message of this.messages(target, after, leave.signal)) {
-        // Cut, not closed: a close frame would wait behind all it did not read. Its page reconnects with the last id it read.
-        if (socket.bufferedAmount > WS_UNSENT_LIMIT_BYTES) return socket.terminate();
-        connection.sent++;
-        socket.send(message);
-      }
-    } catch (error) {
-      if (!(error instanceof SlowSubscriberError)) throw error;
-      socket.terminate(); // the hub cut it first: it fell too far behind even to be handed its events
-    } finally {
-      if (subscriptions.get(target.key) === leave) subscriptions.delete(target.key);
-    }
-  }
-
-  /**
-   * The WebSocket messages of one subscription: the room's events (with its
-   * replay), one message's changes, or what a visitor's tabs are told of its
-   * toasts (its unread ones first, as its SSE stream does).
-   */
-  private async *messages(target: Target, after: number | undefined, signal: AbortSignal): AsyncGenerator<string> {
-    const { hub, toasts } = this.state;
-    if (target.reply.object_type === "toasts") {
-      for await (const news of toasts.follow(target.reply.id as string, signal)) yield wsMessage(news.type, news.type === "toast" ? news.toast : { id: news.id });
-      return;
-    }
-    const events = target.reply.object_type === "room" ? roomEvents(hub, after, signal) : hub.subscribe(target.topic, { after, signal });
-    for await (const event of events) {
-      if (!target.accepts(event) || !(event.type in WS_MESSAGE_TYPES)) continue;
-      yield hubEventToWs(event);
-      // A deleted message has nothing more to say: its subscription ends.
-      if (event.type === "message_deleted" && target.reply.object_type === "message") return;
-    }
-  }
-
-  private unsubscribe(socket: WebSocket, connection: Connection, target: Target) {
-    const leave = connection.subscriptions.get(target.key);
-    if (!leave) throw new RequestError(400, `Not subscribed to ${target.key}.`);
-    leave.abort();
-    connection.subscriptions.delete(target.key);
-    socket.send(JSON.stringify({ type: "UNSUBSCRIBED", payload: target.reply }));
-  }
-
-  /** On Ctrl-C: 1001, "going away", to every socket; the page reconnects and resumes with its last id. */
-  closeAll() {
-    for (const socket of this.connections.keys()) socket.close(WS_GOING_AWAY, "the server is stopping");
-  }
-}
-
-/** WebSocket close codes (RFC 6455): going away, an error on the server. */
-export const WS_GOING_AWAY = 1001;
-export const WS_SERVER_ERROR = 1011;
-
-// ─── Routing ─────────────────────────────────────────────────────────────────
-//
-// A path maps to its methods. A new lesson adds a line here.
-
-export type Routes = Record<string, Partial<Record<string, Handler>>>;
-
-export const ROUTES: Routes = {
-  "/": { GET: servePage, HEAD: servePage },
-  "/sse/": { GET: serveCountdown },
-  // Lesson 2: fan-out.
-  "/api/": { GET: serveApi },
-  "/api/aggregated/": { GET: serveAggregated },
-  "/api/aggregated/sequential/": { GET: serveAggregatedSequential },
-  "/api/blocking/": { GET: serveBlockingApi },
-  // Lesson 3: push, don't poll.
-  "/room/": { GET: serveRoomPage, HEAD: serveRoomPage },
-  "/room/messages": { GET: listMessages, POST: postMessage },
-  "/room/stream": { GET: serveRoomStream },
-  // Lesson 3: toasts that stay until acknowledged.
-  "/toasts/": { GET: serveDemoPage, HEAD: serveDemoPage },
-  "/toasts/stream": { GET: serveToastStream },
-  "/toasts/demo": { POST: startDemo },
-  "/toasts/worker.js": { GET: serveToastWorker },
-  "/toasts/:id/read": { POST: readToast },
-  // Lesson 4: two-way.
-  "/room/messages/:id": { GET: getMessage, PUT: putMessage, DELETE: deleteMessage },
-  "/ws/notifications": { GET: describeNotifications },
-  // The wall.
-  "/wall": { GET: serveWall, HEAD: serveWall },
-};
-
-/** The route for a path: its own line, else a line with a :placeholder in place of one segment. */
-function findRoute(routes: Routes, pathname: string): Routes[string] | undefined {
-  if (routes[pathname]) return routes[pathname];
-  const segments = pathname.split("/");
-  for (const [pattern, methods] of Object.entries(routes)) {
-    const parts = pattern.split("/");
-    if (parts.length === segments.length && parts.every((part, k) => part === segments[k] || (part.startsWith(":") && segments[k] !== ""))) return methods;
-  }
-  return undefined;
-}
-
-/**
- * Turns a route table into a request listener that answers 400, 404 and 405
- * with one sentence, and sends a known path without its trailing slash to the
- * path with it (308, query kept), as Django's APPEND_SLASH does.
- */
-export function router(routes: Routes, state: ServerState): http.RequestListener {
-  // blocking-server.ts shares this router and serves no toasts: its pages stay as they are.
-  const servesToasts = "/toasts/stream" in routes;
-  return async (req, res) => {
-    try {
-      const url = readTarget(req.url ?? "");
-      const methods = findRoute(routes, url.pathname);
-      if (!methods && findRoute(routes, `${url.pathname}/`) && (req.method === "GET" || req.method === "HEAD")) return redirect(res, `${url.pathname}/${url.search}`);
-      if (!methods) throw new RequestError(404, `Nothing here at ${url.pathname}; the countdown is at /.`);
-      const handler = methods[req.method ?? "GET"];
-      if (!handler) {
-        res.setHeader("Allow", Object.keys(methods).join(", "));
-        throw new RequestError(405, `${url.pathname} answers ${Object.keys(methods).join(" and ")} only.`);
-      }
-      if (servesToasts) addToasts(req, res);
-      await handler(req, res, url, state);
-    } catch (error) {
-      if (res.headersSent) return; // never an error page after the stream started
-      const known = error instanceof RequestError;
-      // A failed call is news for whoever runs the server; a user's 4xx is not.
-      if (!known) state.log(`error: ${error instanceof Error ? error.message : String(error)}`);
-      else if (error.status >= 500) state.log(error.message);
-      res.writeHead(known ? error.status : 500, { "Content-Type": "text/plain; charset=utf-8" });
-      res.end(known ? `${error.message}\n` : "Something went wrong on the server.\n");
-    }
-  };
-}
-
-/**
- * The request target as a URL of this server. A target that starts with "/"
- * is a path, even "//sse/": read as a URL on its own, that one would name the
- * host "sse" and reach another route. A full URL (absolute-form, which HTTP/1.1
- * servers must accept) keeps its own path.
- */
-function readTarget(target: string): URL {
-  const path = `http://localhost${target}`;
-  if (target.startsWith("/") && URL.canParse(path)) return new URL(path);
-  if (/^https?:\/\//i.test(target) && URL.canParse(target)) return new URL(target);
-  throw new RequestError(400, "The request target is not a path this server can read.");
-}
-
-/** 308, not 301: the browser repeats the same method, and no cache keeps the answer forever. */
-function redirect(res: ServerResponse, location: string) {
-  res.writeHead(308, { Location: location, "Content-Type": "text/plain; charset=utf-8" });
-  res.end(`This page is at ${location}\n`);
-}
-
-// ─── The server ──────────────────────────────────────────────────────────────
-
-export interface CountdownServer extends http.Server {
-  /** Every countdown being streamed right now. */
-  streams: Set<ServerResponse>;
-  /** Lesson 3: the hub the room publishes to, and the room's open streams. */
-  hub: Hub;
-  room: RoomStreams;
-  /** Lesson 3: the toasts, with createToast() and createToastAsync() for code. */
-  toasts: Toasts;
-  /** Lesson 4: this process's WebSockets. */
-  notifications: Notifications;
-  /** Ends every open stream cleanly, and closes every WebSocket with 1001; browsers reconnect and resume. */
-  endStreams(): void;
-  /** Lesson 2: the /api/ requests being answered now, and the most at once so far. */
-  apiCalls: ApiCalls;
-}
-
-export interface ServerOptions {
-  /** Leave out the per-stream log lines. */
-  quiet?: boolean;
-  /** Where log lines go (tests collect them). */
-  log?: (line: string) => void;
-  /** Milliseconds of silence before a comment line; tests shorten it. */
-  heartbeat?: number;
-  /** The hub the room publishes to: a new MemoryHub unless another is given. */
-  hub?: Hub;
-  /** Milliseconds between WebSocket pings; tests shorten it. */
-  pingInterval?: number;
-}
-
-/** One log line: the time, this process's pid, what changed. */
-export function logLine(line: string): void {
-  console.log(`[${new Date().toTimeString().slice(0, 8)}] [${process.pid}] ${line}`);
-}
-
-export function createCountdownServer(options: ServerOptions = {}): CountdownServer {
-  const log = options.log ?? logLine;
-  const heartbeat = options.heartbeat ?? HEARTBEAT_MS;
-  const hub = options.hub ?? new MemoryHub({ log });
-  const state: ServerState = {
-    streams: new Set(),
-    log,
-    quiet: options.quiet ?? false,
-    heartbeat,
-    hub,
-    room: new RoomStreams(heartbeat),
-    toasts: new Toasts(hub, log, heartbeat),
-    origin: () => selfOrigin(server),
-    apiCalls: { inFlight: 0, peak: 0 },
-  };
-  const notifications = new Notifications(state, options.pingInterval ?? WS_PING_INTERVAL_MS);
-  const server = http.createServer(router(ROUTES, state));
-  // Lesson 4: a request that asks to become a WebSocket arrives here, not at the router.
-  server.on("upgrade", (req, socket, head) => void notifications.upgrade(req, socket, head));
-  return Object.assign(server, {
-    streams: state.streams,
-    apiCalls: state.apiCalls,
-    hub: state.hub,
-    room: state.room,
-    toasts: state.toasts,
-    notifications,
-    endStreams() {
-      for (const res of state.streams) res.end();
-      state.room.endAll();
-      state.toasts.streams.endAll();
-      notifications.closeAll();
-    },
+/** In a worker: toasts from the lines its primary forwards. */
+function hearPresenterLines(toasts: Toasts): void {
+  process.on("message", (message: Partial<PresenterLine>) => {
+    if (typeof message?.presenterLine === "string") toasts.fromPresenter(message.presenterLine);
   });
 }
 
@@ -2376,31 +2153,408 @@ export class PostgresHub implements Hub {
   }
 }
 
-// ─── Lesson 3: toasts from the terminal ──────────────────────────────────────
+// ─── Lesson 4: two-way ───────────────────────────────────────────────────────
 //
-// At a workshop the presenter types a line where the server runs, and every
-// screen shows it. With --workers N only the primary reads the terminal, and
-// hands each line to one worker, whose hub publishes it: with --database that
-// reaches every process; without, only that worker's tabs.
+// Seed 002 adds push to a REST API: one WebSocket endpoint where the client
+// names what it wants to follow, `{"object_type": "room", "id": "lobby"}`, the
+// server checks that this visitor may see it and adds the socket to a group,
+// and every save that really changed something is sent to the group. Here the
+// groups are the hub's topics (no second hub), and the same room is served
+// over both transports, so a reader can compare them side by side.
 
-/** A message over IPC from the primary to a worker: one line from the terminal. */
-interface PresenterLine {
-  presenterLine: string;
+export const NOTIFICATIONS_PATH = "/ws/notifications";
+/** A frame larger than this closes the socket with 1009 ("message too big"): nothing we accept comes near it. */
+export const WS_FRAME_LIMIT_BYTES = 4 * 1024;
+/** Subscriptions one socket may hold at once; the next one gets an ERROR. */
+export const WS_SUBSCRIPTIONS_MAX = 100;
+/** Bytes a socket may hold unsent, past what the kernel took, before it is cut: a reader that stopped reading must not hold memory for everyone else. */
+export const WS_UNSENT_LIMIT_BYTES = 256 * 1024;
+/** How often every socket is pinged; one that has not answered the previous ping by then is dropped. */
+export const WS_PING_INTERVAL_MS = 30_000;
+
+/**
+ * One place decides what a subscriber receives: the hub's event type on the
+ * left, the WebSocket message type on the right (seed 002's Redux names).
+ * An event type missing here is never sent over a WebSocket.
+ */
+export const WS_MESSAGE_TYPES: Readonly<Record<string, string>> = {
+  message: "MESSAGE_CREATED",
+  message_updated: "MESSAGE_UPDATED",
+  message_deleted: "MESSAGE_DELETED",
+  toast: "TOAST_CREATED",
+  read: "TOAST_READ",
+  // Not an object's change, but the subscriber must know, as with SSE's `event: gap`.
+  gap: "GAP",
+};
+
+/** Each event's WebSocket message, built once however many sockets it goes to. */
+const wsMessages = new WeakMap<HubEvent | HubGap, string>();
+
+/** A WebSocket message: `{"type": "MESSAGE_CREATED", "payload": {...}}`, its type from the table above. */
+export function wsMessage(type: string, payload: unknown): string {
+  return JSON.stringify({ type: WS_MESSAGE_TYPES[type], payload });
 }
 
-/** Calls `onLine` for each line of standard input. When it ends (or is /dev/null) the server goes on serving. */
-export function readPresenterLines(onLine: (line: string) => void): void {
-  const lines = createInterface({ input: process.stdin });
-  lines.on("line", onLine);
-  lines.on("close", () => logLine("standard input closed: no more toasts from this terminal; still serving"));
+/** One hub event as a WebSocket message; its payload is what SSE sends as `data:`. */
+export function hubEventToWs(event: HubEvent | HubGap): string {
+  let message = wsMessages.get(event);
+  if (message === undefined) {
+    message = wsMessage(event.type, event.type === "gap" ? { after: (event as HubGap).after } : eventJson(event as HubEvent));
+    wsMessages.set(event, message);
+  }
+  return message;
 }
 
-/** In a worker: toasts from the lines its primary forwards. */
-function hearPresenterLines(toasts: Toasts): void {
-  process.on("message", (message: Partial<PresenterLine>) => {
-    if (typeof message?.presenterLine === "string") toasts.fromPresenter(message.presenterLine);
-  });
+// ─── Lesson 4: REST on the room's messages ───────────────────────────────────
+//
+// Seed 002's viewset: GET, PUT and DELETE on one message. The room's state is
+// its events: a message is its `message` event, changed by later
+// `message_updated` and `message_deleted` events, each with an id of its own,
+// so SSE replay and WebSocket `after` stay exact. The hub keeps the last
+// HUB_KEEP events of the room, and a message older than those is gone.
+
+/** A message as it stands now. */
+export interface RoomMessage {
+  id: number;
+  name: string;
+  text: string;
+  poster: string | null; // the public id of the visitor who posted it; null when it had no cookie
+  at: string;
 }
+
+/** A message as it stands now, from the room's kept events, and the id of the newest of those events. */
+export async function findMessage(hub: Hub, id: number): Promise<{ message?: RoomMessage; lastId: number }> {
+  const events = await hub.history(ROOM_TOPIC);
+  let message: RoomMessage | undefined;
+  for (const event of events) {
+    const data = event.data as Partial<RoomMessage> & { message?: number };
+    if (event.type === "message" && event.id === id) message = eventJson(event) as unknown as RoomMessage;
+    else if (message && data.message === id && event.type === "message_updated") message = { ...message, text: data.text! };
+    else if (message && data.message === id && event.type === "message_deleted") message = undefined;
+  }
+  return { message, lastId: events.at(-1)?.id ?? 0 };
+}
+
+/** The message named by the path /room/messages/<id>, or a 404. */
+async function messageFromPath(hub: Hub, url: URL): Promise<RoomMessage> {
+  const id = wholeNumber("The message id", url.pathname.split("/").at(-1)!, MESSAGE_ID_RANGE);
+  const { message } = await findMessage(hub, id);
+  if (!message) throw new RequestError(404, `There is no message ${id} in the room (it may be deleted, or older than the last ${HUB_KEEP} events).`);
+  return message;
+}
+
+/** The public id of the request's visitor (lesson 3's cookie), or undefined without one. */
+export function readVisitor(req: IncomingMessage): string | undefined {
+  const secret = visitorSecret(req);
+  return secret === undefined ? undefined : publicVisitorId(secret);
+}
+
+/** Only the visitor who posted a message may change it: seed 002's permission check. */
+function checkPoster(message: RoomMessage, visitor: string | undefined, verb: string) {
+  if (visitor === undefined || visitor !== message.poster) {
+    throw new RequestError(403, `Only the visitor who posted message ${message.id} may ${verb} it.`);
+  }
+}
+
+const getMessage: Handler = async (req, res, url, { hub }) => {
+  sendJson(res, 200, await messageFromPath(hub, url));
+};
+
+/** Changes a message's text. The same text again changes nothing and notifies nobody (seed 002's FieldTracker). */
+const putMessage: Handler = async (req, res, url, { hub, log, quiet }) => {
+  checkOrigin(req);
+  const type = contentType(req);
+  const body = await readBody(req, res);
+  const message = await messageFromPath(hub, url);
+  checkPoster(message, readVisitor(req), "change");
+  const fields = type === "application/json" ? parseJsonBody(body) : Object.fromEntries(new URLSearchParams(body));
+  const text = checkField(fields, "text", TEXT_MAX);
+  if (text === message.text) return sendJson(res, 200, message);
+  const event = await hub.publish(ROOM_TOPIC, "message_updated", { message: message.id, text });
+  if (!quiet) log(`message ${message.id} changed (event ${event.id})`);
+  sendJson(res, 200, { ...message, text });
+};
+
+const deleteMessage: Handler = async (req, res, url, { hub, log, quiet }) => {
+  checkOrigin(req);
+  const message = await messageFromPath(hub, url);
+  checkPoster(message, readVisitor(req), "delete");
+  const event = await hub.publish(ROOM_TOPIC, "message_deleted", { message: message.id });
+  if (!quiet) log(`message ${message.id} deleted (event ${event.id})`);
+  res.writeHead(204).end();
+};
+
+// ─── Lesson 4: the WebSocket endpoint ────────────────────────────────────────
+
+/** What a client may follow, parsed from one frame: the hub topic, where to start, and which of its events to pass on. */
+interface Target {
+  key: string; // "room lobby", "message 42": names the subscription in replies and in {"unsubscribe": ...}
+  reply: { object_type: string; id: string | number };
+  topic: string;
+  after?: number;
+  accepts: (event: HubEvent | HubGap) => boolean;
+}
+
+/** One open socket: who it is, what it follows (each subscription stopped by its own AbortController), whether it answered the last ping. */
+interface Connection {
+  client: string; // its address, as the log names it
+  visitor: string | undefined;
+  subscriptions: Map<string, AbortController>;
+  alive: boolean;
+  sent: number;
+}
+
+type WsModule = typeof import("ws");
+
+let wsModule: Promise<WsModule | undefined> | undefined;
+
+/** The ws package, loaded at the first upgrade; undefined when it is not installed. */
+function loadWs(): Promise<WsModule | undefined> {
+  wsModule ??= import("ws").catch(() => undefined);
+  return wsModule;
+}
+
+export const WS_MISSING = "The WebSocket endpoint needs the ws package, which is not installed: run npm ci first.";
+
+/**
+ * GET /ws/notifications without an Upgrade header: says whether the endpoint
+ * works here. The page asks this when its WebSocket fails, because a browser's
+ * WebSocket never shows the status of a refused handshake.
+ */
+const describeNotifications: Handler = async (req, res) => {
+  if (!(await loadWs())) throw new RequestError(501, WS_MISSING);
+  res.setHeader("Upgrade", "websocket");
+  throw new RequestError(426, `${NOTIFICATIONS_PATH} speaks WebSocket: open it with new WebSocket("ws://host${NOTIFICATIONS_PATH}").`);
+};
+
+/** Answers a refused upgrade the way a handler answers a request: one sentence, then the connection closes. */
+function refuseUpgrade(socket: Duplex, status: number, sentence: string) {
+  const body = `${sentence}\n`;
+  socket.end(
+    `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
+}
+
+/** Reads one frame: a subscription, or `{"unsubscribe": {...}}`. Throws a RequestError whose sentence the ERROR reply carries. */
+export function readFrame(text: string): { unsubscribe: boolean; target: Target } {
+  let frame: unknown;
+  try {
+    frame = JSON.parse(text);
+  } catch {
+    throw new RequestError(400, 'The frame is not JSON; send {"object_type": "room", "id": "lobby"}.');
+  }
+  if (!isObject(frame)) throw new RequestError(400, 'The frame must be one JSON object, such as {"object_type": "room", "id": "lobby"}.');
+  if ("unsubscribe" in frame) {
+    if (!isObject(frame.unsubscribe)) throw new RequestError(400, 'unsubscribe takes what was subscribed to: {"unsubscribe": {"object_type": "room", "id": "lobby"}}.');
+    return { unsubscribe: true, target: readSubscription(frame.unsubscribe) };
+  }
+  return { unsubscribe: false, target: readSubscription(frame) };
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+function readSubscription(frame: Record<string, unknown>): Target {
+  const { object_type: objectType, id, after } = frame;
+  if (id === undefined || id === null || id === "") throw new RequestError(400, `id is missing: the room is "lobby", a message is its number, toasts are your visitor id.`);
+  switch (objectType) {
+    case "room": {
+      if (id !== "lobby") throw new RequestError(400, 'There is one room, and its id is "lobby".');
+      const start = after === undefined ? undefined : wholeNumber("after", typeof after === "number" ? String(after) : "", MESSAGE_ID_RANGE);
+      return { key: "room lobby", reply: { object_type: "room", id }, topic: ROOM_TOPIC, after: start, accepts: () => true };
+    }
+    case "message": {
+      const messageId = wholeNumber("A message id", typeof id === "number" ? String(id) : "", MESSAGE_ID_RANGE);
+      // Its changes, and a gap: the events about other messages are not this subscriber's business.
+      const accepts = (event: HubEvent | HubGap) => event.type === "gap" || (event as HubEvent<{ message?: number }>).data.message === messageId;
+      return { key: `message ${messageId}`, reply: { object_type: "message", id: messageId }, topic: ROOM_TOPIC, accepts };
+    }
+    case "toasts": {
+      if (typeof id !== "string") throw new RequestError(400, "The id of toasts is a visitor id, a string.");
+      return { key: `toasts ${id}`, reply: { object_type: "toasts", id }, topic: toastTopic(id), accepts: () => true };
+    }
+    default:
+      throw new RequestError(400, "object_type must be room, message or toasts.");
+  }
+}
+
+/**
+ * Every WebSocket of this process. It accepts an upgrade, reads each frame
+ * as a (un)subscription, checks it, and relays the hub's events; one timer
+ * pings every socket. When a socket closes, its subscriptions are aborted,
+ * and with the last socket the timer goes too.
+ */
+export class Notifications {
+  private connections = new Map<WebSocket, Connection>();
+  private pingTimer: NodeJS.Timeout | undefined;
+  private server: Promise<WebSocketServer | undefined> | undefined;
+  private state: ServerState;
+  private pingInterval: number;
+
+  constructor(state: ServerState, pingInterval: number) {
+    this.state = state;
+    this.pingInterval = pingInterval;
+  }
+
+  get size(): number {
+    return this.connections.size;
+  }
+
+  /** Subscriptions held by every socket together. */
+  get subscriptions(): number {
+    let count = 0;
+    for (const connection of this.connections.values()) count += connection.subscriptions.size;
+    return count;
+  }
+
+  /** The server's `upgrade` event: checks the path and the Origin, loads ws, hands the socket over. */
+  async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    socket.on("error", () => {}); // a client that hangs up mid-handshake is normal
+    const path = URL.canParse(req.url ?? "", "http://localhost") ? new URL(req.url ?? "", "http://localhost").pathname : "";
+    if (path !== NOTIFICATIONS_PATH) return refuseUpgrade(socket, 404, `Only ${NOTIFICATIONS_PATH} speaks WebSocket here.`);
+    try {
+      // Browsers let any page open a WebSocket to any site: the Origin check is what keeps other sites out.
+      checkOrigin(req, "Connections");
+    } catch (error) {
+      return refuseUpgrade(socket, 403, (error as Error).message);
+    }
+    const server = await this.webSocketServer();
+    if (!server) return refuseUpgrade(socket, 501, WS_MISSING);
+    server.handleUpgrade(req, socket, head, (webSocket) => this.opened(webSocket, req));
+  }
+
+  private webSocketServer(): Promise<WebSocketServer | undefined> {
+    this.server ??= loadWs().then((ws) => ws && new ws.WebSocketServer({ noServer: true, maxPayload: WS_FRAME_LIMIT_BYTES, clientTracking: false }));
+    return this.server;
+  }
+
+  private opened(socket: WebSocket, req: IncomingMessage) {
+    const client = clientName(req.socket);
+    const connection: Connection = { client, visitor: readVisitor(req), subscriptions: new Map(), alive: true, sent: 0 };
+    this.connections.set(socket, connection);
+    this.pingTimer ??= setInterval(() => this.ping(), this.pingInterval);
+    if (!this.state.quiet) this.state.log(`websocket opened for ${client} (${this.connections.size} open)`);
+    socket.on("error", () => {}); // the close that follows says enough
+    socket.on("pong", () => (connection.alive = true));
+    socket.on("message", (data, isBinary) => void this.received(socket, connection, isBinary ? undefined : data.toString()));
+    socket.on("close", (code) => this.closed(socket, connection, code));
+  }
+
+  private closed(socket: WebSocket, connection: Connection, code: number) {
+    for (const leave of connection.subscriptions.values()) leave.abort();
+    connection.subscriptions.clear();
+    this.connections.delete(socket);
+    if (this.connections.size === 0) {
+      clearInterval(this.pingTimer);
+      this.pingTimer = undefined;
+    }
+    if (!this.state.quiet) this.state.log(`websocket closed for ${connection.client} after ${connection.sent} events: code ${code} (${this.connections.size} open)`);
+  }
+
+  /** The ws README's heartbeat: a socket that did not answer the last ping is dropped, every other one is pinged again. */
+  private ping() {
+    for (const [socket, connection] of this.connections) {
+      if (!connection.alive) {
+        socket.terminate();
+        continue;
+      }
+      connection.alive = false;
+      socket.ping();
+    }
+  }
+
+  private async received(socket: WebSocket, connection: Connection, text: string | undefined) {
+    try {
+      if (text === undefined) throw new RequestError(400, "Send text frames of JSON, not binary ones.");
+      const { unsubscribe, target } = readFrame(text);
+      if (unsubscribe) return this.unsubscribe(socket, connection, target);
+      await this.subscribe(socket, connection, target);
+    } catch (error) {
+      if (error instanceof RequestError) return socket.send(JSON.stringify({ type: "ERROR", payload: error.message }));
+      // Our fault, not the client's: say so in the log, and close as a handler would answer 500.
+      this.state.log(`error: ${error instanceof Error ? error.message : String(error)}`);
+      socket.close(WS_SERVER_ERROR, "something went wrong on the server");
+    }
+  }
+
+  /** Checks the request and the permission, answers SUBSCRIBED, then relays the topic's events until unsubscribed or closed. */
+  private async subscribe(socket: WebSocket, connection: Connection, target: Target) {
+    const { subscriptions } = connection;
+    if (subscriptions.has(target.key)) throw new RequestError(400, `Already subscribed to ${target.key}.`);
+    if (subscriptions.size >= WS_SUBSCRIPTIONS_MAX) throw new RequestError(400, `At most ${WS_SUBSCRIPTIONS_MAX} subscriptions per connection: unsubscribe from one first.`);
+    // Anyone may follow the room and its messages; only the visitor itself may follow its toasts.
+    if (target.reply.object_type === "toasts" && target.reply.id !== connection.visitor) {
+      throw new RequestError(403, "Only the visitor itself may follow its toasts.");
+    }
+    let after = target.after;
+    if (target.reply.object_type === "message") {
+      const found = await findMessage(this.state.hub, target.reply.id as number);
+      if (!found.message) throw new RequestError(404, `There is no message ${target.reply.id} in the room.`);
+      after = found.lastId; // from the state just read: a change made meanwhile is replayed, not missed
+    }
+    if (socket.readyState !== socket.OPEN || subscriptions.has(target.key)) return;
+    const leave = new AbortController();
+    subscriptions.set(target.key, leave);
+    socket.send(JSON.stringify({ type: "SUBSCRIBED", payload: target.reply }));
+    const from = target.after === undefined ? "" : ` after ${target.after}`;
+    if (!this.state.quiet) this.state.log(`websocket ${connection.client} follows ${target.key}${from}`);
+    try {
+      for await (const message of this.messages(target, after, leave.signal)) {
+        // Cut, not closed: a close frame would wait behind all it did not read. Its page reconnects with the last id it read.
+        if (socket.bufferedAmount > WS_UNSENT_LIMIT_BYTES) return socket.terminate();
+        connection.sent++;
+        socket.send(message);
+      }
+    } catch (error) {
+      if (!(error instanceof SlowSubscriberError)) throw error;
+      socket.terminate(); // the hub cut it first: it fell too far behind even to be handed its events
+    } finally {
+      if (subscriptions.get(target.key) === leave) subscriptions.delete(target.key);
+    }
+  }
+
+  /**
+   * The WebSocket messages of one subscription: the room's events (with its
+   * replay), one message's changes, or what a visitor's tabs are told of its
+   * toasts (its unread ones first, as its SSE stream does).
+   */
+  private async *messages(target: Target, after: number | undefined, signal: AbortSignal): AsyncGenerator<string> {
+    const { hub, toasts } = this.state;
+    if (target.reply.object_type === "toasts") {
+      for await (const news of toasts.follow(target.reply.id as string, signal)) yield wsMessage(news.type, news.type === "toast" ? news.toast : { id: news.id });
+      return;
+    }
+    const events = target.reply.object_type === "room" ? roomEvents(hub, after, signal) : hub.subscribe(target.topic, { after, signal });
+    for await (const event of events) {
+      if (!target.accepts(event) || !(event.type in WS_MESSAGE_TYPES)) continue;
+      yield hubEventToWs(event);
+      // A deleted message has nothing more to say: its subscription ends.
+      if (event.type === "message_deleted" && target.reply.object_type === "message") return;
+    }
+  }
+
+  private unsubscribe(socket: WebSocket, connection: Connection, target: Target) {
+    const leave = connection.subscriptions.get(target.key);
+    if (!leave) throw new RequestError(400, `Not subscribed to ${target.key}.`);
+    leave.abort();
+    connection.subscriptions.delete(target.key);
+    socket.send(JSON.stringify({ type: "UNSUBSCRIBED", payload: target.reply }));
+  }
+
+  /** On Ctrl-C: 1001, "going away", to every socket; the page reconnects and resumes with its last id. */
+  closeAll() {
+    for (const socket of this.connections.keys()) socket.close(WS_GOING_AWAY, "the server is stopping");
+  }
+}
+
+/** WebSocket close codes (RFC 6455): going away, an error on the server. */
+export const WS_GOING_AWAY = 1001;
+export const WS_SERVER_ERROR = 1011;
+
+ROUTES["/room/messages/:id"] = { GET: getMessage, PUT: putMessage, DELETE: deleteMessage };
+ROUTES["/ws/notifications"] = { GET: describeNotifications };
 
 // ─── The wall: both servers side by side ─────────────────────────────────────
 //
@@ -2409,7 +2563,6 @@ function hearPresenterLines(toasts: Toasts): void {
 // would crowd this file, so it lives in pages/wall.html, read once at start-up
 // and served as is: the page's own script reads ?tiles=, ?blocking=, ?server=,
 // ?from= and ?interval=, so nothing from a request is ever put into it.
-// serveWall is a function declaration, so the route table above can name it.
 
 const WALL_PAGE = readFileSync(new URL("./pages/wall.html", import.meta.url));
 
@@ -2420,6 +2573,8 @@ function serveWall(_req: IncomingMessage, res: ServerResponse): void {
   });
   res.end(WALL_PAGE);
 }
+
+ROUTES["/wall"] = { GET: serveWall, HEAD: serveWall };
 
 // ─── Start-up: flags, listening, stopping ────────────────────────────────────
 
@@ -2603,157 +2758,6 @@ async function main() {
   process.once("SIGTERM", () => stop("SIGTERM"));
   // A worker whose primary is gone would serve a port nobody hands connections to.
   if (cluster.isWorker) process.once("disconnect", () => stop("the primary process is gone"));
-}
-
-// ─── Lesson 2: fan-out ───────────────────────────────────────────────────────
-//
-// The story of the post "Django 3.1 Async". /api/ is a slow endpoint: it
-// waits, then answers. The aggregated view calls it ten times on this same
-// server and answers with all ten answers. Awaiting the ten calls together
-// takes about one wait; awaiting them one after another takes ten; and neither
-// stops a countdown, because awaiting is not blocking. /api/blocking/ is the
-// mistake, on purpose: the same wait as a synchronous sleep, which stops
-// everything this process serves until it ends.
-
-/** How long /api/ waits, unless ?delay= says otherwise. */
-export const API_DELAY_MS = 1000;
-export const DELAY_RANGE = { min: 0, max: 10_000 };
-/** How many calls the aggregated view makes, unless ?n= says otherwise. */
-export const FAN_OUT = 10;
-export const FAN_OUT_RANGE = { min: 1, max: 50 };
-/** A call to this server that has no answer after this long fails: httpx's default read timeout, the one the post ran into. */
-export const SELF_CALL_TIMEOUT_MS = 5000;
-export const TASK_ID = /^[A-Za-z0-9_-]{1,20}$/;
-/** Which endpoint the aggregated view calls, by ?via=. */
-export const VIA: Record<string, string> = { api: "/api/", blocking: "/api/blocking/" };
-
-export interface ApiCalls {
-  inFlight: number;
-  peak: number;
-}
-
-const sleeper = new Int32Array(new SharedArrayBuffer(4));
-
-/** Blocks the whole thread for `ms`, like Python's time.sleep(): nothing else in this process runs meanwhile. */
-export function sleepSync(ms: number): void {
-  if (ms > 0) Atomics.wait(sleeper, 0, 0, ms);
-}
-
-/** Where a server can call itself: the address it listens on, or loopback when it listens on every address. */
-export function selfOrigin(server: net.Server): string {
-  const { address, port } = server.address() as net.AddressInfo;
-  const host = address === "0.0.0.0" ? "127.0.0.1" : address === "::" ? "::1" : address;
-  return `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
-}
-
-/** What /api/ is asked for: ?delay= and, when given, ?task_id=, which the answer repeats. */
-export function readApiOptions(url: URL): { delay: number; taskId: string | null } {
-  const delayParam = url.searchParams.get("delay");
-  const taskId = url.searchParams.get("task_id");
-  if (taskId !== null && !TASK_ID.test(taskId)) throw new RequestError(400, "task_id must be 1 to 20 characters of A-Z, a-z, 0-9, _ and -.");
-  return { delay: delayParam === null ? API_DELAY_MS : wholeNumber("delay", delayParam, DELAY_RANGE), taskId };
-}
-
-/** What the aggregated view is asked for: ?n= calls, each with ?delay=. */
-export function readFanOutOptions(url: URL): { n: number; delay: number } {
-  const nParam = url.searchParams.get("n");
-  const n = nParam === null ? FAN_OUT : wholeNumber("n", nParam, FAN_OUT_RANGE);
-  return { n, delay: readApiOptions(url).delay };
-}
-
-/** The post's answer, the task id included when the caller gave one. */
-export function apiAnswer(taskId: string | null): { message: string; task_id?: string } {
-  return taskId === null ? { message: "Hello Async World!" } : { message: "Hello Async World!", task_id: taskId };
-}
-
-/** The n calls of one aggregated view: task_id 0 to n - 1, each passing the delay on. */
-export function taskUrls(origin: string, path: string, { n, delay }: { n: number; delay: number }): string[] {
-  return Array.from({ length: n }, (_, taskId) => `${origin}${path}?task_id=${taskId}&delay=${delay}`);
-}
-
-/** The aggregated view's answer: the n answers in task order, and how long the calls took. */
-export function aggregatedAnswer(responses: unknown[], startedAt: number) {
-  const seconds = ((performance.now() - startedAt) / 1000).toFixed(2);
-  return { message: "Hello Async World!", responses, debug_message: `fetch executed in ${seconds} seconds.` };
-}
-
-/** The one sentence for a call that timed out (504) or failed otherwise (502); `why` may explain the timeout. */
-export function callTimedOut(url: string, why = ""): RequestError {
-  return new RequestError(504, `The call to ${pathOf(url)} got no answer within ${SELF_CALL_TIMEOUT_MS / 1000} s (its read timeout)${why}.`);
-}
-
-export function callFailed(url: string, what: string): RequestError {
-  return new RequestError(502, `The call to ${pathOf(url)} failed: ${what}.`);
-}
-
-function pathOf(url: string): string {
-  const { pathname, search } = new URL(url);
-  return pathname + search;
-}
-
-/** Counts one /api/ request as in flight while `answer` runs: the tests read the peak. */
-async function counted({ apiCalls }: ServerState, answer: () => unknown): Promise<void> {
-  apiCalls.inFlight++;
-  apiCalls.peak = Math.max(apiCalls.peak, apiCalls.inFlight);
-  try {
-    await answer();
-  } finally {
-    apiCalls.inFlight--;
-  }
-}
-
-/** The slow endpoint, done right: `await` hands the thread back while it waits. */
-async function serveApi(_req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) {
-  const { delay, taskId } = readApiOptions(url);
-  await counted(state, () => wait(delay));
-  sendJson(res, 200, apiAnswer(taskId));
-}
-
-/** The same endpoint with the mistake: a sync sleep stops every countdown of this process until it ends. */
-async function serveBlockingApi(_req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) {
-  const { delay, taskId } = readApiOptions(url);
-  await counted(state, () => sleepSync(delay));
-  sendJson(res, 200, apiAnswer(taskId));
-}
-
-/** One call to this server, its answer as JSON; a timeout or a failure becomes that call's one sentence. */
-export async function callSelf(url: string): Promise<unknown> {
-  let answer: Response;
-  try {
-    answer = await fetch(url, { signal: AbortSignal.timeout(SELF_CALL_TIMEOUT_MS) });
-    if (answer.status !== 200) throw callFailed(url, `it answered ${answer.status}`);
-    return await answer.json();
-  } catch (error) {
-    if (error instanceof RequestError) throw error;
-    if ((error as Error).name === "TimeoutError") throw callTimedOut(url);
-    const cause = (error as { cause?: { code?: string; message?: string } }).cause;
-    throw callFailed(url, cause?.code ?? cause?.message ?? (error as Error).message);
-  }
-}
-
-/** Reads ?n=, ?delay= and ?via=, and lists the calls to make. */
-function plannedCalls(url: URL, state: ServerState): string[] {
-  const via = url.searchParams.get("via") ?? "api";
-  const path = VIA[via];
-  if (path === undefined) throw new RequestError(400, `via must be ${Object.keys(VIA).join(" or ")}.`);
-  return taskUrls(state.origin(), path, readFanOutOptions(url));
-}
-
-/** The post's async view: every call starts at once, and Promise.all waits for the last. */
-async function serveAggregated(_req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) {
-  const calls = plannedCalls(url, state);
-  const startedAt = performance.now();
-  const responses = await Promise.all(calls.map(callSelf));
-  sendJson(res, 200, aggregatedAnswer(responses, startedAt));
-}
-
-/** The same calls awaited one after another: n waits long, yet the thread stays free between them. */
-async function serveAggregatedSequential(_req: IncomingMessage, res: ServerResponse, url: URL, state: ServerState) {
-  const calls = plannedCalls(url, state);
-  const startedAt = performance.now();
-  const responses: unknown[] = [];
-  for (const call of calls) responses.push(await callSelf(call));
-  sendJson(res, 200, aggregatedAnswer(responses, startedAt));
 }
 
 if (isMain(import.meta.url)) await main();
