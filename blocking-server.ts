@@ -20,7 +20,7 @@
  *   - --workers 2 lets two tabs count at once; a third tab waits;
  *   - --timeout 0 lets one tab count down to "Blastoff!" while every other tab waits.
  *
- * Lesson 2, fan-out (the section "Lesson 2" below). Then try:
+ * Lesson 2, fan-out (the section "Lesson 2"). Then try:
  *   - curl http://localhost:8001/api/ answers after a one-second sleep, as server.ts's does;
  *   - curl http://localhost:8001/api/aggregated/ hangs, then answers 504 after five
  *     seconds: the only worker waits for an answer that only it could give;
@@ -175,16 +175,14 @@ const noWebSocket: Handler = () => {
 };
 
 /**
- * The same routes as server.ts; only the countdown's handler is the blocking one.
- * The room and the WebSocket answer 404 here. The wall (/wall) has no twin here:
- * server.ts serves it, and its right column streams from this server.
+ * The same routes as server.ts; only the countdown's handler is the blocking
+ * one. Lesson 2 adds its paths in its section. The room and the WebSocket
+ * answer 404 here. The wall (/wall) has no twin here: server.ts serves it, and
+ * its right column streams from this server.
  */
 const ROUTES: Routes = {
   "/": { GET: servePage, HEAD: servePage },
   "/sse/": { GET: serveCountdown },
-  // Lesson 2: fan-out.
-  "/api/": { GET: serveApi },
-  "/api/aggregated/": { GET: serveAggregated },
   // Lessons 3 and 4 have no blocking twin.
   "/room/": { GET: noRoom, HEAD: noRoom },
   "/room/messages": { GET: noRoom, POST: noRoom },
@@ -474,66 +472,6 @@ export class Arbiter {
   }
 }
 
-// ─── Start-up: flags, listening, stopping ────────────────────────────────────
-
-/** --timeout in seconds: 0 for never, or a number such as 30 or 0.5; a bad one exits with code 2. */
-function timeoutSeconds(text: string | undefined): number {
-  if (text === undefined || text === "") return DEFAULT_TIMEOUT_S;
-  const seconds = /^\d{1,6}(\.\d{1,3})?$/.test(text) ? Number(text) : NaN;
-  if (seconds === 0 || (seconds >= TIMEOUT_RANGE_S.min && seconds <= TIMEOUT_RANGE_S.max)) return seconds;
-  exitWith(2, `--timeout must be 0 (never) or a number of seconds from ${TIMEOUT_RANGE_S.min} to ${TIMEOUT_RANGE_S.max}, such as 30 or 0.5.`);
-}
-
-const HELP = `Usage: npx tsx blocking-server.ts [--port N] [--host H] [--workers N] [--timeout S]
-
-Serves the countdown of server.ts the way gunicorn's sync workers do: an arbiter
-process hands each connection to a worker process, busy until its response ends.
-
-  --port N      Listens on this TCP port (env PORT; default ${DEFAULT_PORT}).
-  --host H      Listens on this address (env HOST; default ${DEFAULT_HOST}, meaning
-                127.0.0.1 and ::1). Use 0.0.0.0 to share it on your LAN at a workshop.
-  --workers N   Starts this many worker processes, each serving one request at a time
-                (env WEB_CONCURRENCY; default ${DEFAULT_WORKERS}).
-  --timeout S   Workers silent for more than this many seconds are killed and restarted.
-                0 disables. Fractions such as 0.5 are allowed (default ${DEFAULT_TIMEOUT_S}).
-  --help        Shows this help.`;
-
-async function main() {
-  const flags = readFlags(
-    {
-      port: { type: "string" },
-      host: { type: "string" },
-      workers: { type: "string" },
-      timeout: { type: "string" },
-      help: { type: "boolean", default: false },
-    },
-    HELP,
-  );
-  const port = flagNumber("port", flags.port, "PORT", DEFAULT_PORT, { min: 0, max: 65535 });
-  const host = flags.host || process.env.HOST || DEFAULT_HOST;
-  const workers = flagNumber("workers", flags.workers, "WEB_CONCURRENCY", DEFAULT_WORKERS, WORKERS_RANGE);
-  const timeout = timeoutSeconds(flags.timeout);
-
-  const arbiter = new Arbiter(workers, timeout);
-  // pauseOnConnect: the arbiter never reads a byte, so a connection reaches its worker untouched.
-  const server = net.createServer({ pauseOnConnect: true }, (socket) => arbiter.accept(socket));
-  arbiter.listeners = await listen(server, host, port, { pauseOnConnect: true });
-  arbiter.origin = selfOrigin(server);
-  const actualPort = (server.address() as net.AddressInfo).port;
-  const urls = urlsFor(host, actualPort).map((url) => url.replace(/\/$/, ""));
-  log("INFO", "Starting blocking-server.ts (the sync twin of server.ts)");
-  log("INFO", `Listening at: ${urls.join(" and ")} (${process.pid})`);
-  log("INFO", "Using worker: sync");
-
-  process.on("SIGINT", () => arbiter.handleSignal("int"));
-  process.on("SIGTERM", () => arbiter.handleSignal("term"));
-  // However the arbiter ends, even by an error, it takes its workers with it.
-  process.on("exit", () => {
-    for (const worker of arbiter.workers) worker.process.kill("SIGKILL");
-  });
-  await arbiter.run();
-}
-
 // ─── Lesson 2: fan-out, the blocking way ─────────────────────────────────────
 //
 // A sync worker cannot await. Its aggregated view calls /api/ on this same
@@ -575,6 +513,9 @@ function callSelfSync(url: string): unknown {
   if (answer.status !== 200) throw callFailed(url, `it answered ${answer.status}`);
   return JSON.parse(answer.text);
 }
+
+ROUTES["/api/"] = { GET: serveApi };
+ROUTES["/api/aggregated/"] = { GET: serveAggregated };
 
 // ─── A blocking HTTP client ──────────────────────────────────────────────────
 //
@@ -654,6 +595,66 @@ export function getSync(url: string, timeoutMs: number): { outcome: (typeof OUTC
     return { outcome: "timed out", status: 0, text: "" };
   }
   return { outcome, status: header[1]!, text: new TextDecoder().decode(new Uint8Array(shared, HEADER_BYTES, header[2]!)) };
+}
+
+// ─── Start-up: flags, listening, stopping ────────────────────────────────────
+
+/** --timeout in seconds: 0 for never, or a number such as 30 or 0.5; a bad one exits with code 2. */
+function timeoutSeconds(text: string | undefined): number {
+  if (text === undefined || text === "") return DEFAULT_TIMEOUT_S;
+  const seconds = /^\d{1,6}(\.\d{1,3})?$/.test(text) ? Number(text) : NaN;
+  if (seconds === 0 || (seconds >= TIMEOUT_RANGE_S.min && seconds <= TIMEOUT_RANGE_S.max)) return seconds;
+  exitWith(2, `--timeout must be 0 (never) or a number of seconds from ${TIMEOUT_RANGE_S.min} to ${TIMEOUT_RANGE_S.max}, such as 30 or 0.5.`);
+}
+
+const HELP = `Usage: npx tsx blocking-server.ts [--port N] [--host H] [--workers N] [--timeout S]
+
+Serves the countdown of server.ts the way gunicorn's sync workers do: an arbiter
+process hands each connection to a worker process, busy until its response ends.
+
+  --port N      Listens on this TCP port (env PORT; default ${DEFAULT_PORT}).
+  --host H      Listens on this address (env HOST; default ${DEFAULT_HOST}, meaning
+                127.0.0.1 and ::1). Use 0.0.0.0 to share it on your LAN at a workshop.
+  --workers N   Starts this many worker processes, each serving one request at a time
+                (env WEB_CONCURRENCY; default ${DEFAULT_WORKERS}).
+  --timeout S   Workers silent for more than this many seconds are killed and restarted.
+                0 disables. Fractions such as 0.5 are allowed (default ${DEFAULT_TIMEOUT_S}).
+  --help        Shows this help.`;
+
+async function main() {
+  const flags = readFlags(
+    {
+      port: { type: "string" },
+      host: { type: "string" },
+      workers: { type: "string" },
+      timeout: { type: "string" },
+      help: { type: "boolean", default: false },
+    },
+    HELP,
+  );
+  const port = flagNumber("port", flags.port, "PORT", DEFAULT_PORT, { min: 0, max: 65535 });
+  const host = flags.host || process.env.HOST || DEFAULT_HOST;
+  const workers = flagNumber("workers", flags.workers, "WEB_CONCURRENCY", DEFAULT_WORKERS, WORKERS_RANGE);
+  const timeout = timeoutSeconds(flags.timeout);
+
+  const arbiter = new Arbiter(workers, timeout);
+  // pauseOnConnect: the arbiter never reads a byte, so a connection reaches its worker untouched.
+  const server = net.createServer({ pauseOnConnect: true }, (socket) => arbiter.accept(socket));
+  arbiter.listeners = await listen(server, host, port, { pauseOnConnect: true });
+  arbiter.origin = selfOrigin(server);
+  const actualPort = (server.address() as net.AddressInfo).port;
+  const urls = urlsFor(host, actualPort).map((url) => url.replace(/\/$/, ""));
+  log("INFO", "Starting blocking-server.ts (the sync twin of server.ts)");
+  log("INFO", `Listening at: ${urls.join(" and ")} (${process.pid})`);
+  log("INFO", "Using worker: sync");
+
+  process.on("SIGINT", () => arbiter.handleSignal("int"));
+  process.on("SIGTERM", () => arbiter.handleSignal("term"));
+  // However the arbiter ends, even by an error, it takes its workers with it.
+  process.on("exit", () => {
+    for (const worker of arbiter.workers) worker.process.kill("SIGKILL");
+  });
+  await arbiter.run();
 }
 
 if (isMain(import.meta.url)) {
