@@ -939,8 +939,6 @@ export function presenceEvent(tabs: number): string {
   return formatEvent("presence", JSON.stringify({ tabs, pid: process.pid }));
 }
 
-export const ROOM_HEARTBEAT = ": still here\n\n";
-
 /**
  * The room's events for one reader: the last few (or, after a reconnect,
  * exactly those after the last id it saw), then every event as it is
@@ -964,13 +962,13 @@ export async function* roomStream(hub: Hub, lastEventId: number | undefined, sig
 }
 
 /**
- * The room's open streams in this process. Presence is not stored in the hub:
- * it is this process's head count, sent to every stream shortly after it
- * changes. One shared timer gives every silent stream its heartbeat.
+ * The SSE streams of one kind open in this process (the room's, the toasts'),
+ * and the one timer that gives the silent ones a heartbeat: one timer for all
+ * of them, not one per stream. It stops when the last stream closes.
  */
-export class RoomStreams {
-  private streams = new Map<ServerResponse, { told: number; wrote: boolean }>();
-  private presenceTimer: NodeJS.Timeout | undefined;
+export class OpenStreams {
+  /** Each open stream: whether it wrote since the last beat, and the head count it was last told. */
+  protected streams = new Map<ServerResponse, { wrote: boolean; told: number }>();
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private heartbeat: number;
 
@@ -983,9 +981,8 @@ export class RoomStreams {
   }
 
   open(res: ServerResponse) {
-    this.streams.set(res, { told: 0, wrote: false });
+    this.streams.set(res, { wrote: false, told: 0 });
     this.heartbeatTimer ??= setInterval(() => this.beat(), this.heartbeat);
-    this.presenceTimer ??= setTimeout(() => this.tellPresence(), PRESENCE_DELAY_MS);
   }
 
   /** The stream wrote something, so it needs no heartbeat this round. */
@@ -996,19 +993,50 @@ export class RoomStreams {
 
   close(res: ServerResponse) {
     this.streams.delete(res);
-    if (this.streams.size > 0) {
-      this.presenceTimer ??= setTimeout(() => this.tellPresence(), PRESENCE_DELAY_MS);
-      return;
-    }
-    // Nobody left to tell: no timer stays behind.
+    if (this.streams.size > 0) return;
+    // Nobody left: no timer stays behind.
     clearInterval(this.heartbeatTimer);
-    clearTimeout(this.presenceTimer);
-    this.heartbeatTimer = this.presenceTimer = undefined;
+    this.heartbeatTimer = undefined;
   }
 
   /** Ends every stream cleanly (on Ctrl-C); browsers reconnect with the last id they saw. */
   endAll() {
     for (const res of this.streams.keys()) res.end();
+  }
+
+  private beat() {
+    for (const [res, stream] of this.streams) {
+      // A stream waiting for a slow reader to drain gets nothing more to hold.
+      if (!stream.wrote && !res.writableNeedDrain) res.write(STILL_HERE);
+      stream.wrote = false;
+    }
+  }
+}
+
+/** The heartbeat of the room's and the toasts' streams: a comment, which EventSource ignores. */
+export const STILL_HERE = ": still here\n\n";
+
+/**
+ * The room's open streams in this process. Presence is not stored in the hub:
+ * it is this process's head count, sent to every stream shortly after it
+ * changes, at most once per PRESENCE_DELAY_MS however many tabs arrive.
+ */
+export class RoomStreams extends OpenStreams {
+  private presenceTimer: NodeJS.Timeout | undefined;
+
+  override open(res: ServerResponse) {
+    super.open(res);
+    this.presenceTimer ??= setTimeout(() => this.tellPresence(), PRESENCE_DELAY_MS);
+  }
+
+  override close(res: ServerResponse) {
+    super.close(res);
+    if (this.streams.size > 0) {
+      this.presenceTimer ??= setTimeout(() => this.tellPresence(), PRESENCE_DELAY_MS);
+      return;
+    }
+    clearTimeout(this.presenceTimer);
+    this.presenceTimer = undefined;
   }
 
   private tellPresence() {
@@ -1018,14 +1046,6 @@ export class RoomStreams {
       stream.told = this.streams.size;
       stream.wrote = true;
       res.write(presenceEvent(this.streams.size));
-    }
-  }
-
-  private beat() {
-    for (const [res, stream] of this.streams) {
-      // A stream waiting for a slow reader to drain gets nothing more to hold.
-      if (!stream.wrote && !res.writableNeedDrain) res.write(ROOM_HEARTBEAT);
-      stream.wrote = false;
     }
   }
 }
@@ -1381,7 +1401,7 @@ async function* merge<T>(sources: AsyncGenerator<T>[]): AsyncGenerator<T> {
  * read, which writes a new mark (see keepUnreadBound).
  */
 export class Toasts {
-  readonly streams: ToastStreams;
+  readonly streams: OpenStreams;
   private hub: Hub;
   private log: (line: string) => void;
   /** Visitors, least recently seen first (a Set keeps insertion order). */
@@ -1394,7 +1414,7 @@ export class Toasts {
   constructor(hub: Hub, log: (line: string) => void, heartbeat: number) {
     this.hub = hub;
     this.log = log;
-    this.streams = new ToastStreams(heartbeat);
+    this.streams = new OpenStreams(heartbeat);
   }
 
   /**
@@ -1542,51 +1562,6 @@ export class Toasts {
   cancelTasks(): number {
     this.tasks.abort();
     return this.tasksPending;
-  }
-}
-
-export const TOASTS_HEARTBEAT = ": still here\n\n";
-
-/** The toast streams open in this process, and the one timer that gives the silent ones a heartbeat. */
-export class ToastStreams {
-  /** Each open stream, and whether it wrote since the last beat. */
-  private streams = new Map<ServerResponse, boolean>();
-  private heartbeatTimer: NodeJS.Timeout | undefined;
-  private heartbeat: number;
-
-  constructor(heartbeat: number) {
-    this.heartbeat = heartbeat;
-  }
-
-  get size(): number {
-    return this.streams.size;
-  }
-
-  open(res: ServerResponse) {
-    this.streams.set(res, false);
-    this.heartbeatTimer ??= setInterval(() => this.beat(), this.heartbeat);
-  }
-
-  wrote(res: ServerResponse) {
-    if (this.streams.has(res)) this.streams.set(res, true);
-  }
-
-  close(res: ServerResponse) {
-    this.streams.delete(res);
-    if (this.streams.size > 0) return;
-    clearInterval(this.heartbeatTimer);
-    this.heartbeatTimer = undefined;
-  }
-
-  endAll() {
-    for (const res of this.streams.keys()) res.end();
-  }
-
-  private beat() {
-    for (const [res, wrote] of this.streams) {
-      if (!wrote && !res.writableNeedDrain) res.write(TOASTS_HEARTBEAT);
-      this.streams.set(res, false);
-    }
   }
 }
 
