@@ -1004,6 +1004,40 @@ export class OpenStreams {
     for (const res of this.streams.keys()) res.end();
   }
 
+  /**
+   * Writes what `source` yields to one stream, waiting for a slow reader to
+   * drain, until the client leaves (its "close" aborts the source's signal),
+   * the server stops, or the hub drops a reader that fell too far behind: that
+   * stream is cut, not ended, so its browser reconnects with the last id it
+   * read and is replayed the rest. Says how many events went out, and why it ended.
+   */
+  async pump(res: ServerResponse, source: (signal: AbortSignal) => AsyncIterable<string>, opened: () => void): Promise<{ sent: number; why: string }> {
+    const left = new AbortController();
+    const leave = () => left.abort();
+    res.on("close", leave);
+    this.open(res);
+    opened();
+    let why = "the client left";
+    let sent = 0;
+    try {
+      for await (const message of source(left.signal)) {
+        this.wrote(res);
+        sent++;
+        if (!res.write(message)) await drainOrClose(res);
+      }
+      if (res.writableEnded) why = "the server is stopping";
+    } catch (error) {
+      if (!(error instanceof SlowSubscriberError)) throw error;
+      why = "too slow to read, cut";
+      res.destroy();
+    } finally {
+      res.off("close", leave);
+      this.close(res);
+      if (!res.destroyed) res.end();
+    }
+    return { sent, why };
+  }
+
   private beat() {
     for (const [res, stream] of this.streams) {
       // A stream waiting for a slow reader to drain gets nothing more to hold.
@@ -1078,34 +1112,13 @@ const serveRoomStream: Handler = async (req, res, url, { hub, room, log, quiet }
   const lastEventId = readMessageId(req.headers["last-event-id"], "Last-Event-ID");
   res.writeHead(200, SSE_HEADERS);
   res.flushHeaders();
-  // The one listener that ends this stream's subscription when the tab goes.
-  const left = new AbortController();
-  const leave = () => left.abort();
-  res.on("close", leave);
-  room.open(res);
   const from = lastEventId === undefined ? `with the last ${ROOM_REPLAY} messages` : `after message ${lastEventId}`;
-  if (!quiet) log(`room stream opened for ${clientName(req.socket)}, ${from} (${room.size} in the room)`);
-
-  let why = "the client left";
-  let eventsSent = 0;
-  try {
-    for await (const message of roomStream(hub, lastEventId, left.signal)) {
-      room.wrote(res);
-      eventsSent++;
-      if (!res.write(message)) await drainOrClose(res);
-    }
-    if (res.writableEnded) why = "the server is stopping";
-  } catch (error) {
-    if (!(error instanceof SlowSubscriberError)) throw error;
-    // Cut, not ended: its browser reconnects with the last id it read and is replayed the rest.
-    why = "too slow to read, cut";
-    res.destroy();
-  } finally {
-    res.off("close", leave);
-    room.close(res);
-    if (!res.destroyed) res.end();
-    if (!quiet) log(`room stream closed after ${eventsSent} events: ${why} (${room.size} in the room)`);
-  }
+  const { sent, why } = await room.pump(
+    res,
+    (signal) => roomStream(hub, lastEventId, signal),
+    () => quiet || log(`room stream opened for ${clientName(req.socket)}, ${from} (${room.size} in the room)`),
+  );
+  if (!quiet) log(`room stream closed after ${sent} events: ${why} (${room.size} in the room)`);
 };
 
 /** A message id from ?after= or Last-Event-ID; undefined when absent or empty. */
@@ -1573,31 +1586,12 @@ const serveToastStream: Handler = async (req, res, url, { toasts, log, quiet }) 
   toasts.seen(visitor);
   res.writeHead(200, SSE_HEADERS);
   res.flushHeaders();
-  const left = new AbortController();
-  const leave = () => left.abort();
-  res.on("close", leave);
-  toasts.streams.open(res);
-  if (!quiet) log(`toast stream opened for visitor ${visitor} (${toasts.streams.size} open)`);
-
-  let why = "the client left";
-  let eventsSent = 0;
-  try {
-    for await (const message of toasts.stream(visitor, left.signal)) {
-      toasts.streams.wrote(res);
-      eventsSent++;
-      if (!res.write(message)) await drainOrClose(res);
-    }
-    if (res.writableEnded) why = "the server is stopping";
-  } catch (error) {
-    if (!(error instanceof SlowSubscriberError)) throw error;
-    why = "too slow to read, cut";
-    res.destroy();
-  } finally {
-    res.off("close", leave);
-    toasts.streams.close(res);
-    if (!res.destroyed) res.end();
-    if (!quiet) log(`toast stream closed after ${eventsSent} events: ${why} (${toasts.streams.size} open)`);
-  }
+  const { sent, why } = await toasts.streams.pump(
+    res,
+    (signal) => toasts.stream(visitor, signal),
+    () => quiet || log(`toast stream opened for visitor ${visitor} (${toasts.streams.size} open)`),
+  );
+  if (!quiet) log(`toast stream closed after ${sent} events: ${why} (${toasts.streams.size} open)`);
 };
 
 /** POST /toasts/<id>/read: the owner acknowledges a toast; 200 with the toast. */
