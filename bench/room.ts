@@ -148,7 +148,7 @@ class Stream {
         if (this.arrivals.has(Number(id))) this.duplicates++;
         else this.arrivals.set(Number(id), now);
       }
-      const tabs = /^event: presence\ndata: \{"tabs":(\d+)\}/.exec(block)?.[1];
+      const tabs = /^event: presence\ndata: \{"tabs":(\d+)[,}]/.exec(block)?.[1];
       if (tabs !== undefined) this.tabs = Number(tabs);
     }
   }
