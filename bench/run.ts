@@ -573,7 +573,7 @@ function table(configs: Config[], results: Measurement[][], soak: SoakReport | u
     const live = median(serverRows.map((m) => m.client.servedAtOnce));
     const mark = (ok: boolean) => (ok ? "met" : "**missed**");
     lines.push("");
-    lines.push(`Targets for ${serverLabel} (issue 6), medians above:`);
+    lines.push(`Targets for ${serverLabel}, medians above:`);
     lines.push("");
     lines.push(`- ${count(live)} streams at once with no event lost, duplicated or malformed: ${mark(live >= STREAMS && broken === 0)} (${broken} bad over ${serverRows.length} run${serverRows.length === 1 ? "" : "s"})`);
     const lowest = median(serverRows.map((m) => m.lowPerStreamKB));

@@ -252,7 +252,7 @@ export function wsSection(report: WsBenchReport): string {
     ),
   ];
   const [socket] = report.median;
-  lines.push("", `Target for WebSocket (issue 14): p99 at most 100 ms, nothing lost: ${socket!.delivery.p99 <= 100 && socket!.lost === 0 ? "met" : "**missed**"} (${ms(socket!.delivery.p99)}, ${socket!.lost} lost).`);
+  lines.push("", `Target for WebSocket: p99 at most 100 ms, nothing lost: ${socket!.delivery.p99 <= 100 && socket!.lost === 0 ? "met" : "**missed**"} (${ms(socket!.delivery.p99)}, ${socket!.lost} lost).`);
   return lines.join("\n");
 }
 
