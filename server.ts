@@ -2012,14 +2012,13 @@ export class PostgresHub implements Hub {
     return rows.reverse().map(rowToEvent);
   }
 
-  /** A database that does not answer is this server's trouble, not the request's: a 503 with one sentence, and a log line. */
+  /** A database that does not answer is this server's trouble, not the request's: a 503 with one sentence (which the router logs). */
   private async ask<T>(query: () => Promise<T>): Promise<T> {
     try {
       return await query();
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code ?? "";
       if (!CONNECTION_ERRORS.has(code)) throw error;
-      this.log(`hub: the database did not answer (${code})`);
       throw new RequestError(503, "The database is not answering right now; try again in a moment.");
     }
   }
