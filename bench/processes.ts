@@ -37,7 +37,8 @@ import { fileURLToPath } from "node:url";
 import { setTimeout as delay } from "node:timers/promises";
 import { exitWith, isMain, readFlags, wholeNumber } from "../server.ts";
 import { percentiles, runClient, type ClientOptions, type ClientReport } from "./client.ts";
-import { mean, openStreams, post, rssKB, waitUntil, type Delivery, type Stream } from "./room.ts";
+// The room bench's streams, and its pace and patience, so the one-process and the two-process figures compare.
+import { BETWEEN_POSTS_MS, DELIVERY_DEADLINE_MS, OPENING_AT_ONCE, SETTLE_MS, mean, openStreams, post, rssKB, waitUntil, type Delivery, type Stream } from "./room.ts";
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.dirname(BENCH);
@@ -64,15 +65,8 @@ export interface ProcessesOptions {
 const WORKERS = 2;
 /** Both load clients: one process may open at most 20,000 files. */
 const CLIENTS = 2;
-/** Time for start-up garbage, and then the opened streams, to settle before a memory reading. */
-const SETTLE_MS = 2000;
-/** How long a POST's message may take to reach every subscriber before the rest count as lost. */
-const DELIVERY_DEADLINE_MS = 30_000;
-const BETWEEN_POSTS_MS = 1000;
 /** How often the workers' RSS is read while the countdowns run. */
 const SAMPLE_EVERY_MS = 200;
-/** Requests waiting for their headers at once, per load client, as bench/client.ts's default. */
-const OPENING_AT_ONCE = 256;
 /** Seconds past the last countdown's due end before a load client gives up. */
 const COUNTDOWN_GRACE_S = 10;
 

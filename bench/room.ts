@@ -57,12 +57,12 @@ export interface RoomBenchOptions {
 }
 
 /** Requests waiting for their headers at once while streams open, as bench/client.ts allows. */
-const OPENING_AT_ONCE = 256;
+export const OPENING_AT_ONCE = 256;
 /** Time for start-up garbage, and then the opened streams, to settle before a memory reading. */
-const SETTLE_MS = 2000;
+export const SETTLE_MS = 2000;
 /** How long a POST's message may take to reach every subscriber before the rest count as lost. */
-const DELIVERY_DEADLINE_MS = 30_000;
-const BETWEEN_POSTS_MS = 1000;
+export const DELIVERY_DEADLINE_MS = 30_000;
+export const BETWEEN_POSTS_MS = 1000;
 /** How long the room sits quiet, every stream open and nothing posted, while the server's CPU is read. */
 const QUIET_WINDOW_MS = 5000;
 
