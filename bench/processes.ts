@@ -136,9 +136,22 @@ function serveParent() {
 // ─── Processes this one starts ───────────────────────────────────────────────
 
 const started = new Set<ChildProcess>();
-process.once("exit", () => {
+/** Drops the bench's database while it exists. */
+let dropDatabase: (() => Promise<void>) | undefined;
+
+function killStarted() {
+  // A primary killed this way leaves no worker behind: a worker whose primary is gone stops.
   for (const child of started) child.kill("SIGKILL");
-});
+}
+process.once("exit", killStarted);
+
+/** Ctrl-C: every process goes at once, the database after them. */
+async function interrupted(signal: string) {
+  console.error(`\n${signal}: stopping every process the bench started`);
+  killStarted();
+  await dropDatabase?.();
+  process.exit(130);
+}
 
 function track(child: ChildProcess): ChildProcess {
   started.add(child);
@@ -342,11 +355,13 @@ export async function runProcessesBench(options: ProcessesOptions, adminUrl: str
     let roomSkipped = "";
     if (adminUrl) {
       const database = await freshDatabase(adminUrl);
+      dropDatabase = database.drop;
       try {
         console.error(`processes: ${options.subscribers} room subscribers over ${WORKERS} workers and PostgreSQL, ${options.posts} POSTs`);
         room = await roomAcross(options, database.url, clients);
         console.error(`processes: delivery p99 ${room.deliveries.map((d) => ms(d.p99)).join(", ")}`);
       } finally {
+        dropDatabase = undefined;
         await database.drop();
       }
     } else {
@@ -436,6 +451,7 @@ async function main() {
     HELP,
   );
   if (flags.client) return serveParent();
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.once(signal, () => void interrupted(signal));
   const options: ProcessesOptions = {
     subscribers: wholeFlag("subscribers", flags.subscribers, CLIENTS),
     posts: wholeFlag("posts", flags.posts, 1),
