@@ -408,7 +408,7 @@ function roomLines(room: NonNullable<ProcessesReport["room"]>): string[] {
   const lost = room.deliveries.reduce((sum, d) => sum + d.lost, 0);
   const perWorker = (d: (typeof room.deliveries)[number]) => room.workers.map((pid) => ms(d.p99ByPid[pid] ?? NaN)).join(" · ");
   return [
-    `Room: ${count(room.live)} subscribers (${split}, as their presence events said; ${room.failed} failed to open), ${room.deliveries.length} POSTs a second apart. Delivery runs from the 201 the bench read to each subscriber's arrival, on one clock for all three processes (an arrival before the bench read the 201 counts 0); from sending the POST, it includes the POST's round trip, an upper bound.`,
+    `Room: ${count(room.live)} subscribers (${split}, as their presence events said; ${room.failed} failed to open), ${room.deliveries.length === 1 ? "one POST" : `${room.deliveries.length} POSTs a second apart`}. Delivery runs from the 201 the bench read to each subscriber's arrival, on one clock for all three processes (an arrival before the bench read the 201 counts 0); from sending the POST, it includes the POST's round trip, an upper bound.`,
     ``,
     `| POST | delivered | lost | had it before the 201 | from the 201: p50 | p99 | max | p99 per worker | POST round trip | from sending the POST: p99 · max |`,
     `|---|---|---|---|---|---|---|---|---|---|`,
