@@ -57,12 +57,12 @@ export interface RoomBenchOptions {
 }
 
 /** Requests waiting for their headers at once while streams open, as bench/client.ts allows. */
-const OPENING_AT_ONCE = 256;
+export const OPENING_AT_ONCE = 256;
 /** Time for start-up garbage, and then the opened streams, to settle before a memory reading. */
-const SETTLE_MS = 2000;
+export const SETTLE_MS = 2000;
 /** How long a POST's message may take to reach every subscriber before the rest count as lost. */
-const DELIVERY_DEADLINE_MS = 30_000;
-const BETWEEN_POSTS_MS = 1000;
+export const DELIVERY_DEADLINE_MS = 30_000;
+export const BETWEEN_POSTS_MS = 1000;
 /** How long the room sits quiet, every stream open and nothing posted, while the server's CPU is read. */
 const QUIET_WINDOW_MS = 5000;
 
@@ -96,7 +96,7 @@ async function stopServer(server: Server) {
   await new Promise((resolve) => server.child.once("exit", resolve));
 }
 
-function rssKB(pid: number): number {
+export function rssKB(pid: number): number {
   return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0);
 }
 
@@ -109,16 +109,18 @@ function cpuSeconds(pid: number): number {
 // ─── Streams ─────────────────────────────────────────────────────────────────
 
 /** A source address on 127.0.0.0/8 for the k-th connection, so ten thousand never run out of ports. */
-const sourceFor = (k: number) => `127.0.0.${2 + (k % 253)}`;
+export const sourceFor = (k: number) => `127.0.0.${2 + (k % 253)}`;
 
-/** One open SSE stream: when each message id arrived, and the last head count it was told. */
-class Stream {
+/** One open SSE stream: when each message id arrived, and the last head count it was told, by which process. */
+export class Stream {
   req?: http.ClientRequest;
   arrivals = new Map<number, number>();
   duplicates = 0;
   /** Messages of any kind read so far. */
   events = 0;
   tabs = 0;
+  /** The pid of the process serving this stream, from its presence events (bench/processes.ts counts them). */
+  pid = 0;
   failed = false;
   private buffer = "";
 
@@ -148,8 +150,8 @@ class Stream {
         if (this.arrivals.has(Number(id))) this.duplicates++;
         else this.arrivals.set(Number(id), now);
       }
-      const tabs = /^event: presence\ndata: \{"tabs":(\d+)[,}]/.exec(block)?.[1];
-      if (tabs !== undefined) this.tabs = Number(tabs);
+      const presence = /^event: presence\ndata: (.*)$/.exec(block)?.[1];
+      if (presence !== undefined) ({ tabs: this.tabs, pid: this.pid } = JSON.parse(presence) as { tabs: number; pid: number });
     }
   }
 
@@ -159,22 +161,22 @@ class Stream {
   }
 }
 
-/** Opens `count` streams, at most OPENING_AT_ONCE waiting for headers at a time. */
-async function openStreams(url: string, count: number): Promise<Stream[]> {
+/** Opens `count` streams, at most OPENING_AT_ONCE waiting for headers at a time; the first takes source address `firstIndex`. */
+export async function openStreams(url: string, count: number, firstIndex = 0): Promise<Stream[]> {
   const streams: Stream[] = [];
   let waiting = 0;
   while (streams.length < count) {
     while (waiting >= OPENING_AT_ONCE) await delay(1);
     waiting++;
-    streams.push(new Stream(url, streams.length, () => waiting--));
+    streams.push(new Stream(url, firstIndex + streams.length, () => waiting--));
   }
   while (waiting > 0) await delay(10);
   return streams;
 }
 
-const mean = (values: number[]) => values.reduce((sum, value) => sum + value, 0) / Math.max(1, values.length);
+export const mean = (values: number[]) => values.reduce((sum, value) => sum + value, 0) / Math.max(1, values.length);
 
-async function waitUntil(what: string, condition: () => boolean, ms: number) {
+export async function waitUntil(what: string, condition: () => boolean, ms: number) {
   const deadline = Date.now() + ms;
   while (!condition()) {
     if (Date.now() > deadline) throw new Error(`gave up waiting for ${what}`);
@@ -183,7 +185,7 @@ async function waitUntil(what: string, condition: () => boolean, ms: number) {
 }
 
 /** A POST to the room, resolved when its 201 has been read, with the message's id. */
-async function post(url: string, text: string): Promise<{ id: number; at: number }> {
+export async function post(url: string, text: string): Promise<{ id: number; at: number }> {
   const answer = await fetch(`${url}/room/messages`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },

@@ -18,7 +18,11 @@
  * aggregated view's latency on both servers, and the lateness of 200
  * countdowns beside it (ten calls of 1000 ms in a full-size run, of 100 ms
  * in a smaller one, so the tiny run stays tiny). Then lesson 3's room
- * (bench/room.ts) with --streams subscribers: push against poll. Last,
+ * (bench/room.ts) with --streams subscribers: push against poll. Then
+ * lesson 3's several processes (bench/processes.ts): twice --streams room
+ * subscribers on server.ts --workers 2 sharing one PostgreSQL (--database,
+ * else TEST_DATABASE_URL; left out with one line without either), and as many
+ * countdown streams over two workers. Last,
  * bench/ws.ts puts --streams subscribers on the room, over WebSocket and then
  * over SSE, and times one POST's delivery (lesson 4).
  *
@@ -45,6 +49,7 @@ import type { ClientReport } from "./client.ts";
 import type { SoakReport } from "./soak.ts";
 import { fanOutSection, type FanOutOptions, type FanOutReport } from "./fanout.ts";
 import { roomSection, type RoomReport } from "./room.ts";
+import { processesBroken, processesSection, type ProcessesReport } from "./processes.ts";
 import { freePort, runWsBench, wsBroken, wsSection, type WsBenchReport } from "./ws.ts";
 
 const BENCH = path.dirname(fileURLToPath(import.meta.url));
@@ -64,7 +69,8 @@ const HELP = `Usage: npm run bench -- [flags]
   --also FILE     Measures another server file too (may be repeated): a .ts file under tsx like server.ts, a .js or .mjs on plain Node.
   --only TEXT     Measures only the configurations whose label contains TEXT (may be repeated); skips the soak.
   --soak          Runs only the soak.
-  --fanout        Runs only lesson 2's fan-out measurements (bench/fanout.ts), full size.`;
+  --fanout        Runs only lesson 2's fan-out measurements (bench/fanout.ts), full size.
+  --database URL  A PostgreSQL for the room across processes (bench/processes.ts; default: env TEST_DATABASE_URL).`;
 
 const flags = readFlags({
   streams: { type: "string", default: "10000" },
@@ -78,6 +84,7 @@ const flags = readFlags({
   only: { type: "string", multiple: true, default: [] },
   soak: { type: "boolean", default: false },
   fanout: { type: "boolean", default: false },
+  database: { type: "string" },
   help: { type: "boolean", default: false },
 }, HELP);
 
@@ -409,6 +416,12 @@ function runRoom(): Promise<RoomReport> {
 /** Two polling periods at least, so every tab asks more than once. */
 const ROOM_POLL_SECONDS_MIN = 10;
 
+/** Lesson 3 across processes: twice as many subscribers, half on each of two workers (bench/processes.ts). */
+function runProcesses(): Promise<ProcessesReport> {
+  const args = ["--subscribers", String(STREAMS * 2), "--seconds", String(SECONDS), "--interval", String(INTERVAL)];
+  return runJson("the processes bench", [...TSX, path.join(BENCH, "processes.ts"), ...args, ...(flags.database ? ["--database", flags.database] : [])]);
+}
+
 function runSoak(): Promise<SoakReport> {
   return runJson("the soak", ["--expose-gc", ...TSX, path.join(BENCH, "soak.ts"), "--cycles", String(CYCLES)]);
 }
@@ -687,6 +700,12 @@ async function main(): Promise<number> {
     room = await runRoom();
     sections.push(roomSection(room));
   }
+  let processes: ProcessesReport | undefined;
+  if (!flags.only.length) {
+    console.error(`processes: ${count(STREAMS * 2)} room subscribers and ${count(STREAMS * 2)} countdowns over server.ts --workers 2`);
+    processes = await runProcesses();
+    sections.push(processesSection(processes));
+  }
   // Lesson 4: the room over WebSocket and SSE, as many subscribers of each as there were streams.
   let sockets: WsBenchReport | undefined;
   if (!flags.only.length) {
@@ -703,9 +722,11 @@ async function main(): Promise<number> {
   if (soak && !soak.matches) console.error(`soak: ${soak.verdict}`);
   const roomBroken = room && (room.pushed.duplicates > 0 || room.pushed.deliveries.some((delivery) => delivery.lost > 0));
   if (roomBroken) console.error("room: a subscriber lost a message or got one twice");
+  const processesLost = processes !== undefined && processesBroken(processes);
+  if (processesLost) console.error("several processes: a message or a countdown event was lost or duplicated (see the table)");
   const socketsBroken = sockets !== undefined && wsBroken(sockets);
   if (socketsBroken) console.error("room over WebSocket: a message was lost or duplicated (see the table)");
-  return asyncBroken.length || (soak && !soak.matches) || roomBroken || socketsBroken ? 1 : 0;
+  return asyncBroken.length || (soak && !soak.matches) || roomBroken || processesLost || socketsBroken ? 1 : 0;
 }
 
 try {
