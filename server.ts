@@ -1718,10 +1718,14 @@ function hearPresenterLines(toasts: Toasts): void {
 // in-memory hub, so a message posted to one worker reaches only that worker's
 // tabs, until --database puts them all on one PostgreSQL.
 
+/** How long the primary gives its workers to stop (each has its own grace) before it kills them. */
+const WORKERS_STOP_MS = SHUTDOWN_GRACE_MS * 1.5;
+
 /**
  * The primary of `--workers N` serves nothing itself. It forks N workers,
- * prints the banner once the first one listens (on port 0 it learns the port then), replaces any worker that dies,
- * and on Ctrl-C asks each to stop and waits for them, never longer than the grace.
+ * prints the banner once the first one listens (on port 0 it learns the port
+ * only then), replaces any worker that dies, and on Ctrl-C asks each to stop
+ * and waits for them, never longer than WORKERS_STOP_MS.
  */
 export async function superviseWorkers(count: number, host: string, port: number, databaseUrl: string): Promise<void> {
   // Try the address and the database once here, so a busy port or a database that is down is one sentence, not one per worker.
@@ -1774,7 +1778,7 @@ export async function superviseWorkers(count: number, host: string, port: number
     setTimeout(() => {
       for (const worker of alive()) worker.process.kill("SIGKILL");
       process.exit(0);
-    }, SHUTDOWN_GRACE_MS + SHUTDOWN_GRACE_MS / 2).unref();
+    }, WORKERS_STOP_MS).unref();
     // A second Ctrl-C means "now".
     process.once("SIGINT", () => {
       for (const worker of alive()) worker.process.kill("SIGKILL");
