@@ -4,6 +4,8 @@
  * room, until --database puts the room in PostgreSQL for all of them.
  */
 
+import net from "node:net";
+import { once } from "node:events";
 import { setTimeout as delay } from "node:timers/promises";
 import * as assert from "uvu/assert";
 import postgres from "postgres";
@@ -159,6 +161,52 @@ lesson("workers without a database: each process has a room of its own", (test) 
   });
 });
 
+/**
+ * A TCP relay on loopback in front of PostgreSQL. `cut()` closes it and every
+ * connection through it, so for a server that reaches the database through
+ * the relay, the database is down (its connections refused); `open()` on the
+ * same port brings it back.
+ */
+class DatabaseRelay {
+  port = 0;
+  private listener: net.Server | undefined;
+  private sockets = new Set<net.Socket>();
+  private target: URL;
+
+  constructor(databaseUrl: string) {
+    this.target = new URL(databaseUrl);
+  }
+
+  /** The database URL as seen through the relay. */
+  get url(): string {
+    const through = new URL(this.target);
+    through.hostname = "127.0.0.1";
+    through.port = String(this.port);
+    return through.href;
+  }
+
+  async open(): Promise<void> {
+    this.listener = net.createServer((client) => {
+      const upstream = net.connect(Number(this.target.port || 5432), this.target.hostname);
+      for (const socket of [client, upstream]) {
+        this.sockets.add(socket);
+        socket.on("error", () => {});
+        socket.on("close", () => this.sockets.delete(socket));
+      }
+      client.pipe(upstream).pipe(client);
+    });
+    this.listener.listen(this.port, "127.0.0.1");
+    await within("the relay to listen", once(this.listener, "listening"));
+    this.port = (this.listener.address() as net.AddressInfo).port;
+  }
+
+  async cut(): Promise<void> {
+    const closed = new Promise((resolve) => this.listener?.close(resolve));
+    for (const socket of this.sockets) socket.destroy();
+    await within("the relay to close", closed);
+  }
+}
+
 databaseLesson("database: one room across processes through PostgreSQL", (test, database) => {
   const children: Child[] = [];
   const clients: SseClient[] = [];
@@ -242,6 +290,46 @@ databaseLesson("database: one room across processes through PostgreSQL", (test, 
     }
     assert.match(child.output, /hub: lost the database connection/);
     assert.not.ok(child.output.includes(new URL(databaseUrl).password), "no line shows the password");
+  });
+
+  test("while the database is down: countdowns go on, a POST gets 503, and afterwards every message arrives once, in order", async () => {
+    const databaseUrl = await database();
+    const relay = new DatabaseRelay(databaseUrl);
+    await relay.open();
+    try {
+      const cutOff = run(["--database", relay.url]);
+      const url = await started(cutOff);
+      // Another process on the same database, reached directly: it keeps posting while the first one's database is down.
+      const other = run(["--database", databaseUrl]);
+      const otherUrl = await started(other);
+      const stream = new SseClient(`${url}room/stream`);
+      clients.push(stream);
+      await stream.next("presence");
+      await postMessage(url, "before");
+      await stream.next("message");
+
+      await relay.cut();
+      await cutOff.waitFor(/hub: lost the database connection/);
+      const refused = await request(`${url}room/messages`, { method: "POST", headers: { "Content-Type": "application/json" } }, JSON.stringify({ name: "ada", text: "refused" }));
+      assert.is(refused.status, 503);
+      assert.is(refused.body, "The database is not answering right now; try again in a moment.\n");
+      const countdown = new SseClient(`${url}sse/?from=2&interval=10`);
+      clients.push(countdown);
+      assert.is(await within("the countdown to end", countdown.ended), true, "a countdown needs no database");
+      assert.equal(countdown.numbers, [2, 1, 0]);
+      await postMessage(otherUrl, "while down");
+
+      await relay.open();
+      await cutOff.waitFor(/hub: listening again after [\d.]+ s; caught up from the table/, BOOT_DEADLINE_MS);
+      // Its NOTIFY went to nobody here: the message comes from the table, before anything else is posted.
+      await until("the message posted while the database was down", () => texts(stream).includes("while down"));
+      await postMessage(url, "after");
+      await until("the stream to get all three", () => texts(stream).length >= 3, BOOT_DEADLINE_MS);
+      assert.equal(texts(stream), ["before", "while down", "after"]);
+      assert.equal(stream.messages.filter((m) => m.event === "message").map((m) => m.id), ["1", "2", "3"]);
+    } finally {
+      await relay.cut();
+    }
   });
 
   test("a database that cannot be used is one sentence and exit code 1", async () => {
