@@ -48,6 +48,7 @@ import {
   clientName,
   countdownEvent,
   DEFAULT_HOST,
+  DEFAULT_WORKERS,
   exitWith,
   flagNumber,
   HEARTBEAT,
@@ -72,6 +73,7 @@ import {
   SSE_HEADERS,
   taskUrls,
   urlsFor,
+  WORKERS_RANGE,
   type Handler,
   type Routes,
   type ServerState,
@@ -81,8 +83,6 @@ import {
 
 /** One more than server.ts's port, so both servers run side by side. */
 export const DEFAULT_PORT = 8001;
-export const DEFAULT_WORKERS = 1;
-export const WORKERS_RANGE = { min: 1, max: 64 };
 /** gunicorn's default: a worker silent this many seconds is stuck, and gets killed. */
 export const DEFAULT_TIMEOUT_S = 30;
 export const TIMEOUT_RANGE_S = { min: 0.1, max: 86_400 };

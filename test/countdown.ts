@@ -15,7 +15,6 @@ import {
   createCountdownServer,
   drainOrClose,
   formatEvent,
-  listen,
   PAGE,
   serverEvent,
   withToasts,

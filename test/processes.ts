@@ -24,6 +24,7 @@ import {
   within,
   type BadFlags,
 } from "./helpers.ts";
+import { NOTIFY_MAX_BYTES, PostgresHub } from "../server.ts";
 
 /** The pids of the workers that began serving so far, in order. */
 function startedWorkers(child: Child): number[] {
@@ -329,6 +330,27 @@ databaseLesson("database: one room across processes through PostgreSQL", (test, 
       assert.equal(stream.messages.filter((m) => m.event === "message").map((m) => m.id), ["1", "2", "3"]);
     } finally {
       await relay.cut();
+    }
+  });
+
+  test("an event too large for a NOTIFY is announced by its id, and every process reads it whole from the table", async () => {
+    const databaseUrl = await database();
+    // Two hubs on one database, as two processes have.
+    const publisher = await PostgresHub.open(databaseUrl, () => {});
+    const listener = await PostgresHub.open(databaseUrl, () => {});
+    const left = new AbortController();
+    try {
+      const events = listener.subscribe("room:large", { signal: left.signal });
+      const first = events.next();
+      await until("the listener to subscribe", () => listener.subscribers("room:large") === 1);
+      const text = "x".repeat(2 * NOTIFY_MAX_BYTES);
+      const published = await publisher.publish("room:large", "message", { text });
+      const { value } = await within("the large event", first);
+      assert.equal(value, published, "the same event, data and all");
+    } finally {
+      left.abort();
+      await publisher.close();
+      await listener.close();
     }
   });
 
