@@ -15,7 +15,9 @@ import * as assert from "uvu/assert";
 import type { Browser, BrowserContext, Page } from "playwright-core";
 import postgres from "postgres";
 import { chromiumMissing, launchChromium } from "../bench/chromium.ts";
-import { createCountdownServer, listen, type CountdownServer, type Hub, type ServerOptions } from "../server.ts";
+import { createApp, install, listen, type App, type AppOptions, type Lesson } from "../server.ts";
+import { LESSONS } from "../lessons/index.ts";
+import { chooseHub, type Hub } from "../lessons/hub.ts";
 
 // ─── Helpers ─────────────────────────────────────────────────────────────────
 
@@ -166,23 +168,40 @@ export class SseClient {
   }
 }
 
-/** A countdown server in this process, on an ephemeral loopback port, its log kept in `lines`. */
-export async function startServer(options: ServerOptions = {}) {
-  const lines: string[] = [];
-  const server: CountdownServer = createCountdownServer({ log: (line) => lines.push(line), ...options });
-  server.listen(0, "127.0.0.1");
-  await within("the server to listen", once(server, "listening"));
-  const { port } = server.address() as net.AddressInfo;
-  return { server, lines, url: `http://127.0.0.1:${port}` };
+/** What a test's server is made of: the app's options, which lessons, and a hub to keep. */
+export interface TestServerOptions extends AppOptions {
+  /** The lessons to install: every one by default; lesson 1's suite installs none. */
+  lessons?: readonly Lesson[];
+  /** The hub, when a test keeps one (across a restart, or a PostgresHub). */
+  hub?: Hub;
 }
 
-/** Stops a server started by startServer, cutting whatever is still open. */
-export async function stopServer(server: http.Server | undefined) {
-  if (!server?.listening) return;
-  server.closeAllConnections();
-  // A WebSocket is no longer the HTTP server's connection: it is closed on its own.
-  (server as Partial<CountdownServer>).notifications?.closeAll();
-  await within("the server to close", new Promise((resolve) => server.close(resolve)));
+/** An app with its lessons installed, as start-up makes it, its log kept in `lines`. */
+export async function createTestApp(options: TestServerOptions = {}, lines: string[] = []) {
+  const app = createApp({ log: (line) => lines.push(line), ...options });
+  if (options.hub) chooseHub(app, options.hub);
+  return install(app, options.lessons ?? LESSONS);
+}
+
+/** A countdown server in this process, on an ephemeral loopback port, its log kept in `lines`. */
+export async function startServer(options: TestServerOptions = {}) {
+  const lines: string[] = [];
+  const app = await createTestApp(options, lines);
+  app.server.listen(0, "127.0.0.1");
+  await within("the server to listen", once(app.server, "listening"));
+  const { port } = app.server.address() as net.AddressInfo;
+  return { app, lines, url: `http://127.0.0.1:${port}` };
+}
+
+/**
+ * Stops a server started by startServer, cutting whatever is still open. A
+ * WebSocket is no longer the HTTP server's connection: the app's stop ends it.
+ */
+export async function stopServer(app: App | undefined) {
+  if (!app?.server.listening) return;
+  app.server.closeAllConnections();
+  app.endStreams();
+  await within("the server to close", new Promise((resolve) => app.server.close(resolve)));
 }
 
 /** How many timers and sockets this process holds: the leak detector of the cleanup tests. */
@@ -558,7 +577,7 @@ export function browserLesson(name: string, build: (test: Test, browser: () => B
 
 /** A countdown server in this process, on both loopback addresses like `npm start`, so *.localhost names reach it. */
 export interface LoopbackServer {
-  server: CountdownServer;
+  app: App;
   listeners: net.Server[];
   lines: string[];
   port: number;
@@ -567,9 +586,9 @@ export interface LoopbackServer {
 /** Starts one; `hub`, when given, is kept from a server before it, as --database keeps the room across a restart. */
 export async function startLoopbackServer(port = 0, hub?: Hub): Promise<LoopbackServer> {
   const lines: string[] = [];
-  const server = createCountdownServer({ log: (line) => lines.push(line), hub });
-  const listeners = await within("the server to listen", listen(server, "localhost", port));
-  return { server, listeners, lines, port: (server.address() as net.AddressInfo).port };
+  const app = await createTestApp({ hub }, lines);
+  const listeners = await within("the server to listen", listen(app.server, "localhost", port));
+  return { app, listeners, lines, port: (app.server.address() as net.AddressInfo).port };
 }
 
 export function closeListener(listener: net.Server): Promise<void> {
@@ -579,8 +598,8 @@ export function closeListener(listener: net.Server): Promise<void> {
 /** For `after`: cuts whatever is still open and closes every listener. */
 export async function stopLoopbackServer(running: LoopbackServer | undefined) {
   if (!running) return;
-  running.server.closeAllConnections();
-  running.server.notifications.closeAll();
+  running.app.server.closeAllConnections();
+  running.app.endStreams();
   await within("the server to close", Promise.all(running.listeners.map(closeListener)));
 }
 
@@ -590,9 +609,9 @@ export async function stopLoopbackServer(running: LoopbackServer | undefined) {
  */
 export async function restartLoopbackServer(running: LoopbackServer, hub?: Hub): Promise<LoopbackServer> {
   const closed = Promise.all(running.listeners.map(closeListener));
-  running.server.endStreams();
-  await until("the ended streams to close", () => running.server.streams.size === 0);
-  running.server.closeIdleConnections();
+  running.app.endStreams();
+  await until("the ended streams to close", () => running.app.streams.size === 0);
+  running.app.server.closeIdleConnections();
   await within("the old server to close", closed);
   return startLoopbackServer(running.port, hub);
 }
