@@ -15,10 +15,9 @@
  *   - press Ctrl-C and start the server again: open tabs carry on where they were;
  *   - http://localhost:8000/?from=10&interval=200 makes a short, fast countdown.
  *
- * The later lessons (fan-out, the room, toasts, several processes, WebSockets,
- * the wall) live in lessons/, one file each, in reading order; lessons/index.ts
- * lists them. When lessons/ is beside this file, start-up installs them through
- * the seam below ("The seam"); copied alone, this file serves lesson 1 only.
+ * The later lessons live in lessons/, one file each; lessons/index.ts lists them
+ * in reading order. Start-up installs them through the seam (see "The server")
+ * when that folder is beside this file; copied alone, this serves lesson 1 only.
  */
 
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
@@ -33,16 +32,13 @@ import { parseArgs, type ParseArgsConfig } from "node:util";
 export const DEFAULT_PORT = 8000;
 /** "localhost" means both loopback addresses, 127.0.0.1 and ::1 (see listen()). */
 export const DEFAULT_HOST = "localhost";
-
-/** Where a countdown starts and how long a tick lasts, unless ?from= and ?interval= say otherwise. */
+/** Where a countdown starts and how long a tick lasts, unless ?from= and ?interval= say. */
 export const COUNTDOWN_FROM = 100;
 export const TICK_INTERVAL_MS = 1000;
 export const FROM_RANGE = { min: 0, max: 100_000 };
 export const INTERVAL_RANGE = { min: 10, max: 60_000 };
-
 /** A stream that has been silent this long gets a comment line, so proxies do not drop it. */
 export const HEARTBEAT_MS = 15_000;
-
 /** On Ctrl-C, how long open connections get to close before the process exits anyway. */
 export const SHUTDOWN_GRACE_MS = 1000;
 
@@ -59,12 +55,8 @@ export const SHUTDOWN_GRACE_MS = 1000;
  * When the client hangs up, the sleep in progress ends at once, the generator
  * returns, and its `finally` leaves no timer or listener behind.
  */
-export async function* countdown(
-  from: number,
-  interval: number,
-  res: ServerResponse,
-  heartbeat = HEARTBEAT_MS,
-) {
+export async function* countdown(from: number, interval: number, res: ServerResponse,
+  heartbeat = HEARTBEAT_MS) {
   // One "close" listener for the whole stream, one timer per sleep: the leanest
   // bookkeeping that still stops a countdown the moment its client leaves.
   let timer: NodeJS.Timeout | undefined;
@@ -135,9 +127,8 @@ export function serverEvent(pid: number, streams: number, rss: number): string {
  * the wall (a later lesson) opens each tile's stream on a host name of its
  * own. Only the stream says so; no other route does.
  */
-export function allowEveryOrigin(res: ServerResponse): void {
-  res.setHeader("Access-Control-Allow-Origin", "*");
-}
+export const allowEveryOrigin = (res: ServerResponse) =>
+  void res.setHeader("Access-Control-Allow-Origin", "*");
 
 /** A line starting with ":" is a comment: EventSource ignores it, proxies see traffic. */
 export const HEARTBEAT = ": still counting\n\n";
@@ -175,16 +166,10 @@ export const PAGE = `<!doctype html>
   one open. So each new tab gets a name of its own (tab2.localhost, tab3.localhost, ...):
   all of them lead back to this server.</small></p>
 <script type="module">
-  const countdown = document.getElementById("countdown");
-  const state = document.getElementById("state");
-  const server = document.getElementById("server");
-  const another = document.getElementById("another");
+  const [countdown, state, server, another] =
+    ["countdown", "state", "server", "another"].map((id) => document.getElementById(id));
   const BYTES_PER_MB = 1024 * 1024;
-
-  function show(name) {
-    state.dataset.state = name;
-    state.textContent = name;
-  }
+  const show = (name) => { state.dataset.state = name; state.textContent = name; };
 
   const source = new EventSource("/sse/" + location.search);
   source.onopen = () => show("streaming");
@@ -195,10 +180,7 @@ export const PAGE = `<!doctype html>
   source.addEventListener("i", (event) => {
     const { i } = JSON.parse(event.data);
     countdown.textContent = i > 0 ? i : "Blastoff!";
-    if (i === 0) {
-      source.close();
-      show("finished");
-    }
+    if (i === 0) { source.close(); show("finished"); }
   });
 
   // "Open another tab" goes to a fresh *.localhost name, which browsers resolve
@@ -206,9 +188,8 @@ export const PAGE = `<!doctype html>
   const onLoopback = /(^|\\.)localhost$|^127\\.|^\\[::1\\]$/.test(location.hostname);
   let nextTab = Number(/^tab(\\d+)\\./.exec(location.hostname)?.[1] ?? 1) + 1;
   function updateLink() {
-    const port = location.port ? ":" + location.port : "";
-    another.href =
-      location.protocol + "//tab" + nextTab + ".localhost" + port + "/" + location.search;
+    const host = "tab" + nextTab + ".localhost" + (location.port ? ":" + location.port : "");
+    another.href = location.protocol + "//" + host + "/" + location.search;
     another.textContent = "Open another tab (tab" + nextTab + ".localhost)";
   }
   if (onLoopback) {
@@ -234,12 +215,8 @@ export const PAGE = `<!doctype html>
 // ─── Handlers ────────────────────────────────────────────────────────────────
 
 /** A handler gets the request, the response, the parsed URL, and the app it serves in. */
-export type Handler = (
-  req: IncomingMessage,
-  res: ServerResponse,
-  url: URL,
-  app: App,
-) => void | Promise<void>;
+export type Handler = (req: IncomingMessage, res: ServerResponse, url: URL, app: App) =>
+  void | Promise<void>;
 
 /** An answer of one sentence: a user's mistake (4xx), or a failed call to elsewhere (5xx). */
 export class RequestError extends Error {
@@ -251,12 +228,10 @@ export class RequestError extends Error {
 }
 
 /** Parses a whole number within bounds, or throws a 400 naming the parameter and its range. */
-export function wholeNumber(name: string, text: string, range: { min: number; max: number }) {
+export function wholeNumber(name: string, text: string, { min, max }: typeof FROM_RANGE) {
   const value = /^\d{1,15}$/.test(text) ? Number(text) : NaN;
-  if (!(value >= range.min && value <= range.max)) {
-    throw new RequestError(400, `${name} must be a whole number from ${range.min} to ${range.max}.`);
-  }
-  return value;
+  if (value >= min && value <= max) return value;
+  throw new RequestError(400, `${name} must be a whole number from ${min} to ${max}.`);
 }
 
 /**
@@ -265,24 +240,21 @@ export function wholeNumber(name: string, text: string, range: { min: number; ma
  * next number. `from` is -1 when the countdown already reached 0.
  */
 export function readCountdownOptions(req: IncomingMessage, url: URL) {
-  const fromParam = url.searchParams.get("from");
-  const intervalParam = url.searchParams.get("interval");
-  let from = fromParam === null ? COUNTDOWN_FROM : wholeNumber("from", fromParam, FROM_RANGE);
-  const interval =
-    intervalParam === null ? TICK_INTERVAL_MS : wholeNumber("interval", intervalParam, INTERVAL_RANGE);
+  const read = (name: string, fallback: number, range: typeof FROM_RANGE) => {
+    const text = url.searchParams.get(name);
+    return text === null ? fallback : wholeNumber(name, text, range);
+  };
   const lastEventId = req.headers["last-event-id"];
-  if (typeof lastEventId === "string" && lastEventId !== "") {
-    from = wholeNumber("Last-Event-ID", lastEventId, FROM_RANGE) - 1;
-  }
-  return { from, interval };
+  const from = typeof lastEventId === "string" && lastEventId !== ""
+    ? wholeNumber("Last-Event-ID", lastEventId, FROM_RANGE) - 1
+    : read("from", COUNTDOWN_FROM, FROM_RANGE);
+  return { from, interval: read("interval", TICK_INTERVAL_MS, INTERVAL_RANGE) };
 }
 
-/** Sends a fixed page: lesson 1's, and every later lesson's pages from pages/. */
+/** Sends a fixed page: lesson 1's, and the later lessons' pages from pages/. */
 export function sendPage(res: ServerResponse, page: string | Buffer, type = "text/html") {
-  res.writeHead(200, {
-    "Content-Type": `${type}; charset=utf-8`,
-    "Content-Length": Buffer.byteLength(page),
-  });
+  const length = Buffer.byteLength(page);
+  res.writeHead(200, { "Content-Type": `${type}; charset=utf-8`, "Content-Length": length });
   res.end(page);
 }
 
@@ -295,32 +267,28 @@ export const servePage: Handler = (req, res, url) => {
 const serveCountdown: Handler = async (req, res, url, { streams, log, quiet, heartbeat }) => {
   allowEveryOrigin(res);
   const { from, interval } = readCountdownOptions(req, url);
-  if (from < 0) {
-    // The browser saw event 0 already; 204 is how SSE says "do not reconnect".
-    res.writeHead(204).end();
-    return;
-  }
+  // The browser saw event 0 already; 204 is how SSE says "do not reconnect".
+  if (from < 0) return void res.writeHead(204).end();
   res.writeHead(200, SSE_HEADERS);
   res.flushHeaders(); // so the browser's `open` fires now, not with the first tick
   streams.add(res);
   const client = clientName(req.socket);
   if (!quiet) log(`stream opened for ${client}, counting from ${from} (${streams.size} open)`);
-
   let eventsSent = 0;
-  let streamsReported = 0;
+  let streamsTold = 0;
   try {
     for await (const message of countdown(from, interval, res, heartbeat)) {
-      // Piggyback on this tick: how many streams the process holds, in how much memory,
-      // when that changed.
-      const rss = process.memoryUsage.rss();
-      const status = streams.size === streamsReported ? "" : serverEvent(process.pid, streams.size, rss);
-      streamsReported = streams.size;
+      // Piggybacked on a tick, when the figure changed: how many streams this process
+      // holds, and in how much memory.
+      const news = streams.size === streamsTold ? ""
+        : serverEvent(process.pid, (streamsTold = streams.size), process.memoryUsage.rss());
       if (message !== HEARTBEAT) eventsSent++;
       // A slow reader: wait until the socket drains (or closes) rather than buffer without bound.
-      if (!res.write(status + message)) await drainOrClose(res);
+      if (!res.write(news + message)) await drainOrClose(res);
     }
   } finally {
-    const why = res.writableEnded ? "the server is stopping" : res.destroyed ? "the client left" : "blastoff";
+    const why = res.writableEnded ? "the server is stopping"
+      : res.destroyed ? "the client left" : "blastoff";
     streams.delete(res);
     if (!res.destroyed) res.end();
     if (!quiet) log(`stream closed after ${eventsSent} events: ${why} (${streams.size} open)`);
@@ -328,31 +296,26 @@ const serveCountdown: Handler = async (req, res, url, { streams, log, quiet, hea
 };
 
 /** An address as a URL or a log shows it: 127.0.0.1, [::1]. */
-export function bracketed(address: string): string {
-  return address.includes(":") ? `[${address}]` : address;
-}
+export const bracketed = (address: string) => (address.includes(":") ? `[${address}]` : address);
 
 /** The client's address and port as a log shows them: 127.0.0.1:51712, [::1]:51712. */
-export function clientName({ remoteAddress = "?", remotePort }: net.Socket): string {
-  return `${bracketed(remoteAddress)}:${remotePort}`;
-}
+export const clientName = ({ remoteAddress = "?", remotePort }: net.Socket) =>
+  `${bracketed(remoteAddress)}:${remotePort}`;
 
 /** Resolves when the response can take more data again, or when it closed: never hangs. */
 export function drainOrClose(res: ServerResponse): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
-      res.off("drain", done);
-      res.off("close", done);
+      res.off("drain", done).off("close", done);
       resolve();
     };
-    res.on("drain", done);
-    res.on("close", done);
+    res.on("drain", done).on("close", done);
   });
 }
 
 // ─── Routing ─────────────────────────────────────────────────────────────────
 //
-// A path maps to its methods. A later lesson adds its own paths (see "The seam").
+// A path maps to its methods. A later lesson adds its own paths (see "The server").
 
 export type Routes = Record<string, Partial<Record<string, Handler>>>;
 
@@ -362,16 +325,13 @@ export const ROUTES: Routes = {
 };
 
 /** The route for a path: its own line, else a line with a :placeholder for one segment. */
-function findRoute(routes: Routes, pathname: string): Routes[string] | undefined {
-  if (routes[pathname]) return routes[pathname];
-  const segments = pathname.split("/");
+function findRoute(routes: Routes, path: string): Routes[string] | undefined {
+  const segments = path.split("/");
   const fits = (part: string, k: number) =>
     part === segments[k] || (part.startsWith(":") && segments[k] !== "");
-  for (const [pattern, methods] of Object.entries(routes)) {
-    const parts = pattern.split("/");
-    if (parts.length === segments.length && parts.every(fits)) return methods;
-  }
-  return undefined;
+  const matches = ([pattern]: [string, unknown]) =>
+    pattern.split("/").length === segments.length && pattern.split("/").every(fits);
+  return routes[path] ?? Object.entries(routes).find(matches)?.[1];
 }
 
 /**
@@ -383,17 +343,19 @@ function router(app: App, wrappers: PageWrapper[], notHere: string): http.Reques
   return async (req, res) => {
     try {
       const url = readTarget(req.url ?? "");
-      const methods = findRoute(app.routes, url.pathname);
-      const readOnly = req.method === "GET" || req.method === "HEAD";
-      if (!methods && readOnly && findRoute(app.routes, `${url.pathname}/`)) {
-        return redirect(res, `${url.pathname}/${url.search}`);
+      const { pathname: path, search } = url;
+      const methods = findRoute(app.routes, path);
+      const reading = req.method === "GET" || req.method === "HEAD";
+      if (!methods && reading && findRoute(app.routes, `${path}/`)) {
+        // 308, not 301: the browser repeats the method, and no cache keeps it forever.
+        res.writeHead(308, { Location: `${path}/${search}`, ...PLAIN_TEXT });
+        return void res.end(`This page is at ${path}/${search}\n`);
       }
-      if (!methods) throw new RequestError(404, `Nothing here at ${url.pathname}; ${notHere}.`);
+      if (!methods) throw new RequestError(404, `Nothing here at ${path}; ${notHere}.`);
       const handler = methods[req.method ?? "GET"];
       if (!handler) {
         res.setHeader("Allow", Object.keys(methods).join(", "));
-        const allowed = Object.keys(methods).join(" and ");
-        throw new RequestError(405, `${url.pathname} answers ${allowed} only.`);
+        throw new RequestError(405, `${path} answers ${Object.keys(methods).join(" and ")} only.`);
       }
       for (const wrap of wrappers) wrap(req, res);
       await handler(req, res, url, app);
@@ -403,17 +365,19 @@ function router(app: App, wrappers: PageWrapper[], notHere: string): http.Reques
       // A failed call is news for whoever runs the server; a user's 4xx is not.
       if (!known) app.log(`error: ${error instanceof Error ? error.message : String(error)}`);
       else if (error.status >= 500) app.log(error.message);
-      res.writeHead(known ? error.status : 500, { "Content-Type": "text/plain; charset=utf-8" });
+      res.writeHead(known ? error.status : 500, PLAIN_TEXT);
       res.end(known ? `${error.message}\n` : "Something went wrong on the server.\n");
     }
   };
 }
 
+const PLAIN_TEXT = { "Content-Type": "text/plain; charset=utf-8" };
+
 /**
  * The request target as a URL of this server. A target that starts with "/"
  * is a path, even "//sse/": read as a URL on its own, that one would name the
- * host "sse" and reach another route. A full URL (absolute-form, which HTTP/1.1
- * servers must accept) keeps its own path.
+ * host "sse". A full URL (absolute-form, which HTTP/1.1 servers must accept)
+ * keeps its own path.
  */
 function readTarget(target: string): URL {
   const path = `http://localhost${target}`;
@@ -422,41 +386,31 @@ function readTarget(target: string): URL {
   throw new RequestError(400, "The request target is not a path this server can read.");
 }
 
-/** 308, not 301: the browser repeats the same method, and no cache keeps the answer forever. */
-function redirect(res: ServerResponse, location: string) {
-  res.writeHead(308, { Location: location, "Content-Type": "text/plain; charset=utf-8" });
-  res.end(`This page is at ${location}\n`);
-}
-
-// ─── The seam: how a later lesson takes part ─────────────────────────────────
+// ─── The server, and the seam for the later lessons ─────────────────────────
 //
-// Lesson 1 knows no later lesson. Each one (lessons/*.ts) is a `Lesson`: it may
-// add flags, decide how the process starts, add banner lines, and install
-// itself into an `App`: add routes, wrap every page, take upgrades on the
-// server, and take its share of stopping. It keeps its own state.
+// Lesson 1 knows no later lesson. Each one (lessons/*.ts) is a `Lesson` that
+// may add flags, banner lines and its own way to start, and installs itself
+// into the `App`: it adds routes, may wrap every page, may take upgrades on
+// `app.server`, and takes its share of stopping. It keeps its own state.
 
 /** Rewrites a response before its handler runs (the toasts put their script into pages). */
 export type PageWrapper = (req: IncomingMessage, res: ServerResponse) => void;
-
 /** Every flag's value, after parseArgs: lesson 1's and each lesson's own. */
 export type FlagValues = Record<string, string | boolean | undefined>;
 
 export interface App {
   readonly server: http.Server;
-  /** Lesson 1's routes; a lesson adds its paths here. */
-  readonly routes: Routes;
-  /** The command line's flags (a test passes its own). */
-  readonly flags: FlagValues;
-  /** Every countdown being streamed right now: lesson 1's own state. */
-  readonly streams: Set<ServerResponse>;
+  readonly routes: Routes; // lesson 1's; a lesson adds its paths
+  readonly flags: FlagValues; // from the command line, or a test's
+  readonly streams: Set<ServerResponse>; // every countdown streamed now: lesson 1's own state
   readonly log: (line: string) => void;
   readonly quiet: boolean;
   readonly heartbeat: number;
   /** Runs `wrap` on every response of a known route, before its handler. */
   wrapPages(wrap: PageWrapper): void;
-  /** On stop: ends what the lesson holds open; may name it ("2 WebSockets") for the log. */
+  /** On stop: ends what a lesson holds open, and names it ("2 WebSockets") when it ended any. */
   onStop(stop: () => string | void): void;
-  /** Ends every open stream cleanly, and every lesson's share; browsers reconnect and resume. */
+  /** Ends every open stream cleanly, lessons' too; browsers reconnect and resume. */
   endStreams(): string[];
 }
 
@@ -465,37 +419,27 @@ export interface Startup {
   flags: FlagValues;
   host: string;
   port: number;
-  /** Prints the banner: lesson 1's lines, then every lesson's, under this headline. */
+  /** Prints the banner (lesson 1's lines, then every lesson's) under this headline. */
   printBanner(port: number, who: string): void;
 }
 
 export interface Lesson {
-  /** Its flags, as util.parseArgs takes them, and their lines for --help. */
-  flags?: NonNullable<ParseArgsConfig["options"]>;
-  help?: string;
-  /** Lines for the banner, under lesson 1's; `url` is where the server listens. */
+  flags?: FlagOptions; // as util.parseArgs takes them
+  help?: string; // their lines for --help
   banner?(url: string, flags: FlagValues): string[];
-  /**
-   * Before this process serves: "taken over" when the lesson runs it its own way,
-   * "serve quietly" when it serves but another process prints the banner.
-   */
+  /** "taken over": the lesson runs this process its own way; "serve quietly": no banner. */
   start?(startup: Startup): Promise<"taken over" | "serve quietly" | undefined>;
-  /** Adds the lesson to one app. */
   install(app: App): void | Promise<void>;
+  /** Once the app listens, in a process started from the command line (never in a test). */
+  listening?(app: App): void;
 }
 
-// ─── The server ──────────────────────────────────────────────────────────────
-
 export interface AppOptions {
-  /** Leave out the per-stream log lines. */
-  quiet?: boolean;
-  /** Where log lines go (tests collect them). */
-  log?: (line: string) => void;
-  /** Milliseconds of silence before a comment line; tests shorten it. */
-  heartbeat?: number;
+  quiet?: boolean; // no line per stream opened and closed
+  log?: (line: string) => void; // tests collect the lines
+  heartbeat?: number; // milliseconds of silence before a comment line; tests shorten it
   flags?: FlagValues;
-  /** Whether lessons/ is beside this file: the 404 sentence says where they are. */
-  lessonsHere?: boolean;
+  lessonsHere?: boolean; // false: the 404 sentence says where the later lessons live
 }
 
 /** One log line: the time, this process's pid, what changed. */
@@ -507,9 +451,6 @@ export function logLine(line: string): void {
 export function createApp(options: AppOptions = {}): App {
   const wrappers: PageWrapper[] = [];
   const stops: (() => string | void)[] = [];
-  const notHere = options.lessonsHere === false
-    ? "the countdown is at /, and the later lessons live in lessons/, not beside this copy"
-    : "the countdown is at /";
   const app: App = {
     server: http.createServer((req, res) => listener(req, res)),
     routes: { ...ROUTES },
@@ -527,6 +468,8 @@ export function createApp(options: AppOptions = {}): App {
       return ended.filter((phrase) => phrase !== "");
     },
   };
+  const elsewhere = ", and the later lessons live in lessons/, not beside this copy";
+  const notHere = `the countdown is at /${options.lessonsHere === false ? elsewhere : ""}`;
   const listener = router(app, wrappers, notHere);
   return app;
 }
@@ -545,18 +488,15 @@ export function exitWith(code: number, sentence: string): never {
   process.exit(code);
 }
 
+type FlagOptions = NonNullable<ParseArgsConfig["options"]>;
+
 /** parseArgs, with its errors turned into one sentence and exit code 2. */
-export function readFlags<const T extends NonNullable<ParseArgsConfig["options"]>>(
-  options: T,
-  help: string,
-) {
+export function readFlags<const T extends FlagOptions>(options: T, help: string) {
   try {
     const { values } = parseArgs({ options, strict: true, allowPositionals: false });
-    if ((values as { help?: boolean }).help) {
-      console.log(help);
-      process.exit(0);
-    }
-    return values;
+    if (!(values as { help?: boolean }).help) return values;
+    console.log(help);
+    process.exit(0);
   } catch (error) {
     const firstSentence = (error as Error).message.split(/\.\s/)[0]?.replace(/\.$/, "");
     exitWith(2, `${firstSentence}. Try --help.`);
@@ -564,13 +504,8 @@ export function readFlags<const T extends NonNullable<ParseArgsConfig["options"]
 }
 
 /** A flag's value, else its environment variable, else its default; a bad one exits with 2. */
-export function flagNumber(
-  flag: string,
-  value: string | boolean | undefined,
-  envName: string,
-  fallback: number,
-  range: { min: number; max: number },
-): number {
+export function flagNumber(flag: string, value: string | boolean | undefined, envName: string,
+  fallback: number, range: typeof FROM_RANGE): number {
   const text = typeof value === "string" ? value : process.env[envName];
   if (text === undefined || text === "") return fallback;
   try {
@@ -589,55 +524,45 @@ export function flagNumber(
 export async function listen(server: net.Server, host: string, port: number, paused = false) {
   const listeners = [server];
   await listenOne(server, host === DEFAULT_HOST ? "127.0.0.1" : host, port);
-  if (host === DEFAULT_HOST) {
-    const relay = (socket: net.Socket) => server.emit("connection", socket);
-    const twin = net.createServer({ pauseOnConnect: paused }, relay);
-    try {
-      await listenOne(twin, "::1", (server.address() as net.AddressInfo).port);
-      listeners.push(twin);
-    } catch {
-      // No IPv6 on this machine: 127.0.0.1 alone serves localhost.
-    }
+  if (host !== DEFAULT_HOST) return listeners;
+  const twin = net.createServer({ pauseOnConnect: paused }, (s) => server.emit("connection", s));
+  try {
+    await listenOne(twin, "::1", (server.address() as net.AddressInfo).port);
+    listeners.push(twin);
+  } catch {
+    // No IPv6 on this machine: 127.0.0.1 alone serves localhost.
   }
   return listeners;
 }
 
 function listenOne(server: net.Server, host: string, port: number): Promise<void> {
   return new Promise((resolve, reject) => {
-    const onError = (error: NodeJS.ErrnoException) => {
-      if (host === "::1" && error.code !== "EADDRINUSE") return reject(error);
-      if (error.code === "EADDRINUSE") exitWith(1, `port ${port} is in use; try --port ${port + 2}`);
-      if (error.code === "EACCES") {
-        exitWith(1, `port ${port} needs more privileges; try --port ${DEFAULT_PORT}`);
-      }
-      exitWith(1, `cannot listen on ${host}:${port} (${error.code ?? error.message}); check --host`);
+    const onError = ({ code, message }: NodeJS.ErrnoException) => {
+      if (host === "::1" && code !== "EADDRINUSE") return reject(new Error(message));
+      if (code === "EADDRINUSE") exitWith(1, `port ${port} is in use; try --port ${port + 2}`);
+      const why = code === "EACCES" ? `needs more privileges; try --port ${DEFAULT_PORT}` : "";
+      if (why) exitWith(1, `port ${port} ${why}`);
+      exitWith(1, `cannot listen on ${host}:${port} (${code ?? message}); check --host`);
     };
     server.once("error", onError);
-    server.listen(port, host, () => {
-      server.off("error", onError);
-      resolve();
-    });
+    server.listen(port, host, () => resolve(void server.off("error", onError)));
   });
 }
 
 /** The addresses a person can open: localhost, or the machine's LAN addresses for 0.0.0.0. */
 export function urlsFor(host: string, port: number): string[] {
-  if (host === "0.0.0.0" || host === "::") {
-    const lan = Object.values(os.networkInterfaces())
-      .flat()
-      .filter((address) => address && address.family === "IPv4" && !address.internal)
-      .map((address) => `http://${address!.address}:${port}/`);
-    return [`http://localhost:${port}/`, ...lan];
-  }
-  return [`http://${bracketed(host)}:${port}/`];
+  if (host !== "0.0.0.0" && host !== "::") return [`http://${bracketed(host)}:${port}/`];
+  const lan = Object.values(os.networkInterfaces())
+    .flat()
+    .filter((address) => address && address.family === "IPv4" && !address.internal)
+    .map((address) => `http://${address!.address}:${port}/`);
+  return [`http://localhost:${port}/`, ...lan];
 }
 
 /** True when this file is the program being run, not a module another imports (tsx or node). */
 export function isMain(moduleUrl: string): boolean {
-  const script = process.argv[1];
-  if (!script) return false;
   try {
-    return realpathSync(script) === realpathSync(fileURLToPath(moduleUrl));
+    return realpathSync(process.argv[1] ?? "") === realpathSync(fileURLToPath(moduleUrl));
   } catch {
     return false;
   }
@@ -650,41 +575,33 @@ const FLAGS = {
   help: { type: "boolean", default: false },
 } as const;
 
-const HELP = `Usage: npx tsx server.ts [--port N] [--host H] [--quiet]
+const HELP = `Usage: npx tsx server.ts [--port N] [--host H] [--quiet] [a later lesson's flags]
 
 Serves a countdown page and its event stream from one async process.
 
   --port N         Listens on this TCP port (env PORT; default ${DEFAULT_PORT}).
   --host H         Listens on this address (env HOST; default ${DEFAULT_HOST}, meaning
                    127.0.0.1 and ::1). Use 0.0.0.0 to share it on your LAN at a workshop.
-  --quiet          Leaves out the one line per stream opened and closed (for load tests).
+  --quiet          Leaves out the line per stream opened and closed, and the later lessons'
+                   lines per request (for load tests).
   --help           Shows this help.`;
 
 /** What a person reads first: where to point the browser, and what to try. */
-function bannerLines(urls: string[], who: string): string[] {
-  const [url = ""] = urls;
-  return [
-    `Countdown server (${who}) listening at ${urls.join(" and ")}`,
-    `  Open ${url} in a tab, then in more tabs: one process serves them all.`,
-    `  Past 5 tabs, use the page's "Open another tab" link: a browser opens at most 6`,
-    `  connections per host name, so tab6.localhost, tab7.localhost, ... each get their own.`,
-    `  Raw events: curl -N ${url}sse/   Short demo: ${url}?from=10&interval=200`,
-  ];
-}
+const bannerLines = ([url = "", ...more]: string[], who: string) => [
+  `Countdown server (${who}) listening at ${[url, ...more].join(" and ")}`,
+  `  Open ${url} in a tab, then in more tabs: one process serves them all.`,
+  `  A browser opens at most 6 connections per host name and each tab holds one: for more`,
+  `  tabs, use the page's "Open another tab" link (tab2.localhost, ...: all lead here).`,
+  `  Raw events: curl -N ${url}sse/   Short demo: ${url}?from=10&interval=200`,
+];
 
 /** lessons/index.ts lists the later lessons; a copy of this file alone has none. */
 const LESSONS_URL = new URL("./lessons/index.ts", import.meta.url);
 
-async function loadLessons(): Promise<Lesson[]> {
-  if (!existsSync(LESSONS_URL)) return [];
-  const { LESSONS } = (await import(LESSONS_URL.href)) as { LESSONS: Lesson[] };
-  return LESSONS;
-}
-
 async function main() {
   // Loaded here, not imported above: a lesson imports this file, which must be done loading.
-  const lessons = await loadLessons();
-  const help = [HELP, ...lessons.flatMap((lesson) => lesson.help ?? [])].join("\n");
+  const lessons: Lesson[] = existsSync(LESSONS_URL) ? (await import(LESSONS_URL.href)).LESSONS : [];
+  const help = [HELP, ...lessons.map((lesson) => lesson.help ?? "")].filter(Boolean).join("\n");
   const options = Object.assign({}, FLAGS, ...lessons.map((lesson) => lesson.flags ?? {}));
   const flags = readFlags(options, help) as FlagValues;
   const port = flagNumber("port", flags.port, "PORT", DEFAULT_PORT, { min: 0, max: 65535 });
@@ -695,25 +612,24 @@ async function main() {
     console.log([...bannerLines(urls, who), ...extra].join("\n"));
   };
 
-  let decision: "taken over" | "serve quietly" | undefined;
+  let decision: Awaited<ReturnType<NonNullable<Lesson["start"]>>>;
   for (const lesson of lessons) decision ??= await lesson.start?.({ flags, host, port, printBanner });
   if (decision === "taken over") return;
-
   const app = createApp({ quiet: flags.quiet === true, flags, lessonsHere: lessons.length > 0 });
   await install(app, lessons);
   const listeners = await listen(app.server, host, port);
   const actualPort = (app.server.address() as net.AddressInfo).port;
   if (decision !== "serve quietly") printBanner(actualPort, `async, pid ${process.pid}`);
+  for (const lesson of lessons) lesson.listening?.(app);
 
   let stopping = false;
   const stop = (why: string) => {
     if (stopping) return;
     stopping = true;
-    // A second Ctrl-C means "now".
-    process.once("SIGINT", () => process.exit(130));
+    process.once("SIGINT", () => process.exit(130)); // a second Ctrl-C means "now"
     for (const listener of listeners) listener.close();
     const ended = app.endStreams();
-    const list = ended.length > 1 ? `${ended.slice(0, -1).join(", ")} and ${ended.at(-1)}` : ended[0];
+    const list = ended.length > 1 ? `${ended.slice(0, -1).join(", ")} and ${ended.at(-1)}` : ended;
     logLine(`${why}: ending ${list} (their browsers will reconnect and resume)`);
     setImmediate(() => app.server.closeIdleConnections());
     setTimeout(() => process.exit(0), SHUTDOWN_GRACE_MS).unref();

@@ -30,6 +30,15 @@
 import http, { type ClientRequest, type IncomingMessage } from "node:http";
 import { parseArgs } from "node:util";
 import { isMain } from "../server.ts";
+import {
+  percentiles,
+  sourceAddress,
+  SseReader,
+  sum,
+  toTenths,
+  type Percentiles,
+  type SseMessage,
+} from "./common.ts";
 
 // ─── Flags ───────────────────────────────────────────────────────────────────
 
@@ -73,9 +82,9 @@ export interface ClientReport {
   /** From the first request until every stream had its first event; null if some never did. */
   allFirstEventsMs: number | null;
   firstEventWait: Percentiles;
-  /** Tick k's arrival against start + k × interval (see below for "start"), every tick of every stream. */
+  /** Tick k's arrival against start + k × interval (see below for "start"), every tick. */
   lateness: Percentiles & { ticks: number };
-  /** The same, only for ticks due once every stream was open: steady state, without the ramp's rush. */
+  /** The same, for ticks due once every stream was open: steady state, without the ramp. */
   latenessAfterRamp: Percentiles & { ticks: number };
   servedAtOnce: number;
   starved: number;
@@ -88,21 +97,7 @@ export interface ClientReport {
   stoppedBy: "every stream ended" | "deadline" | "stopped";
 }
 
-export interface Percentiles {
-  p50: number;
-  p99: number;
-  max: number;
-}
-
 // ─── One stream ──────────────────────────────────────────────────────────────
-
-/** The fields of the message being read, until the blank line that ends it. */
-interface Message {
-  event?: string;
-  id?: string;
-  data?: string;
-  broken: boolean;
-}
 
 const SERVER_DATA = /^\{"pid": \d+, "streams": \d+, "rss": \d+\}$/;
 
@@ -119,8 +114,7 @@ class Stream {
    * the countdown's length, so a crowd can ask for a countdown of a day.
    */
   arrivals: number[] = [];
-  partialLine = "";
-  message: Message = { broken: false };
+  reader = new SseReader();
 }
 
 /** What a run has seen so far, for a caller that reports while it runs (bench/crowd.ts). */
@@ -148,19 +142,30 @@ export function runClient(options: ClientOptions): Promise<ClientReport> {
 
 /** Starts a run; `signal` stops it early, closing every stream (the crowd's Ctrl-C). */
 export function startClient(options: ClientOptions, signal?: AbortSignal): RunningClient {
-  let counts = (): RunningCounts => ({ open: 0, eventsReceived: 0, skipped: 0, cutShort: 0, failed: 0 });
+  let counts = (): RunningCounts => ({
+    open: 0,
+    eventsReceived: 0,
+    skipped: 0,
+    cutShort: 0,
+    failed: 0,
+  });
   const report = run(options, signal, (read) => (counts = read));
   return { counts: () => counts(), report };
 }
 
-async function run(options: ClientOptions, signal: AbortSignal | undefined, share: (read: () => RunningCounts) => void): Promise<ClientReport> {
+async function run(
+  options: ClientOptions,
+  signal: AbortSignal | undefined,
+  share: (read: () => RunningCounts) => void,
+): Promise<ClientReport> {
   const { streams: count, interval, concurrency } = options;
   const from = Math.max(0, Math.round((options.seconds * 1000) / interval));
   const target = new URL(options.url);
   target.searchParams.set("from", String(from));
   target.searchParams.set("interval", String(interval));
   // URL keeps an IPv6 address in brackets; a socket wants it bare.
-  const hostname = target.hostname === "localhost" ? "127.0.0.1" : target.hostname.replace(/^\[(.*)\]$/, "$1");
+  const hostname =
+    target.hostname === "localhost" ? "127.0.0.1" : target.hostname.replace(/^\[(.*)\]$/, "$1");
   // Many source addresses on 127.0.0.0/8, so repeated runs never run out of
   // ephemeral ports (and never wait for TIME_WAIT to clear).
   const spreadSources = /^127\.\d+\.\d+\.\d+$/.test(hostname);
@@ -169,7 +174,6 @@ async function run(options: ClientOptions, signal: AbortSignal | undefined, shar
   const failures: Record<string, number> = {};
   let malformed = 0;
   let serverEvents = 0;
-  let heartbeats = 0;
   let duplicated = 0;
   let eventsReceived = 0;
   let outOfOrder = 0;
@@ -178,7 +182,7 @@ async function run(options: ClientOptions, signal: AbortSignal | undefined, shar
   let connected = 0;
   let live = 0;
   let servedAtOnce = 0;
-  /** While the most streams were live together: from when that count was reached to when it first dropped. */
+  /** While the most streams were live together: from reaching that count to its first drop. */
   const plateau = { from: 0, to: 0 };
   let launched = 0;
   let waitingForHeaders = 0;
@@ -192,11 +196,18 @@ async function run(options: ClientOptions, signal: AbortSignal | undefined, shar
   const finished = new Promise<ClientReport["stoppedBy"]>((resolve) => (finish = resolve));
   let stopTimer: NodeJS.Timeout | undefined;
   // The hard bound: however slowly the streams open, the run ends.
-  const hardStop = setTimeout(() => finish("deadline"), (options.seconds + options.grace) * 1000 + 60_000 + count * 5);
+  const hardStopMs = (options.seconds + options.grace) * 1000 + 60_000 + count * 5;
+  const hardStop = setTimeout(() => finish("deadline"), hardStopMs);
   const stop = () => finish("stopped");
   if (signal?.aborted) stop();
   signal?.addEventListener("abort", stop);
-  share(() => ({ open: live, eventsReceived, skipped, cutShort, failed: Object.values(failures).reduce((sum, n) => sum + n, 0) }));
+  share(() => ({
+    open: live,
+    eventsReceived,
+    skipped,
+    cutShort,
+    failed: sum(Object.values(failures)),
+  }));
 
   function fail(stream: Stream, why: string) {
     if (stream.endedAt || stopped) return;
@@ -218,11 +229,15 @@ async function run(options: ClientOptions, signal: AbortSignal | undefined, shar
     launchMore();
   }
 
-  function onMessage(stream: Stream, message: Message, now: number) {
-    if (message.broken) return void malformed++;
-    if (message.event === "server" && message.id === undefined && SERVER_DATA.test(message.data ?? "")) return void serverEvents++;
-    if (message.event !== "i" || !/^\d{1,9}$/.test(message.id ?? "") || message.data !== `{"i": ${message.id}}`) return void malformed++;
-    const id = Number(message.id);
+  function onMessage(stream: Stream, message: SseMessage, now: number) {
+    const { event, id: idText = "", data = "", broken } = message;
+    if (broken) return void malformed++;
+    if (event === "server" && message.id === undefined && SERVER_DATA.test(data)) {
+      return void serverEvents++;
+    }
+    const isTick = event === "i" && /^\d{1,9}$/.test(idText) && data === `{"i": ${idText}}`;
+    if (!isTick) return void malformed++;
+    const id = Number(idText);
     if (id > from) return void malformed++;
     if (stream.arrivals[from - id] === undefined) stream.arrivals[from - id] = now;
     else duplicated++;
@@ -241,34 +256,18 @@ async function run(options: ClientOptions, signal: AbortSignal | undefined, shar
     }
   }
 
-  /** Reads whole lines; a blank line ends a message, as in the SSE spec. */
+  /** Every message this chunk completed; a broken one (a field we never send) is malformed. */
   function onText(stream: Stream, text: string) {
     const now = performance.now();
-    const lines = (stream.partialLine + text).split("\n");
-    stream.partialLine = lines.pop()!;
-    for (let line of lines) {
-      if (line.endsWith("\r")) line = line.slice(0, -1);
-      const message = stream.message;
-      if (line === "") {
-        if (message.event !== undefined || message.id !== undefined || message.data !== undefined || message.broken) onMessage(stream, message, now);
-        stream.message = { broken: false };
-      } else if (line.startsWith(":")) {
-        heartbeats++;
-      } else {
-        const colon = line.indexOf(":");
-        const field = colon === -1 ? line : line.slice(0, colon);
-        const value = colon === -1 ? "" : line.slice(line[colon + 1] === " " ? colon + 2 : colon + 1);
-        if ((field === "event" || field === "id" || field === "data") && message[field] === undefined) message[field] = value;
-        else message.broken = true; // an unknown field, or one given twice: never sent by our servers
-      }
-    }
+    for (const message of stream.reader.read(text)) onMessage(stream, message, now);
   }
 
   function onResponse(stream: Stream, res: IncomingMessage) {
     stream.headersAt = performance.now();
     waitingForHeaders--;
     launchMore();
-    if (res.statusCode !== 200 || !String(res.headers["content-type"]).startsWith("text/event-stream")) {
+    const isStream = String(res.headers["content-type"]).startsWith("text/event-stream");
+    if (res.statusCode !== 200 || !isStream) {
       res.resume();
       return fail(stream, `status ${res.statusCode}`);
     }
@@ -278,7 +277,7 @@ async function run(options: ClientOptions, signal: AbortSignal | undefined, shar
     res.on("end", () => {
       if (stream.endedAt) return;
       stream.endedAt = performance.now();
-      if (stream.partialLine !== "" || stream.message.event !== undefined || stream.message.data !== undefined) malformed++;
+      if (stream.reader.unfinished) malformed++;
       if (stream.lastId !== 0) cutShort++;
       settle(stream);
     });
@@ -302,7 +301,7 @@ async function run(options: ClientOptions, signal: AbortSignal | undefined, shar
       path: target.pathname + target.search,
       headers: { Accept: "text/event-stream" },
       agent: false,
-      localAddress: spreadSources ? `127.0.0.${2 + (index % 253)}` : undefined,
+      localAddress: spreadSources ? sourceAddress(index) : undefined,
     });
     stream.req = req;
     req.on("response", (res) => onResponse(stream, res));
@@ -327,7 +326,7 @@ async function run(options: ClientOptions, signal: AbortSignal | undefined, shar
   clearTimeout(hardStop);
   signal?.removeEventListener("abort", stop);
   for (const stream of streams) stream.req?.destroy();
-  // Destroyed sockets close on a later turn of the event loop: wait (briefly) and count what is left.
+  // Destroyed sockets close on a later turn of the event loop: wait (briefly), count what is left.
   let socketsLeftOpen = openSockets();
   for (let wait = 0; socketsLeftOpen > 0 && wait < 100; wait++) {
     await new Promise((resolve) => setTimeout(resolve, 10));
@@ -355,8 +354,9 @@ async function run(options: ClientOptions, signal: AbortSignal | undefined, shar
     stream.arrivals.forEach((at, tick) => {
       unique++;
       if (tick === 0) return;
-      lateness.push(at - (start + tick * interval));
-      if (start + tick * interval >= rampEnd) latenessAfterRamp.push(at - (start + tick * interval));
+      const due = start + tick * interval;
+      lateness.push(at - due);
+      if (due >= rampEnd) latenessAfterRamp.push(at - due);
     });
     if (stream.firstEventAt) {
       withFirstEvent++;
@@ -365,7 +365,7 @@ async function run(options: ClientOptions, signal: AbortSignal | undefined, shar
     }
     if (!stream.firstEventAt || stream.firstEventAt - stream.requestedAt > interval) starved++;
   }
-  const failed = Object.values(failures).reduce((sum, n) => sum + n, 0);
+  const failed = sum(Object.values(failures));
   const unfinished = streams.filter((stream) => !stream.endedAt).length;
   return {
     options,
@@ -382,9 +382,9 @@ async function run(options: ClientOptions, signal: AbortSignal | undefined, shar
     outOfOrder,
     malformed,
     serverEvents,
-    heartbeats,
+    heartbeats: sum(streams.map((stream) => stream.reader.comments)),
     withFirstEvent,
-    allFirstEventsMs: withFirstEvent === count ? round(lastFirstEvent - startedAt) : null,
+    allFirstEventsMs: withFirstEvent === count ? toTenths(lastFirstEvent - startedAt) : null,
     firstEventWait: percentiles(waits),
     lateness: { ...percentiles(lateness), ticks: lateness.length },
     latenessAfterRamp: { ...percentiles(latenessAfterRamp), ticks: latenessAfterRamp.length },
@@ -392,7 +392,7 @@ async function run(options: ClientOptions, signal: AbortSignal | undefined, shar
     starved,
     plateau: servedAtOnce ? plateau : null,
     startedAt: epoch(startedAt),
-    durationMs: round(stoppedAt - startedAt),
+    durationMs: toTenths(stoppedAt - startedAt),
     socketsLeftOpen,
     stoppedBy,
   };
@@ -400,18 +400,6 @@ async function run(options: ClientOptions, signal: AbortSignal | undefined, shar
 
 function openSockets(): number {
   return process.getActiveResourcesInfo().filter((kind) => kind === "TCPSocketWrap").length;
-}
-
-/** Nearest-rank percentiles, in milliseconds to 0.1 ms. */
-export function percentiles(values: number[]): Percentiles {
-  if (!values.length) return { p50: NaN, p99: NaN, max: NaN };
-  const sorted = Float64Array.from(values).sort();
-  const at = (p: number) => round(sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!);
-  return { p50: at(50), p99: at(99), max: round(sorted[sorted.length - 1]!) };
-}
-
-function round(ms: number): number {
-  return Math.round(ms * 10) / 10;
 }
 
 // ─── Command line ────────────────────────────────────────────────────────────
@@ -453,16 +441,29 @@ function readOptions(): ClientOptions & { json: boolean } {
 }
 
 function describe(report: ClientReport): string {
-  const ms = (value: number | null) => (value === null || Number.isNaN(value) ? "n/a" : `${value} ms`);
+  const ms = (value: number | null) =>
+    value === null || Number.isNaN(value) ? "n/a" : `${value} ms`;
+  const spread = ({ p50, p99, max }: Percentiles) =>
+    `p50 ${ms(p50)}, p99 ${ms(p99)}, max ${ms(max)}`;
+  const { lateness, latenessAfterRamp } = report;
+  const seconds = (report.durationMs / 1000).toFixed(1);
+  const failures = report.failed ? ` ${JSON.stringify(report.failures)}` : "";
   return [
-    `streams connected:       ${report.connected} of ${report.options.streams} (failed ${report.failed}${report.failed ? ` ${JSON.stringify(report.failures)}` : ""}, cut short ${report.cutShort}, unfinished ${report.unfinished})`,
-    `events received:         ${report.eventsReceived} of ${report.eventsExpected} expected (lost ${report.lost}, duplicated ${report.duplicated}, out of order ${report.outOfOrder}, malformed ${report.malformed})`,
-    `other messages:          ${report.serverEvents} server events, ${report.heartbeats} heartbeats`,
-    `every first event by:    ${ms(report.allFirstEventsMs)} (${report.withFirstEvent} streams had one; wait p50 ${ms(report.firstEventWait.p50)}, p99 ${ms(report.firstEventWait.p99)}, max ${ms(report.firstEventWait.max)})`,
-    `tick lateness:           p50 ${ms(report.lateness.p50)}, p99 ${ms(report.lateness.p99)}, max ${ms(report.lateness.max)} over ${report.lateness.ticks} ticks`,
-    `  once all were open:    p50 ${ms(report.latenessAfterRamp.p50)}, p99 ${ms(report.latenessAfterRamp.p99)}, max ${ms(report.latenessAfterRamp.max)} over ${report.latenessAfterRamp.ticks} ticks`,
+    `streams connected:       ${report.connected} of ${report.options.streams} ` +
+      `(failed ${report.failed}${failures}, cut short ${report.cutShort}, ` +
+      `unfinished ${report.unfinished})`,
+    `events received:         ${report.eventsReceived} of ${report.eventsExpected} expected ` +
+      `(lost ${report.lost}, duplicated ${report.duplicated}, ` +
+      `out of order ${report.outOfOrder}, malformed ${report.malformed})`,
+    `other messages:          ${report.serverEvents} server events, ` +
+      `${report.heartbeats} heartbeats`,
+    `every first event by:    ${ms(report.allFirstEventsMs)} ` +
+      `(${report.withFirstEvent} streams had one; wait ${spread(report.firstEventWait)})`,
+    `tick lateness:           ${spread(lateness)} over ${lateness.ticks} ticks`,
+    `  once all were open:    ${spread(latenessAfterRamp)} over ${latenessAfterRamp.ticks} ticks`,
     `served at once:          ${report.servedAtOnce} (starved ${report.starved})`,
-    `stopped:                 ${report.stoppedBy}, after ${(report.durationMs / 1000).toFixed(1)} s; sockets left open: ${report.socketsLeftOpen}`,
+    `stopped:                 ${report.stoppedBy}, after ${seconds} s; ` +
+      `sockets left open: ${report.socketsLeftOpen}`,
   ].join("\n");
 }
 

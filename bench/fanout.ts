@@ -19,23 +19,23 @@
  * It asserts nothing about speed; it exits 1 when a server does not start.
  */
 
-import { spawn, type ChildProcess } from "node:child_process";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { setTimeout as delay } from "node:timers/promises";
 import { exitWith, isMain, readFlags, wholeNumber } from "../server.ts";
 import type { ClientReport } from "./client.ts";
+import {
+  jsonLine,
+  killEverything,
+  linesMatching,
+  median,
+  startFile,
+  startServer,
+  stop,
+  waitForLines,
+  type Server,
+} from "./common.ts";
 
-const BENCH = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.dirname(BENCH);
-/** The flags that make Node run TypeScript with tsx, as `npx tsx file.ts` does. */
-const TSX = process.execArgv.some((flag) => flag.includes("tsx")) ? process.execArgv : ["--import", "tsx"];
-/** How long a server may take to start, and one view to answer, before the run gives up. */
-const START_DEADLINE_MS = 30_000;
+/** How long one view may take to answer before the run gives up. */
 const VIEW_DEADLINE_MS = 120_000;
-const LISTENING = /listening at:? (http:\/\/127\.0\.0\.1:\d+)/i;
-/** How long a server gets to stop after SIGTERM. */
-const STOP_GRACE_MS = 5000;
 /** The countdowns open, and get their first ticks, before the views start. */
 const RAMP_INTERVALS = 2;
 /** Long enough that two warm-up calls overlap, so both of two workers take one. */
@@ -71,78 +71,19 @@ export interface FanOutReport {
   lateness: LatenessRow[];
 }
 
-// ─── Servers as child processes ──────────────────────────────────────────────
+// ─── The servers, each its own process (bench/common.ts) ─────────────────────
 
-interface Started {
-  child: ChildProcess;
-  output: () => string;
-  exited: Promise<void>;
+async function startAsync(): Promise<Server> {
+  const server = await startServer("server.ts", ["--quiet"]);
+  await warmUp(server.url);
+  return server;
 }
 
-const children = new Set<ChildProcess>();
-
-/**
- * Starts a file of this project under tsx. It stays in this process's group,
- * so whoever stops this process's group (bench/run.ts, a Ctrl-C) stops it too.
- */
-function start(file: string, args: string[]): Started {
-  const child = spawn(process.execPath, [...TSX, path.join(ROOT, file), ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
-  children.add(child);
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  exited.then(() => children.delete(child));
-  let output = "";
-  child.stdout!.setEncoding("utf8").on("data", (text: string) => (output += text));
-  child.stderr!.setEncoding("utf8").on("data", (text: string) => (output += text));
-  return { child, output: () => output, exited };
-}
-
-/** SIGTERM, which both servers answer by stopping (the arbiter takes its workers along); SIGKILL after a grace period. */
-async function stop({ child, exited }: Started) {
-  child.kill("SIGTERM");
-  const timer = setTimeout(() => child.kill("SIGKILL"), STOP_GRACE_MS);
-  await exited;
-  clearTimeout(timer);
-}
-
-process.on("exit", () => {
-  for (const child of children) child.kill("SIGKILL");
-});
-
-function linesMatching({ output }: Started, pattern: RegExp): number {
-  return output().split("\n").filter((line) => pattern.test(line)).length;
-}
-
-/** Waits until the output has `times` lines matching `pattern`. */
-async function waitForLines(started: Started, pattern: RegExp, times = 1, ms = START_DEADLINE_MS): Promise<void> {
-  const { child, output } = started;
-  const deadline = Date.now() + ms;
-  while (linesMatching(started, pattern) < times) {
-    if (child.exitCode !== null) throw new Error(`a server exited before it was ready:\n${output()}`);
-    if (Date.now() > deadline) throw new Error(`a server was not ready after ${ms / 1000} s:\n${output()}`);
-    await delay(50);
-  }
-}
-
-/** The address a server printed, once it listens: both print "listening at http://127.0.0.1:PORT" in their own words. */
-async function origin(server: Started): Promise<string> {
-  await waitForLines(server, LISTENING);
-  return LISTENING.exec(server.output())![1]!;
-}
-
-async function startServer(): Promise<{ server: Started; origin: string }> {
-  // Port 0: the system picks a free port, which the server prints.
-  const server = start("server.ts", ["--port", "0", "--host", "127.0.0.1", "--quiet"]);
-  const address = await origin(server);
-  await warmUp(address);
-  return { server, origin: address };
-}
-
-async function startBlocking(workers: number): Promise<{ server: Started; origin: string }> {
-  const server = start("blocking-server.ts", ["--port", "0", "--host", "127.0.0.1", "--workers", String(workers)]);
-  const address = await origin(server);
-  await waitForLines(server, /Booting worker with pid/, workers);
-  await warmUp(address);
-  return { server, origin: address };
+async function startBlocking(workers: number): Promise<Server> {
+  const server = await startServer("blocking-server.ts", ["--workers", String(workers)]);
+  await waitForLines(server, /Booting worker with pid/, "blocking-server.ts", workers);
+  await warmUp(server.url);
+  return server;
 }
 
 // ─── Latency ─────────────────────────────────────────────────────────────────
@@ -157,7 +98,10 @@ async function timeView(url: string): Promise<{ status: number; seconds: number 
 
 /** Two calls at once before any timing: every worker has booted, and the first call's one-off costs are paid. */
 async function warmUp(origin: string) {
-  await Promise.all([timeView(`${origin}/api/?delay=${WARM_UP_DELAY_MS}`), timeView(`${origin}/api/?delay=${WARM_UP_DELAY_MS}`)]);
+  await Promise.all([
+    timeView(`${origin}/api/?delay=${WARM_UP_DELAY_MS}`),
+    timeView(`${origin}/api/?delay=${WARM_UP_DELAY_MS}`),
+  ]);
 }
 
 async function latency(options: FanOutOptions): Promise<LatencyRow[]> {
@@ -170,33 +114,52 @@ async function latency(options: FanOutOptions): Promise<LatencyRow[]> {
       await between();
     }
     rows.push(row);
-    console.error(`fan-out: ${label}: ${row.runs.map((r) => `${r.status} in ${r.seconds.toFixed(2)} s`).join(", ")}`);
+    console.error(
+      `fan-out: ${label}: ${row.runs.map((r) => `${r.status} in ${r.seconds.toFixed(2)} s`).join(", ")}`,
+    );
   };
 
-  const { server, origin } = await startServer();
+  const server = await startAsync();
+  const { url } = server;
   try {
-    await timeRuns("server.ts, awaited at once", `${origin}/api/aggregated/?${query}`);
-    await timeRuns("server.ts, awaited one after another", `${origin}/api/aggregated/sequential/?${query}`);
-    await timeRuns("server.ts, ?via=blocking (a sync sleep per call)", `${origin}/api/aggregated/?${query}&via=blocking`);
+    await timeRuns("server.ts, awaited at once", `${url}/api/aggregated/?${query}`);
+    await timeRuns(
+      "server.ts, awaited one after another",
+      `${url}/api/aggregated/sequential/?${query}`,
+    );
+    const viaBlocking = "server.ts, ?via=blocking (a sync sleep per call)";
+    await timeRuns(viaBlocking, `${url}/api/aggregated/?${query}&via=blocking`);
   } finally {
     await stop(server);
   }
 
   const two = await startBlocking(2);
   try {
-    await timeRuns("blocking-server.ts --workers 2", `${two.origin}/api/aggregated/?${query}`);
+    await timeRuns("blocking-server.ts --workers 2", `${two.url}/api/aggregated/?${query}`);
   } finally {
-    await stop(two.server);
+    await stop(two);
   }
 
   const one = await startBlocking(1);
   try {
-    // After its 504 the worker still serves the call that timed out: wait for that, so each run starts idle.
+    // After its 504 the worker still serves the call that timed out: wait for that,
+    // so each run starts idle.
     const answered = /: answered$/;
-    const orphanServed = () => waitForLines(one.server, answered, linesMatching(one.server, answered) + 1, VIEW_DEADLINE_MS);
-    await timeRuns("blocking-server.ts --workers 1", `${one.origin}/api/aggregated/?${query}`, orphanServed);
+    const orphanServed = () =>
+      waitForLines(
+        one,
+        answered,
+        "the orphaned call",
+        linesMatching(one, answered) + 1,
+        VIEW_DEADLINE_MS,
+      );
+    await timeRuns(
+      "blocking-server.ts --workers 1",
+      `${one.url}/api/aggregated/?${query}`,
+      orphanServed,
+    );
   } finally {
-    await stop(one.server);
+    await stop(one);
   }
   return rows;
 }
@@ -204,8 +167,13 @@ async function latency(options: FanOutOptions): Promise<LatencyRow[]> {
 // ─── Lateness of the countdowns beside the views ─────────────────────────────
 
 /** Runs the load client against `origin` while `view` (if any) is requested again and again. */
-async function latenessBeside(label: string, origin: string, view: string | undefined, options: FanOutOptions): Promise<LatenessRow> {
-  const client = start("bench/client.ts", [
+async function latenessBeside(
+  label: string,
+  origin: string,
+  view: string | undefined,
+  options: FanOutOptions,
+): Promise<LatenessRow> {
+  const client = startFile("bench/client.ts", [
     "--json",
     ...["--url", `${origin}/sse/`],
     ...["--streams", String(options.streams)],
@@ -222,12 +190,18 @@ async function latenessBeside(label: string, origin: string, view: string | unde
     await timeView(`${origin}${view}`);
     views++;
   }
-  await client.exited;
-  const line = client.output().split("\n").find((text) => text.startsWith("{"));
-  if (client.child.exitCode !== 0 || !line) throw new Error(`the load client failed:\n${client.output()}`);
-  const report = JSON.parse(line) as ClientReport;
-  console.error(`fan-out: countdowns ${label}: lateness p99 ${report.lateness.p99} ms, max ${report.lateness.max} ms, ${views} views`);
-  return { label, views, lateness: report.lateness, eventsReceived: report.eventsReceived, eventsExpected: report.eventsExpected };
+  await client.closed;
+  const report = jsonLine<ClientReport>(client, "the load client");
+  console.error(
+    `fan-out: countdowns ${label}: lateness p99 ${report.lateness.p99} ms, max ${report.lateness.max} ms, ${views} views`,
+  );
+  return {
+    label,
+    views,
+    lateness: report.lateness,
+    eventsReceived: report.eventsReceived,
+    eventsExpected: report.eventsExpected,
+  };
 }
 
 async function lateness(options: FanOutOptions): Promise<LatenessRow[]> {
@@ -239,9 +213,9 @@ async function lateness(options: FanOutOptions): Promise<LatenessRow[]> {
     ["while /api/aggregated/?via=blocking runs", `/api/aggregated/?${query}&via=blocking`],
   ] as const) {
     // A fresh server each time, so one measurement's leftovers cannot slow the next.
-    const { server, origin } = await startServer();
+    const server = await startAsync();
     try {
-      rows.push(await latenessBeside(label, origin, view, options));
+      rows.push(await latenessBeside(label, server.url, view, options));
     } finally {
       await stop(server);
     }
@@ -255,12 +229,6 @@ export async function runFanOut(options: FanOutOptions): Promise<FanOutReport> {
   return { options, latency: await latency(options), lateness: await lateness(options) };
 }
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
-}
-
 /** The report as Markdown, the way bench/run.ts writes its own sections. */
 export function fanOutSection({ options, latency, lateness }: FanOutReport): string {
   const { n, delay: delayMs, runs, streams, seconds, interval } = options;
@@ -272,7 +240,9 @@ export function fanOutSection({ options, latency, lateness }: FanOutReport): str
   ];
   for (const row of latency) {
     const statuses = [...new Set(row.runs.map((run) => run.status))].join(", ");
-    lines.push(`| ${row.label} | ${statuses} | **${median(row.runs.map((run) => run.seconds)).toFixed(2)} s** | ${row.runs.map((run) => `${run.seconds.toFixed(2)} s`).join(" · ")} |`);
+    lines.push(
+      `| ${row.label} | ${statuses} | **${median(row.runs.map((run) => run.seconds)).toFixed(2)} s** | ${row.runs.map((run) => `${run.seconds.toFixed(2)} s`).join(" · ")} |`,
+    );
   }
   lines.push(
     "",
@@ -283,7 +253,9 @@ export function fanOutSection({ options, latency, lateness }: FanOutReport): str
   );
   for (const row of lateness) {
     const { p50, p99, max } = row.lateness;
-    lines.push(`| ${row.label} | ${row.views} | ${row.eventsReceived} / ${row.eventsExpected} | ${p50} ms · **${p99} ms** · ${max} ms |`);
+    lines.push(
+      `| ${row.label} | ${row.views} | ${row.eventsReceived} / ${row.eventsExpected} | ${p50} ms · **${p99} ms** · ${max} ms |`,
+    );
   }
   return lines.join("\n");
 }
@@ -335,6 +307,6 @@ if (isMain(import.meta.url)) {
     console.error(`fan-out: ${error instanceof Error ? error.message : String(error)}`);
     process.exitCode = 1;
   } finally {
-    for (const child of children) child.kill("SIGKILL");
+    killEverything();
   }
 }

@@ -29,20 +29,45 @@
  * database it creates, are gone when it ends, also when it fails.
  */
 
-import { fork, spawn, type ChildProcess } from "node:child_process";
+import { fork, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
-import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { setTimeout as delay } from "node:timers/promises";
 import { exitWith, isMain, readFlags, wholeNumber } from "../server.ts";
-import { percentiles, runClient, type ClientOptions, type ClientReport, type Percentiles } from "./client.ts";
-// The room bench's streams, and its pace and patience, so the one-process and the two-process figures compare.
-import { BETWEEN_POSTS_MS, DELIVERY_DEADLINE_MS, OPENING_AT_ONCE, SETTLE_MS, mean, openStreams, post, rssKB, waitUntil, type Delivery, type Stream } from "./room.ts";
-
-const BENCH = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.dirname(BENCH);
-const TSX = process.execArgv.some((flag) => flag.includes("tsx")) ? process.execArgv : ["--import", "tsx"];
+import { runClient, type ClientOptions, type ClientReport } from "./client.ts";
+import {
+  count,
+  kb,
+  killEverything,
+  mbFromKB,
+  mean,
+  ms,
+  percentiles,
+  ROOT,
+  rssKB,
+  startServer,
+  stop,
+  sum,
+  track,
+  TSX,
+  waitForLines,
+  waitUntil,
+  type Percentiles,
+  type Server,
+} from "./common.ts";
+// The room bench's streams, and its pace and patience, so that the one-process
+// and the two-process figures compare.
+import {
+  BETWEEN_POSTS_MS,
+  DELIVERY_DEADLINE_MS,
+  OPENING_AT_ONCE,
+  openStreams,
+  post,
+  SETTLE_MS,
+  type Delivery,
+  type Stream,
+} from "./room.ts";
 
 // ─── Flags ───────────────────────────────────────────────────────────────────
 
@@ -101,21 +126,38 @@ function serveParent() {
       case "open room": {
         streams = await openStreams(request.url, request.count, request.firstIndex);
         // A presence event names the worker: the stream is in that worker's room.
-        await waitUntil("every room stream to be told its worker", () => streams.every((s) => s.failed || s.pid > 0), 60_000 + request.count * 5);
+        await waitUntil(
+          "every room stream to be told its worker",
+          () => streams.every((s) => s.failed || s.pid > 0),
+          60_000 + request.count * 5,
+        );
         const byPid: Record<number, number> = {};
         for (const stream of live()) byPid[stream.pid] = (byPid[stream.pid] ?? 0) + 1;
-        return { opened: live().length, failed: streams.length - live().length, byPid } satisfies Opened;
+        return {
+          opened: live().length,
+          failed: streams.length - live().length,
+          byPid,
+        } satisfies Opened;
       }
       case "wait for": {
-        await waitUntil(`message ${request.id}`, () => live().every((s) => s.arrivals.has(request.id)), DELIVERY_DEADLINE_MS).catch(() => {});
+        await waitUntil(
+          `message ${request.id}`,
+          () => live().every((s) => s.arrivals.has(request.id)),
+          DELIVERY_DEADLINE_MS,
+        ).catch(() => {});
         const delaysByPid: Record<number, number[]> = {};
         for (const stream of live().filter((s) => s.arrivals.has(request.id))) {
-          (delaysByPid[stream.pid] ??= []).push(performance.timeOrigin + stream.arrivals.get(request.id)! - request.postedAt);
+          (delaysByPid[stream.pid] ??= []).push(
+            performance.timeOrigin + stream.arrivals.get(request.id)! - request.postedAt,
+          );
         }
-        return { delaysByPid, lost: live().filter((s) => !s.arrivals.has(request.id)).length } satisfies Arrivals;
+        return {
+          delaysByPid,
+          lost: live().filter((s) => !s.arrivals.has(request.id)).length,
+        } satisfies Arrivals;
       }
       case "close room": {
-        const duplicates = streams.reduce((sum, stream) => sum + stream.duplicates, 0);
+        const duplicates = sum(streams.map((stream) => stream.duplicates));
         for (const stream of streams) stream.close();
         streams = [];
         return { duplicates };
@@ -135,32 +177,29 @@ function serveParent() {
 
 // ─── Processes this one starts ───────────────────────────────────────────────
 
-const started = new Set<ChildProcess>();
+// Every one of them is killed when this process exits (bench/common.ts). A
+// primary killed this way leaves no worker behind: a worker whose primary is gone stops.
+
 /** Drops the bench's database while it exists. */
 let dropDatabase: (() => Promise<void>) | undefined;
-
-function killStarted() {
-  // A primary killed this way leaves no worker behind: a worker whose primary is gone stops.
-  for (const child of started) child.kill("SIGKILL");
-}
-process.once("exit", killStarted);
 
 /** Ctrl-C: every process goes at once, the database after them. */
 async function interrupted(signal: string) {
   console.error(`\n${signal}: stopping every process the bench started`);
-  killStarted();
+  killEverything();
   await dropDatabase?.();
   process.exit(130);
 }
 
-function track(child: ChildProcess): ChildProcess {
-  started.add(child);
-  child.once("exit", () => started.delete(child));
-  return child;
-}
-
 function startLoadClient(): ChildProcess {
-  return track(fork(fileURLToPath(import.meta.url), ["--client"], { cwd: ROOT, execArgv: TSX, stdio: ["ignore", "inherit", "inherit", "ipc"] }));
+  const stdio = ["ignore", "inherit", "inherit", "ipc"] as const;
+  const child = fork(fileURLToPath(import.meta.url), ["--client"], {
+    cwd: ROOT,
+    execArgv: TSX,
+    stdio: [...stdio],
+  });
+  track(child);
+  return child;
 }
 
 /** Sends a load client one request and waits for its answer. */
@@ -175,34 +214,30 @@ async function ask<Reply>(client: ChildProcess, request: ClientRequest): Promise
   return message.reply!;
 }
 
-interface Server {
-  primary: ChildProcess;
+interface Workers extends Server {
   workers: number[];
-  url: string;
 }
 
-/** `server.ts --workers 2` on a free loopback port; ready once every worker says it serves. */
-async function startServer(databaseUrl?: string): Promise<Server> {
-  const args = ["server.ts", "--workers", String(WORKERS), "--port", "0", "--host", "127.0.0.1", "--quiet", ...(databaseUrl ? ["--database", databaseUrl] : [])];
-  const primary = track(spawn(process.execPath, [...TSX, ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] }));
-  let output = "";
-  primary.stdout!.setEncoding("utf8").on("data", (text: string) => (output += text));
-  primary.stderr!.setEncoding("utf8").on("data", (text: string) => (output += text));
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    const url = /listening at (http:\/\/127\.0\.0\.1:\d+)\//.exec(output)?.[1];
-    const workers = [...output.matchAll(/primary: worker (\d+) is serving/g)].map((match) => Number(match[1]));
-    if (url && workers.length === WORKERS) return { primary, workers, url };
-    if (primary.exitCode !== null || Date.now() > deadline) throw new Error(`server.ts --workers ${WORKERS} did not start:\n${output}`);
-    await delay(50);
-  }
+const SERVING = /primary: worker (\d+) is serving/;
+
+/** `server.ts --workers 2`; ready once every worker says it serves. */
+async function startWorkers(databaseUrl?: string): Promise<Workers> {
+  const database = databaseUrl ? ["--database", databaseUrl] : [];
+  const server = await startServer("server.ts", [
+    "--workers",
+    String(WORKERS),
+    "--quiet",
+    ...database,
+  ]);
+  await waitForLines(server, SERVING, `server.ts --workers ${WORKERS}`, WORKERS);
+  const lines = server.output().split("\n");
+  const workers = lines.flatMap((line) => SERVING.exec(line)?.[1] ?? []).map(Number);
+  return Object.assign(server, { workers });
 }
 
 /** SIGTERM to the primary, which stops its workers; SIGKILL to all of them if that takes too long. */
-async function stopServer(server: Server) {
-  const exited = once(server.primary, "exit");
-  if (server.primary.exitCode === null) server.primary.kill("SIGTERM");
-  if ((await Promise.race([exited.then(() => "exited"), delay(5000)])) !== "exited") server.primary.kill("SIGKILL");
+async function stopWorkers(server: Workers) {
+  await stop(server);
   for (const pid of server.workers) {
     try {
       process.kill(pid, "SIGKILL");
@@ -212,12 +247,14 @@ async function stopServer(server: Server) {
   }
 }
 
-const workersRssKB = (server: Server) => server.workers.reduce((sum, pid) => sum + rssKB(pid), 0);
+const workersRssKB = (server: Workers) => sum(server.workers.map(rssKB));
 
 // ─── A database of its own ───────────────────────────────────────────────────
 
 /** Creates countdown_bench_<random> on the PostgreSQL of `adminUrl`; `drop` removes it again. */
-async function freshDatabase(adminUrl: string): Promise<{ url: string; drop: () => Promise<void> }> {
+async function freshDatabase(
+  adminUrl: string,
+): Promise<{ url: string; drop: () => Promise<void> }> {
   const { default: postgres } = await import("postgres");
   const name = `countdown_bench_${randomBytes(6).toString("hex")}`;
   const admin = postgres(adminUrl, { max: 1, onnotice: () => {} });
@@ -239,11 +276,16 @@ async function freshDatabase(adminUrl: string): Promise<{ url: string; drop: () 
 // ─── 1. The room across processes ────────────────────────────────────────────
 
 /** Splits `total` into CLIENTS parts as even as can be. */
-const halves = (total: number) => Array.from({ length: CLIENTS }, (_, k) => Math.floor(total / CLIENTS) + (k < total % CLIENTS ? 1 : 0));
+const halves = (total: number) =>
+  Array.from(
+    { length: CLIENTS },
+    (_, k) => Math.floor(total / CLIENTS) + (k < total % CLIENTS ? 1 : 0),
+  );
 
 function sumByPid(parts: Record<number, number>[]): Record<number, number> {
   const total: Record<number, number> = {};
-  for (const part of parts) for (const [pid, n] of Object.entries(part)) total[Number(pid)] = (total[Number(pid)] ?? 0) + n;
+  for (const part of parts)
+    for (const [pid, n] of Object.entries(part)) total[Number(pid)] = (total[Number(pid)] ?? 0) + n;
   return total;
 }
 
@@ -258,7 +300,7 @@ interface PostDelivery extends Delivery {
 }
 
 async function roomAcross(options: ProcessesOptions, databaseUrl: string, clients: ChildProcess[]) {
-  const server = await startServer(databaseUrl);
+  const server = await startWorkers(databaseUrl);
   try {
     // One message first, so that neither this process's fetch nor the workers' first INSERT is timed cold.
     await post(server.url, "warming up");
@@ -266,11 +308,18 @@ async function roomAcross(options: ProcessesOptions, databaseUrl: string, client
     const idleKB = workersRssKB(server);
     const sizes = halves(options.subscribers);
     const opened = await Promise.all(
-      clients.map((client, k) => ask<Opened>(client, { kind: "open room", url: `${server.url}/room/stream`, count: sizes[k]!, firstIndex: k * sizes[0]! })),
+      clients.map((client, k) =>
+        ask<Opened>(client, {
+          kind: "open room",
+          url: `${server.url}/room/stream`,
+          count: sizes[k]!,
+          firstIndex: k * sizes[0]!,
+        }),
+      ),
     );
     await delay(SETTLE_MS);
     const loadedKB = workersRssKB(server);
-    const live = opened.reduce((sum, part) => sum + part.opened, 0);
+    const live = sum(opened.map((part) => part.opened));
     const byPid = sumByPid(opened.map((part) => part.byPid));
 
     const deliveries: PostDelivery[] = [];
@@ -278,42 +327,66 @@ async function roomAcross(options: ProcessesOptions, databaseUrl: string, client
       const sentAt = performance.now();
       const { id, at } = await post(server.url, `message ${k + 1}`);
       const postedAt = performance.timeOrigin + at;
-      const arrivals = await Promise.all(clients.map((client) => ask<Arrivals>(client, { kind: "wait for", id, postedAt })));
+      const arrivals = await Promise.all(
+        clients.map((client) => ask<Arrivals>(client, { kind: "wait for", id, postedAt })),
+      );
       const delaysByPid: Record<number, number[]> = {};
-      for (const part of arrivals) for (const [pid, delays] of Object.entries(part.delaysByPid)) (delaysByPid[Number(pid)] ??= []).push(...delays);
+      for (const part of arrivals)
+        for (const [pid, delays] of Object.entries(part.delaysByPid))
+          (delaysByPid[Number(pid)] ??= []).push(...delays);
       const times = Object.values(delaysByPid).flat();
       const fromThe201 = times.map((t) => Math.max(0, t));
-      const p99ByPid = Object.fromEntries(Object.entries(delaysByPid).map(([pid, delays]) => [pid, percentiles(delays.map((t) => Math.max(0, t))).p99]));
+      const p99ByPid = Object.fromEntries(
+        Object.entries(delaysByPid).map(([pid, delays]) => [
+          pid,
+          percentiles(delays.map((t) => Math.max(0, t))).p99,
+        ]),
+      );
       const fromTheRequest = percentiles(times.map((t) => t + at - sentAt));
-      deliveries.push({ id, delivered: times.length, lost: live - times.length, beforeThe201: times.filter((t) => t < 0).length, mean: mean(fromThe201), ...percentiles(fromThe201), p99ByPid, roundTrip: at - sentAt, fromTheRequest });
+      deliveries.push({
+        id,
+        delivered: times.length,
+        lost: live - times.length,
+        beforeThe201: times.filter((t) => t < 0).length,
+        mean: mean(fromThe201),
+        ...percentiles(fromThe201),
+        p99ByPid,
+        roundTrip: at - sentAt,
+        fromTheRequest,
+      });
       await delay(BETWEEN_POSTS_MS);
     }
-    const closed = await Promise.all(clients.map((client) => ask<{ duplicates: number }>(client, { kind: "close room" })));
+    const closed = await Promise.all(
+      clients.map((client) => ask<{ duplicates: number }>(client, { kind: "close room" })),
+    );
     return {
       workers: server.workers,
       live,
-      failed: opened.reduce((sum, part) => sum + part.failed, 0),
+      failed: sum(opened.map((part) => part.failed)),
       byPid,
       idleKB,
       loadedKB,
       perSubscriberKB: (loadedKB - idleKB) / Math.max(1, live),
       deliveries,
-      duplicates: closed.reduce((sum, part) => sum + part.duplicates, 0),
+      duplicates: sum(closed.map((part) => part.duplicates)),
     };
   } finally {
-    await stopServer(server);
+    await stopWorkers(server);
   }
 }
 
 // ─── 2. Countdowns across processes ──────────────────────────────────────────
 
 async function countdownsAcross(options: ProcessesOptions, clients: ChildProcess[]) {
-  const server = await startServer();
+  const server = await startWorkers();
   try {
     await delay(SETTLE_MS);
     const idleByWorker = server.workers.map(rssKB);
     const samples: { at: number; byWorker: number[] }[] = [];
-    const sampler = setInterval(() => samples.push({ at: Date.now(), byWorker: server.workers.map(rssKB) }), SAMPLE_EVERY_MS);
+    const sampler = setInterval(
+      () => samples.push({ at: Date.now(), byWorker: server.workers.map(rssKB) }),
+      SAMPLE_EVERY_MS,
+    );
     let reports: ClientReport[];
     try {
       const sizes = halves(options.subscribers);
@@ -321,7 +394,14 @@ async function countdownsAcross(options: ProcessesOptions, clients: ChildProcess
         clients.map((client, k) =>
           ask<ClientReport>(client, {
             kind: "countdowns",
-            options: { url: `${server.url}/sse/`, streams: sizes[k]!, seconds: options.seconds, interval: options.interval, concurrency: OPENING_AT_ONCE, grace: COUNTDOWN_GRACE_S },
+            options: {
+              url: `${server.url}/sse/`,
+              streams: sizes[k]!,
+              seconds: options.seconds,
+              interval: options.interval,
+              concurrency: OPENING_AT_ONCE,
+              grace: COUNTDOWN_GRACE_S,
+            },
           }),
         ),
       );
@@ -332,10 +412,13 @@ async function countdownsAcross(options: ProcessesOptions, clients: ChildProcess
     const from = Math.max(...reports.map((r) => r.plateau?.from ?? 0));
     const to = Math.min(...reports.map((r) => r.plateau?.to ?? Infinity));
     const during = samples.filter((s) => s.at >= from && s.at <= to);
-    const total = (s: { byWorker: number[] }) => s.byWorker.reduce((sum, kb) => sum + kb, 0);
-    const peak = (during.length ? during : samples).reduce((highest, s) => (total(s) > total(highest) ? s : highest), { at: 0, byWorker: idleByWorker });
-    const live = reports.reduce((sum, r) => sum + r.servedAtOnce, 0);
-    const add = (pick: (r: ClientReport) => number) => reports.reduce((sum, r) => sum + pick(r), 0);
+    const total = (s: { byWorker: number[] }) => sum(s.byWorker);
+    const peak = (during.length ? during : samples).reduce(
+      (highest, s) => (total(s) > total(highest) ? s : highest),
+      { at: 0, byWorker: idleByWorker },
+    );
+    const live = sum(reports.map((r) => r.servedAtOnce));
+    const add = (pick: (r: ClientReport) => number) => sum(reports.map(pick));
     return {
       workers: server.workers,
       streams: options.subscribers,
@@ -349,10 +432,10 @@ async function countdownsAcross(options: ProcessesOptions, clients: ChildProcess
       latenessP99: Math.max(...reports.map((r) => r.lateness.p99)),
       idleByWorker,
       peakByWorker: peak.byWorker,
-      perStreamKB: (total(peak) - idleByWorker.reduce((sum, kb) => sum + kb, 0)) / Math.max(1, live),
+      perStreamKB: (total(peak) - sum(idleByWorker)) / Math.max(1, live),
     };
   } finally {
-    await stopServer(server);
+    await stopWorkers(server);
   }
 }
 
@@ -369,20 +452,27 @@ export async function runProcessesBench(options: ProcessesOptions, adminUrl: str
       const database = await freshDatabase(adminUrl);
       dropDatabase = database.drop;
       try {
-        console.error(`processes: ${options.subscribers} room subscribers over ${WORKERS} workers and PostgreSQL, ${options.posts} POSTs`);
+        console.error(
+          `processes: ${options.subscribers} room subscribers over ${WORKERS} workers and PostgreSQL, ${options.posts} POSTs`,
+        );
         room = await roomAcross(options, database.url, clients);
-        console.error(`processes: delivery p99 ${room.deliveries.map((d) => ms(d.p99)).join(", ")}`);
+        console.error(
+          `processes: delivery p99 ${room.deliveries.map((d) => ms(d.p99)).join(", ")}`,
+        );
       } finally {
         dropDatabase = undefined;
         await database.drop();
       }
     } else {
-      roomSkipped = "no PostgreSQL to share the room: neither --database nor TEST_DATABASE_URL was given";
+      roomSkipped =
+        "no PostgreSQL to share the room: neither --database nor TEST_DATABASE_URL was given";
       console.error(`processes: the room across processes is left out: ${roomSkipped}`);
     }
     console.error(`processes: ${options.subscribers} countdown streams over ${WORKERS} workers`);
     const countdowns = await countdownsAcross(options, clients);
-    console.error(`processes: ${kb(countdowns.perStreamKB)} per countdown stream, ${countdowns.lost} events lost`);
+    console.error(
+      `processes: ${kb(countdowns.perStreamKB)} per countdown stream, ${countdowns.lost} events lost`,
+    );
     return { options, room, roomSkipped, countdowns };
   } finally {
     for (const client of clients) client.disconnect();
@@ -391,22 +481,21 @@ export async function runProcessesBench(options: ProcessesOptions, adminUrl: str
 
 /** True when a message or a countdown event was lost, duplicated or garbled. */
 export function processesBroken({ room, countdowns }: ProcessesReport): boolean {
-  const roomBroken = room !== undefined && (room.duplicates > 0 || room.deliveries.some((d) => d.lost > 0));
+  const roomBroken =
+    room !== undefined && (room.duplicates > 0 || room.deliveries.some((d) => d.lost > 0));
   return roomBroken || countdowns.lost > 0 || countdowns.duplicated > 0 || countdowns.malformed > 0;
 }
 
 // ─── The report ──────────────────────────────────────────────────────────────
 
-const ms = (value: number) => (Number.isFinite(value) ? `${value.toFixed(value < 100 ? 1 : 0)} ms` : "n/a");
-const kb = (value: number) => `${value.toFixed(1)} KB`;
-const mb = (kbValue: number) => `${(kbValue / 1024).toFixed(1)} MB`;
-const count = (value: number) => value.toLocaleString("en");
-
 function roomLines(room: NonNullable<ProcessesReport["room"]>): string[] {
-  const split = room.workers.map((pid) => `${count(room.byPid[pid] ?? 0)} on pid ${pid}`).join(", ");
+  const split = room.workers
+    .map((pid) => `${count(room.byPid[pid] ?? 0)} on pid ${pid}`)
+    .join(", ");
   const worstP99 = Math.max(...room.deliveries.map((d) => d.p99));
-  const lost = room.deliveries.reduce((sum, d) => sum + d.lost, 0);
-  const perWorker = (d: (typeof room.deliveries)[number]) => room.workers.map((pid) => ms(d.p99ByPid[pid] ?? NaN)).join(" · ");
+  const lost = sum(room.deliveries.map((d) => d.lost));
+  const perWorker = (d: (typeof room.deliveries)[number]) =>
+    room.workers.map((pid) => ms(d.p99ByPid[pid] ?? NaN)).join(" · ");
   return [
     `Room: ${count(room.live)} subscribers (${split}, as their presence events said; ${room.failed} failed to open), ${room.deliveries.length === 1 ? "one POST" : `${room.deliveries.length} POSTs a second apart`}. Delivery runs from the 201 the bench read to each subscriber's arrival, on one clock for all three processes (an arrival before the bench read the 201 counts 0); from sending the POST, it includes the POST's round trip, an upper bound.`,
     ``,
@@ -417,20 +506,24 @@ function roomLines(room: NonNullable<ProcessesReport["room"]>): string[] {
         `| message ${d.id} | ${count(d.delivered)} of ${count(d.delivered + d.lost)} | ${d.lost} | ${count(d.beforeThe201)} | ${ms(d.p50)} | ${ms(d.p99)} | ${ms(d.max)} | ${perWorker(d)} | ${ms(d.roundTrip)} | ${ms(d.fromTheRequest.p99)} · ${ms(d.fromTheRequest.max)} |`,
     ),
     ``,
-    `Workers' RSS ${mb(room.idleKB)} → ${mb(room.loadedKB)} with every subscriber open: ${kb(room.perSubscriberKB)} per subscriber. ` +
+    `Workers' RSS ${mbFromKB(room.idleKB)} → ${mbFromKB(room.loadedKB)} with every subscriber open: ${kb(room.perSubscriberKB)} per subscriber. ` +
       `Against the target (p99 at most 200 ms, nothing lost): worst p99 ${ms(worstP99)} ${worstP99 <= 200 ? "meets it" : "misses it"}; ${lost} lost, ${room.duplicates} duplicated.`,
   ];
 }
 
 export function processesSection(report: ProcessesReport): string {
   const { countdowns: c } = report;
-  const workerRss = c.workers.map((pid, k) => `pid ${pid} ${mb(c.idleByWorker[k]!)} → ${mb(c.peakByWorker[k]!)}`).join(", ");
+  const workerRss = c.workers
+    .map((pid, k) => `pid ${pid} ${mbFromKB(c.idleByWorker[k]!)} → ${mbFromKB(c.peakByWorker[k]!)}`)
+    .join(", ");
   return [
     `### Lesson 3: several processes, one room (bench/processes.ts)`,
     ``,
     `\`server.ts --workers ${WORKERS}\`, driven by two load-client processes, each opening half the streams.`,
     ``,
-    ...(report.room ? roomLines(report.room) : [`Room across processes: left out, ${report.roomSkipped}.`]),
+    ...(report.room
+      ? roomLines(report.room)
+      : [`Room across processes: left out, ${report.roomSkipped}.`]),
     ``,
     `| ${count(c.streams)} countdowns (${report.options.seconds} s, one tick every ${report.options.interval} ms), no database | live at once | events received / expected | lost · dup · malformed | tick lateness p99 (worst client) | workers' RSS idle → peak | per stream |`,
     `|---|---|---|---|---|---|---|`,
@@ -466,7 +559,8 @@ async function main() {
     HELP,
   );
   if (flags.client) return serveParent();
-  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.once(signal, () => void interrupted(signal));
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const)
+    process.once(signal, () => void interrupted(signal));
   const options: ProcessesOptions = {
     subscribers: wholeFlag("subscribers", flags.subscribers, CLIENTS),
     posts: wholeFlag("posts", flags.posts, 1),
@@ -474,7 +568,10 @@ async function main() {
     interval: wholeFlag("interval", flags.interval, 10),
   };
   try {
-    const report = await runProcessesBench(options, flags.database || process.env.TEST_DATABASE_URL || undefined);
+    const report = await runProcessesBench(
+      options,
+      flags.database || process.env.TEST_DATABASE_URL || undefined,
+    );
     console.log(flags.json ? JSON.stringify(report) : processesSection(report));
     process.exitCode = processesBroken(report) ? 1 : 0;
   } catch (error) {

@@ -2,7 +2,7 @@
  * bench/room-floor.ts: the least node:http can spend to push one message to
  * every open room stream, for bench/room.ts to set server.ts beside.
  *
- * The same wire format and URLs as server.ts's room, but no hub, no
+ * The same wire format and URLs as the room (lessons/room.ts), but no hub, no
  * generator, no promise per stream: every open /room/stream response sits in
  * one Set, and a POST writes the message to each of them in one loop before
  * it answers 201. No validation, no replay: only the fan-out. Whatever
@@ -14,7 +14,8 @@
 import http, { type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { parseArgs } from "node:util";
-import { formatEvent, presenceEvent, PRESENCE_DELAY_MS, SSE_HEADERS } from "../server.ts";
+import { formatEvent, SSE_HEADERS } from "../server.ts";
+import { presenceEvent, PRESENCE_DELAY_MS } from "../lessons/room.ts";
 
 const { values: flags } = parseArgs({
   options: {

@@ -29,15 +29,25 @@
  */
 
 import http from "node:http";
-import path from "node:path";
-import { readFileSync } from "node:fs";
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { setTimeout as delay } from "node:timers/promises";
 import { exitWith, isMain, readFlags, wholeNumber } from "../server.ts";
-import { percentiles, type Percentiles } from "./client.ts";
-
-const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
+import {
+  count,
+  cpuSeconds,
+  kb,
+  mbFromKB,
+  mean,
+  ms,
+  percentiles,
+  rssKB,
+  sourceAddress,
+  SseReader,
+  startServer,
+  stop,
+  waitUntil,
+  type Percentiles,
+  type Server,
+} from "./common.ts";
 
 // ─── Flags ───────────────────────────────────────────────────────────────────
 
@@ -66,50 +76,21 @@ export const BETWEEN_POSTS_MS = 1000;
 /** How long the room sits quiet, every stream open and nothing posted, while the server's CPU is read. */
 const QUIET_WINDOW_MS = 5000;
 
-// ─── The server, as a child process, and /proc ───────────────────────────────
+// ─── The server ──────────────────────────────────────────────────────────────
 
-const TSX = process.execArgv.some((flag) => flag.includes("tsx")) ? process.execArgv : ["--import", "tsx"];
-const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+/** server.ts, or bench/room-floor.ts, as its own process on loopback. */
+const startQuiet = (file: string) => startServer(file, ["--quiet"]);
 
-interface Server {
-  child: ChildProcess;
-  url: string;
-}
-
-/** server.ts, or bench/room-floor.ts, on a free loopback port. */
-async function startServer(file = "server.ts"): Promise<Server> {
-  const child = spawn(process.execPath, [...TSX, file, "--port", "0", "--host", "127.0.0.1", "--quiet"], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] });
-  let output = "";
-  child.stdout!.setEncoding("utf8").on("data", (text: string) => (output += text));
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    const url = /listening at (http:\/\/127\.0\.0\.1:\d+)\//.exec(output)?.[1];
-    if (url) return { child, url };
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`server.ts did not start:\n${output}`);
-    await delay(50);
-  }
-}
-
-async function stopServer(server: Server) {
-  if (server.child.exitCode !== null) return;
-  server.child.kill("SIGKILL");
-  await new Promise((resolve) => server.child.once("exit", resolve));
-}
-
-export function rssKB(pid: number): number {
-  return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0);
-}
-
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
-}
+/** At once: its streams' goodbyes are not what this bench measures. */
+const stopNow = (server: Server) => stop(server, "SIGKILL");
 
 // ─── Streams ─────────────────────────────────────────────────────────────────
 
-/** A source address on 127.0.0.0/8 for the k-th connection, so ten thousand never run out of ports. */
-export const sourceFor = (k: number) => `127.0.0.${2 + (k % 253)}`;
+/** What a presence event says: the head count, and the pid of the process serving it. */
+interface Presence {
+  tabs: number;
+  pid: number;
+}
 
 /** One open SSE stream: when each message id arrived, and the last head count it was told, by which process. */
 export class Stream {
@@ -122,10 +103,10 @@ export class Stream {
   /** The pid of the process serving this stream, from its presence events (bench/processes.ts counts them). */
   pid = 0;
   failed = false;
-  private buffer = "";
+  private reader = new SseReader();
 
   constructor(url: string, index: number, onHeaders: () => void) {
-    this.req = http.get(url, { agent: false, localAddress: sourceFor(index) });
+    this.req = http.get(url, { agent: false, localAddress: sourceAddress(index) });
     this.req.on("error", () => {
       this.failed = true;
       onHeaders();
@@ -139,19 +120,13 @@ export class Stream {
 
   private read(text: string) {
     const now = performance.now();
-    this.buffer += text;
-    let end: number;
-    while ((end = this.buffer.indexOf("\n\n")) !== -1) {
-      const block = this.buffer.slice(0, end);
-      this.buffer = this.buffer.slice(end + 2);
-      if (!block.startsWith(":")) this.events++;
-      const id = /^event: message\nid: (\d+)\n/.exec(block)?.[1];
-      if (id !== undefined) {
+    for (const { event, id, data = "" } of this.reader.read(text)) {
+      this.events++;
+      if (event === "message" && id !== undefined) {
         if (this.arrivals.has(Number(id))) this.duplicates++;
         else this.arrivals.set(Number(id), now);
       }
-      const presence = /^event: presence\ndata: (.*)$/.exec(block)?.[1];
-      if (presence !== undefined) ({ tabs: this.tabs, pid: this.pid } = JSON.parse(presence) as { tabs: number; pid: number });
+      if (event === "presence") ({ tabs: this.tabs, pid: this.pid } = JSON.parse(data) as Presence);
     }
   }
 
@@ -174,16 +149,6 @@ export async function openStreams(url: string, count: number, firstIndex = 0): P
   return streams;
 }
 
-export const mean = (values: number[]) => values.reduce((sum, value) => sum + value, 0) / Math.max(1, values.length);
-
-export async function waitUntil(what: string, condition: () => boolean, ms: number) {
-  const deadline = Date.now() + ms;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`gave up waiting for ${what}`);
-    await delay(20);
-  }
-}
-
 /** A POST to the room, resolved when its 201 has been read, with the message's id. */
 export async function post(url: string, text: string): Promise<{ id: number; at: number }> {
   const answer = await fetch(`${url}/room/messages`, {
@@ -192,14 +157,20 @@ export async function post(url: string, text: string): Promise<{ id: number; at:
     body: JSON.stringify({ name: "bench", text }),
   });
   const at = performance.now();
-  if (answer.status !== 201) throw new Error(`POST answered ${answer.status}: ${await answer.text()}`);
+  if (answer.status !== 201)
+    throw new Error(`POST answered ${answer.status}: ${await answer.text()}`);
   return { id: ((await answer.json()) as { id: number }).id, at };
 }
 
 // ─── 1. The reference: countdown streams ─────────────────────────────────────
 
 /** RSS per stream of `count` streams opened against a fresh server, in KB. */
-async function memoryPerStream(server: Server, path: string, count: number, ready: (streams: Stream[]) => boolean) {
+async function memoryPerStream(
+  server: Server,
+  path: string,
+  count: number,
+  ready: (streams: Stream[]) => boolean,
+) {
   await delay(SETTLE_MS);
   const idleKB = rssKB(server.child.pid!);
   const streams = await openStreams(`${server.url}${path}`, count);
@@ -211,14 +182,24 @@ async function memoryPerStream(server: Server, path: string, count: number, read
 }
 
 async function countdownReference(count: number) {
-  const server = await startServer();
+  const server = await startQuiet("server.ts");
   try {
     // A long interval: the streams sit between ticks, as room streams sit between messages.
-    const measured = await memoryPerStream(server, "/sse/?from=1000&interval=60000", count, (streams) => streams.every((s) => s.failed || s.events > 0));
+    const measured = await memoryPerStream(
+      server,
+      "/sse/?from=1000&interval=60000",
+      count,
+      (streams) => streams.every((s) => s.failed || s.events > 0),
+    );
     for (const stream of measured.streams) stream.close();
-    return { idleKB: measured.idleKB, loadedKB: measured.loadedKB, perStreamKB: measured.perStreamKB, failed: measured.failed };
+    return {
+      idleKB: measured.idleKB,
+      loadedKB: measured.loadedKB,
+      perStreamKB: measured.perStreamKB,
+      failed: measured.failed,
+    };
   } finally {
-    await stopServer(server);
+    await stopNow(server);
   }
 }
 
@@ -234,32 +215,56 @@ export interface Delivery extends Percentiles {
 }
 
 async function push(options: RoomBenchOptions, file: string) {
-  const server = await startServer(file);
+  const server = await startQuiet(file);
   try {
     const count = options.subscribers;
-    const measured = await memoryPerStream(server, "/room/stream", count, (streams) => streams.every((s) => s.failed || s.tabs === count));
+    const measured = await memoryPerStream(server, "/room/stream", count, (streams) =>
+      streams.every((s) => s.failed || s.tabs === count),
+    );
     const live = measured.streams.filter((stream) => !stream.failed);
     const quietCpuBefore = cpuSeconds(server.child.pid!);
     await delay(QUIET_WINDOW_MS);
-    const quietCpuPercent = ((cpuSeconds(server.child.pid!) - quietCpuBefore) / (QUIET_WINDOW_MS / 1000)) * 100;
+    const quietCpuPercent =
+      ((cpuSeconds(server.child.pid!) - quietCpuBefore) / (QUIET_WINDOW_MS / 1000)) * 100;
     const cpuBefore = cpuSeconds(server.child.pid!);
     const startedAt = performance.now();
     const deliveries: Delivery[] = [];
     for (let k = 0; k < options.posts; k++) {
       const { id, at } = await post(server.url, `message ${k + 1}`);
-      await waitUntil(`message ${id} to reach every subscriber`, () => live.every((s) => s.arrivals.has(id)), DELIVERY_DEADLINE_MS).catch(() => {});
+      await waitUntil(
+        `message ${id} to reach every subscriber`,
+        () => live.every((s) => s.arrivals.has(id)),
+        DELIVERY_DEADLINE_MS,
+      ).catch(() => {});
       const times = live.filter((s) => s.arrivals.has(id)).map((s) => s.arrivals.get(id)! - at);
       const fromThe201 = times.map((t) => Math.max(0, t));
-      deliveries.push({ id, delivered: times.length, lost: live.length - times.length, beforeThe201: times.filter((t) => t < 0).length, mean: mean(fromThe201), ...percentiles(fromThe201) });
+      deliveries.push({
+        id,
+        delivered: times.length,
+        lost: live.length - times.length,
+        beforeThe201: times.filter((t) => t < 0).length,
+        mean: mean(fromThe201),
+        ...percentiles(fromThe201),
+      });
       await delay(BETWEEN_POSTS_MS);
     }
     const windowSeconds = (performance.now() - startedAt) / 1000;
     const cpuPercent = ((cpuSeconds(server.child.pid!) - cpuBefore) / windowSeconds) * 100;
     const duplicates = live.reduce((sum, stream) => sum + stream.duplicates, 0);
     for (const stream of measured.streams) stream.close();
-    return { idleKB: measured.idleKB, loadedKB: measured.loadedKB, perStreamKB: measured.perStreamKB, failed: measured.failed, deliveries, duplicates, quietCpuPercent, cpuPercent, windowSeconds };
+    return {
+      idleKB: measured.idleKB,
+      loadedKB: measured.loadedKB,
+      perStreamKB: measured.perStreamKB,
+      failed: measured.failed,
+      deliveries,
+      duplicates,
+      quietCpuPercent,
+      cpuPercent,
+      windowSeconds,
+    };
   } finally {
-    await stopServer(server);
+    await stopNow(server);
   }
 }
 
@@ -276,7 +281,11 @@ class Poller {
   private stopped = false;
 
   constructor(index: number) {
-    this.agent = new http.Agent({ keepAlive: true, maxSockets: 1, localAddress: sourceFor(index) } as http.AgentOptions);
+    this.agent = new http.Agent({
+      keepAlive: true,
+      maxSockets: 1,
+      localAddress: sourceAddress(index),
+    } as http.AgentOptions);
   }
 
   async run(url: string, periodMs: number, offsetMs: number, watched: () => number) {
@@ -290,19 +299,24 @@ class Poller {
 
   private ask(url: string, watched: () => number): Promise<void> {
     return new Promise((resolve) => {
-      const req = http.get(`${url}/room/messages?after=${this.lastId}`, { agent: this.agent }, (res) => {
-        let body = "";
-        res.setEncoding("utf8").on("data", (text: string) => (body += text));
-        res.on("end", () => {
-          this.answers++;
-          const list = JSON.parse(body) as { id: number }[];
-          // Read the watched id now, not when asking: the POST may land while this request is on its way.
-          const watchedId = watched();
-          if (watchedId && !this.gotWatchedAt && list.some((message) => message.id === watchedId)) this.gotWatchedAt = performance.now();
-          this.lastId = list.at(-1)?.id ?? this.lastId;
-          resolve();
-        });
-      });
+      const req = http.get(
+        `${url}/room/messages?after=${this.lastId}`,
+        { agent: this.agent },
+        (res) => {
+          let body = "";
+          res.setEncoding("utf8").on("data", (text: string) => (body += text));
+          res.on("end", () => {
+            this.answers++;
+            const list = JSON.parse(body) as { id: number }[];
+            // Read the watched id now, not when asking: the POST may land while this request is on its way.
+            const watchedId = watched();
+            if (watchedId && !this.gotWatchedAt && list.some((message) => message.id === watchedId))
+              this.gotWatchedAt = performance.now();
+            this.lastId = list.at(-1)?.id ?? this.lastId;
+            resolve();
+          });
+        },
+      );
       req.on("error", () => {
         if (!this.stopped) this.errors++; // a request cut by stop() is not the server's error
         resolve();
@@ -317,14 +331,16 @@ class Poller {
 }
 
 async function poll(options: RoomBenchOptions) {
-  const server = await startServer();
+  const server = await startQuiet("server.ts");
   try {
     const periodMs = options.poll * 1000;
     const pollers = Array.from({ length: options.subscribers }, (_, k) => new Poller(k));
     let watchedId = 0;
     const cpuBefore = cpuSeconds(server.child.pid!);
     const startedAt = performance.now();
-    const running = pollers.map((poller, k) => poller.run(server.url, periodMs, (k / pollers.length) * periodMs, () => watchedId));
+    const running = pollers.map((poller, k) =>
+      poller.run(server.url, periodMs, (k / pollers.length) * periodMs, () => watchedId),
+    );
     await delay((options.pollSeconds * 1000) / 2);
     const { id, at } = await post(server.url, "polled");
     watchedId = id;
@@ -346,7 +362,7 @@ async function poll(options: RoomBenchOptions) {
       delay: percentiles(delays),
     };
   } finally {
-    await stopServer(server);
+    await stopNow(server);
   }
 }
 
@@ -357,22 +373,25 @@ export type RoomReport = Awaited<ReturnType<typeof runRoomBench>>;
 export async function runRoomBench(options: RoomBenchOptions) {
   console.error(`room: ${options.subscribers} countdown streams for reference`);
   const reference = await countdownReference(options.subscribers);
-  console.error(`room: ${options.subscribers} streams on the floor (bench/room-floor.ts), ${options.posts} POSTs`);
+  console.error(
+    `room: ${options.subscribers} streams on the floor (bench/room-floor.ts), ${options.posts} POSTs`,
+  );
   const floor = await push(options, "bench/room-floor.ts");
-  console.error(`room: floor delivery p99 ${floor.deliveries.map((delivery) => ms(delivery.p99)).join(", ")}`);
+  console.error(
+    `room: floor delivery p99 ${floor.deliveries.map((delivery) => ms(delivery.p99)).join(", ")}`,
+  );
   console.error(`room: ${options.subscribers} room subscribers, ${options.posts} POSTs`);
   const pushed = await push(options, "server.ts");
   const p99s = pushed.deliveries.map((delivery) => ms(delivery.p99)).join(", ");
-  console.error(`room: delivery p99 ${p99s}; ${kb(pushed.perStreamKB)} per subscriber, ${kb(reference.perStreamKB)} per countdown stream`);
-  console.error(`room: ${options.subscribers} tabs polling every ${options.poll} s for ${options.pollSeconds} s`);
+  console.error(
+    `room: delivery p99 ${p99s}; ${kb(pushed.perStreamKB)} per subscriber, ${kb(reference.perStreamKB)} per countdown stream`,
+  );
+  console.error(
+    `room: ${options.subscribers} tabs polling every ${options.poll} s for ${options.pollSeconds} s`,
+  );
   const polled = await poll(options);
   return { options, reference, floor, pushed, polled };
 }
-
-const ms = (value: number) => (Number.isFinite(value) ? `${value.toFixed(value < 100 ? 1 : 0)} ms` : "n/a");
-const kb = (value: number) => `${value.toFixed(1)} KB`;
-const mb = (kbValue: number) => `${(kbValue / 1024).toFixed(1)} MB`;
-const count = (value: number) => value.toLocaleString("en");
 
 export function roomSection({ options, reference, floor, pushed, polled }: RoomReport): string {
   const ratio = pushed.perStreamKB / reference.perStreamKB;
@@ -386,13 +405,19 @@ export function roomSection({ options, reference, floor, pushed, polled }: RoomR
     ``,
     `| server | POST | delivered | lost | had it before the 201 | p50 | p99 | max |`,
     `|---|---|---|---|---|---|---|---|`,
-    ...floor.deliveries.map((d) => `| floor | message ${d.id} | ${count(d.delivered)} of ${count(d.delivered + d.lost)} | ${d.lost} | ${count(d.beforeThe201)} | ${ms(d.p50)} | ${ms(d.p99)} | ${ms(d.max)} |`),
-    ...pushed.deliveries.map((d) => `| **server.ts** | message ${d.id} | ${count(d.delivered)} of ${count(d.delivered + d.lost)} | ${d.lost} | ${count(d.beforeThe201)} | ${ms(d.p50)} | ${ms(d.p99)} | ${ms(d.max)} |`),
+    ...floor.deliveries.map(
+      (d) =>
+        `| floor | message ${d.id} | ${count(d.delivered)} of ${count(d.delivered + d.lost)} | ${d.lost} | ${count(d.beforeThe201)} | ${ms(d.p50)} | ${ms(d.p99)} | ${ms(d.max)} |`,
+    ),
+    ...pushed.deliveries.map(
+      (d) =>
+        `| **server.ts** | message ${d.id} | ${count(d.delivered)} of ${count(d.delivered + d.lost)} | ${d.lost} | ${count(d.beforeThe201)} | ${ms(d.p50)} | ${ms(d.p99)} | ${ms(d.max)} |`,
+    ),
     ``,
     `| streams | failed to open | RSS idle → all open | per stream | × a countdown stream |`,
     `|---|---|---|---|---|`,
-    `| countdown (between ticks) | ${reference.failed} | ${mb(reference.idleKB)} → ${mb(reference.loadedKB)} | ${kb(reference.perStreamKB)} | 1× |`,
-    `| room subscriber | ${pushed.failed} | ${mb(pushed.idleKB)} → ${mb(pushed.loadedKB)} | ${kb(pushed.perStreamKB)} | ${ratio.toFixed(2)}× |`,
+    `| countdown (between ticks) | ${reference.failed} | ${mbFromKB(reference.idleKB)} → ${mbFromKB(reference.loadedKB)} | ${kb(reference.perStreamKB)} | 1× |`,
+    `| room subscriber | ${pushed.failed} | ${mbFromKB(pushed.idleKB)} → ${mbFromKB(pushed.loadedKB)} | ${kb(pushed.perStreamKB)} | ${ratio.toFixed(2)}× |`,
     ``,
     `Against the target (p99 at most 100 ms after the 201, at most 1.5× a countdown stream's memory): worst p99 ${ms(worstP99)} ${worstP99 <= 100 ? "meets it" : "misses it"} (the floor's worst, in the same run: ${ms(floorP99)}); memory ${ratio.toFixed(2)}× ${ratio <= 1.5 ? "meets it" : "misses it"}; ${lost} lost, ${pushed.duplicates} duplicated.`,
     ``,

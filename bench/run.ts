@@ -38,11 +38,11 @@
  * bench/results.md.
  */
 
-import { spawn, execFileSync, type ChildProcess } from "node:child_process";
-import { readFileSync, readdirSync, writeFileSync, mkdirSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { writeFileSync, mkdirSync } from "node:fs";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { setTimeout as delay } from "node:timers/promises";
 import { readFlags } from "../server.ts";
 import type { ClientReport } from "./client.ts";
@@ -50,10 +50,29 @@ import type { SoakReport } from "./soak.ts";
 import { fanOutSection, type FanOutOptions, type FanOutReport } from "./fanout.ts";
 import { roomSection, type RoomReport } from "./room.ts";
 import { processesBroken, processesSection, type ProcessesReport } from "./processes.ts";
-import { freePort, runWsBench, wsBroken, wsSection, type WsBenchReport } from "./ws.ts";
-
-const BENCH = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.dirname(BENCH);
+import { runWsBench, wsBroken, wsSection, type WsBenchReport } from "./ws.ts";
+import {
+  BENCH,
+  count,
+  cpuSeconds,
+  fixed,
+  jsonLine,
+  killEverything,
+  mbFromKB,
+  median,
+  ms,
+  processTree,
+  ROOT,
+  rssKB,
+  runJson,
+  SCRATCH,
+  start,
+  stop,
+  sum,
+  TSX,
+  waitForLines,
+  waitForUrl,
+} from "./common.ts";
 
 // ─── Flags ───────────────────────────────────────────────────────────────────
 
@@ -72,21 +91,24 @@ const HELP = `Usage: npm run bench -- [flags]
   --fanout        Runs only lesson 2's fan-out measurements (bench/fanout.ts), full size.
   --database URL  A PostgreSQL for the room across processes (bench/processes.ts; default: env TEST_DATABASE_URL).`;
 
-const flags = readFlags({
-  streams: { type: "string", default: "10000" },
-  seconds: { type: "string", default: "20" },
-  interval: { type: "string", default: "1000" },
-  runs: { type: "string", default: "3" },
-  workers: { type: "string", default: "4" },
-  cycles: { type: "string" },
-  node24: { type: "string", default: "auto" },
-  also: { type: "string", multiple: true, default: [] },
-  only: { type: "string", multiple: true, default: [] },
-  soak: { type: "boolean", default: false },
-  fanout: { type: "boolean", default: false },
-  database: { type: "string" },
-  help: { type: "boolean", default: false },
-}, HELP);
+const flags = readFlags(
+  {
+    streams: { type: "string", default: "10000" },
+    seconds: { type: "string", default: "20" },
+    interval: { type: "string", default: "1000" },
+    runs: { type: "string", default: "3" },
+    workers: { type: "string", default: "4" },
+    cycles: { type: "string" },
+    node24: { type: "string", default: "auto" },
+    also: { type: "string", multiple: true, default: [] },
+    only: { type: "string", multiple: true, default: [] },
+    soak: { type: "boolean", default: false },
+    fanout: { type: "boolean", default: false },
+    database: { type: "string" },
+    help: { type: "boolean", default: false },
+  },
+  HELP,
+);
 
 function wholeFlag(name: string, text: string, min: number): number {
   const value = Number(text);
@@ -110,25 +132,10 @@ const OFFICIAL = FULL_SIZE && !flags.only.length && !flags.also.length;
 
 // ─── Child processes ─────────────────────────────────────────────────────────
 //
-// Every server runs in a process group of its own, so stopping it stops its
-// workers too. Whatever happens to this process, the groups are killed on exit.
+// Every server, and every bench script this one runs, gets a process group of
+// its own (bench/common.ts), so stopping it stops its workers and servers too.
+// Whatever happens to this process, the groups are killed on exit.
 
-/** The flags that make Node run TypeScript with tsx, as `npx tsx file.ts` does. */
-const TSX = process.execArgv.some((flag) => flag.includes("tsx")) ? process.execArgv : ["--import", "tsx"];
-
-const children = new Set<ChildProcess>();
-
-function killGroup(child: ChildProcess, signal: NodeJS.Signals) {
-  try {
-    process.kill(-child.pid!, signal);
-  } catch {
-    // already gone
-  }
-}
-
-process.on("exit", () => {
-  for (const child of children) killGroup(child, "SIGKILL");
-});
 for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
   process.once(signal, () => {
     console.error(`\n${signal}: stopping every server the benchmark started`);
@@ -136,85 +143,19 @@ for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
   });
 }
 
-interface Started {
-  child: ChildProcess;
-  output: () => string;
-  exited: Promise<void>;
-}
+/** How long a measured server gets to stop after SIGTERM. */
+const SERVER_STOP_GRACE_MS = 3000;
 
-function start(command: string, args: string[]): Started {
-  const child = spawn(command, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], detached: true });
-  children.add(child);
-  let output = "";
-  child.stdout!.setEncoding("utf8").on("data", (text: string) => (output += text));
-  child.stderr!.setEncoding("utf8").on("data", (text: string) => (output += text));
-  const exited = new Promise<void>((resolve) => child.once("close", () => resolve()));
-  exited.then(() => children.delete(child));
-  return { child, output: () => output, exited };
-}
-
-/** SIGTERM to the whole group, then SIGKILL if it is still there after a grace period. */
-async function stop(started: Started, graceMs = 3000) {
-  if (started.child.exitCode !== null || started.child.signalCode !== null) return;
-  killGroup(started.child, "SIGTERM");
-  const timeout = delay(graceMs).then(() => "timeout");
-  if ((await Promise.race([started.exited.then(() => "exited"), timeout])) === "timeout") {
-    killGroup(started.child, "SIGKILL");
-    await started.exited;
-  }
-  killGroup(started.child, "SIGKILL"); // the arbiter's workers, should any have outlived it
-}
-
-/** Waits until the output holds `times` lines matching `pattern`. */
-async function waitForOutput(started: Started, pattern: RegExp, what: string, times = 1, ms = 30_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    if (started.output().split("\n").filter((line) => pattern.test(line)).length >= times) return;
-    if (started.child.exitCode !== null || started.child.signalCode !== null) {
-      throw new Error(`${what} exited before it was ready:\n${started.output()}`);
-    }
-    if (Date.now() > deadline) throw new Error(`${what} was not ready after ${ms / 1000} s:\n${started.output()}`);
-    await delay(50);
-  }
+/** A port free on 127.0.0.1 right now. */
+async function freePort(): Promise<number> {
+  const probe = net.createServer();
+  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
+  const { port } = probe.address() as net.AddressInfo;
+  await new Promise((resolve) => probe.close(resolve));
+  return port;
 }
 
 // ─── /proc ───────────────────────────────────────────────────────────────────
-
-const CLOCK_TICKS = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
-
-/** Parent pid and CPU ticks (user + system) of a process, from /proc/PID/stat. */
-function readStat(pid: number): { ppid: number; ticks: number } | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // The command name, in parentheses, may hold spaces: count fields after it.
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return { ppid: Number(fields[1]), ticks: Number(fields[11]) + Number(fields[12]) };
-  } catch {
-    return undefined;
-  }
-}
-
-/** Resident memory of a process in KB, from /proc/PID/status (0 once it is gone). */
-function readRssKB(pid: number): number {
-  try {
-    return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0);
-  } catch {
-    return 0;
-  }
-}
-
-/** A process and all its descendants: the blocking server's arbiter and workers. */
-function processTree(root: number): number[] {
-  const childrenOf = new Map<number, number[]>();
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    const stat = readStat(Number(entry));
-    if (stat) childrenOf.set(stat.ppid, [...(childrenOf.get(stat.ppid) ?? []), Number(entry)]);
-  }
-  const tree = [root];
-  for (let i = 0; i < tree.length; i++) tree.push(...(childrenOf.get(tree[i]!) ?? []));
-  return tree;
-}
 
 interface Sample {
   at: number;
@@ -224,15 +165,13 @@ interface Sample {
 }
 
 function sample(root: number): Sample {
-  const tree = processTree(root);
-  const sizes = tree.map(readRssKB);
-  const workersKB = sizes.slice(1).reduce((sum, kb) => sum + kb, 0);
+  const sizes = processTree(root).map(rssKB);
+  const workersKB = sum(sizes.slice(1));
   return { at: Date.now(), rssKB: sizes[0]! + workersKB, workersKB };
 }
 
-function cpuTicks(root: number): number {
-  return processTree(root).reduce((sum, pid) => sum + (readStat(pid)?.ticks ?? 0), 0);
-}
+/** CPU seconds of a process and its descendants so far. */
+const treeCpuSeconds = (root: number) => sum(processTree(root).map(cpuSeconds));
 
 // ─── One measurement ─────────────────────────────────────────────────────────
 
@@ -267,24 +206,25 @@ interface Measurement {
 
 async function measure(config: Config): Promise<Measurement> {
   const port = await freePort();
-  const server = start(config.node, [...config.args(port)]);
+  const server = start(config.node, [...config.args(port)], { ownGroup: true });
   try {
-    await waitForOutput(server, /listening at:? http:\/\/127\.0\.0\.1:\d+/i, `${config.label} (pid ${server.child.pid})`);
-    await waitForOutput(server, config.ready, `${config.label} (pid ${server.child.pid})`, config.readyLines);
+    const what = `${config.label} (pid ${server.child.pid})`;
+    await waitForUrl(server, what);
+    await waitForLines(server, config.ready, what, config.readyLines);
     const root = server.child.pid!;
     await delay(FULL_SIZE ? 2000 : 500); // let start-up garbage settle before the idle reading
     const idleKB = sample(root).rssKB;
 
     const samples: Sample[] = [];
     const sampler = setInterval(() => samples.push(sample(root)), 200);
-    const ticksBefore = cpuTicks(root);
+    const cpuBefore = treeCpuSeconds(root);
     let client: ClientReport;
     try {
       client = await runClientProcess(config, port);
     } finally {
       clearInterval(sampler);
     }
-    const cpuSeconds = (cpuTicks(root) - ticksBefore) / CLOCK_TICKS;
+    const cpuSeconds = treeCpuSeconds(root) - cpuBefore;
     if (server.child.exitCode !== null || server.child.signalCode !== null) {
       throw new Error(`${config.label} exited during the run:\n${server.output()}`);
     }
@@ -294,16 +234,28 @@ async function measure(config: Config): Promise<Measurement> {
     let during = samples.filter((s) => s.at >= plateau.from && s.at <= plateau.to);
     if (!during.length) {
       const middle = (plateau.from + plateau.to) / 2;
-      during = [...samples].sort((a, b) => Math.abs(a.at - middle) - Math.abs(b.at - middle)).slice(0, 1);
+      during = [...samples]
+        .sort((a, b) => Math.abs(a.at - middle) - Math.abs(b.at - middle))
+        .slice(0, 1);
     }
     const peak = during.reduce((highest, s) => (s.rssKB > highest.rssKB ? s : highest));
     const loadKB = peak.rssKB;
     const workersLoadKB = peak.workersKB;
     const lowKB = Math.min(...during.map((s) => s.rssKB));
     const live = Math.max(1, client.servedAtOnce);
-    return { config, client, idleKB, loadKB, lowKB, workersLoadKB, perStreamKB: (loadKB - idleKB) / live, lowPerStreamKB: (lowKB - idleKB) / live, cpuSeconds };
+    return {
+      config,
+      client,
+      idleKB,
+      loadKB,
+      lowKB,
+      workersLoadKB,
+      perStreamKB: (loadKB - idleKB) / live,
+      lowPerStreamKB: (lowKB - idleKB) / live,
+      cpuSeconds,
+    };
   } finally {
-    await stop(server);
+    await stop(server, "SIGTERM", SERVER_STOP_GRACE_MS);
   }
 }
 
@@ -318,11 +270,9 @@ async function runClientProcess(config: Config, port: number): Promise<ClientRep
     ...["--interval", String(INTERVAL)],
     ...["--grace", String(config.grace)],
   ];
-  const client = start(process.execPath, args);
-  await client.exited;
-  const report = client.output().split("\n").find((line) => line.startsWith("{"));
-  if (client.child.exitCode !== 0 || !report) throw new Error(`the load client failed:\n${client.output()}`);
-  return JSON.parse(report) as ClientReport;
+  const client = start(process.execPath, args, { ownGroup: true });
+  await client.closed;
+  return jsonLine<ClientReport>(client, "the load client");
 }
 
 // ─── The configurations ──────────────────────────────────────────────────────
@@ -350,7 +300,13 @@ function nodeVersion(node: string): string {
 function configurations(node24: string | undefined): Config[] {
   const node20 = process.execPath;
   const tsxOn = `tsx, Node ${nodeVersion(node20)}`;
-  const async = (label: string, file: string, node: string, loader: string[], floor: string): Config => ({
+  const async = (
+    label: string,
+    file: string,
+    node: string,
+    loader: string[],
+    floor: string,
+  ): Config => ({
     label,
     kind: file.endsWith("floor.ts") ? "floor" : "async",
     floor: file.endsWith("floor.ts") ? undefined : floor,
@@ -371,14 +327,28 @@ function configurations(node24: string | undefined): Config[] {
     const stripping = `type stripping, Node ${nodeVersion(node24)}`;
     list.push(
       async(`floor (${stripping})`, floorFile, node24, [], ""),
-      async(`server.ts (${stripping})`, path.join(ROOT, "server.ts"), node24, [], `floor (${stripping})`),
+      async(
+        `server.ts (${stripping})`,
+        path.join(ROOT, "server.ts"),
+        node24,
+        [],
+        `floor (${stripping})`,
+      ),
     );
   }
   for (const file of flags.also) {
     // A .ts file runs under tsx, like server.ts; a .js or .mjs file runs on plain Node.
     const plain = /\.m?js$/.test(file);
     const on = plain ? `plain Node ${nodeVersion(node20)}` : tsxOn;
-    list.push(async(`${path.relative(ROOT, path.resolve(file))} (${on})`, path.resolve(file), node20, plain ? [] : TSX, `floor (${tsxOn})`));
+    list.push(
+      async(
+        `${path.relative(ROOT, path.resolve(file))} (${on})`,
+        path.resolve(file),
+        node20,
+        plain ? [] : TSX,
+        `floor (${tsxOn})`,
+      ),
+    );
   }
   const blocking = (on: string, node: string, loader: string[]): Config => ({
     label: `blocking-server.ts --workers ${WORKERS} (${on})`,
@@ -386,7 +356,18 @@ function configurations(node24: string | undefined): Config[] {
     node,
     file: path.join(ROOT, "blocking-server.ts"),
     // --timeout 0: a worker busy with a stream is not killed, so the queue stays a queue.
-    args: (port) => [...loader, path.join(ROOT, "blocking-server.ts"), "--port", String(port), "--host", "127.0.0.1", "--workers", String(WORKERS), "--timeout", "0"],
+    args: (port) => [
+      ...loader,
+      path.join(ROOT, "blocking-server.ts"),
+      "--port",
+      String(port),
+      "--host",
+      "127.0.0.1",
+      "--workers",
+      String(WORKERS),
+      "--timeout",
+      "0",
+    ],
     streams: WORKERS + EXTRA_CLIENTS,
     grace: 2,
     ready: /Booting worker with pid: \d+/,
@@ -399,31 +380,31 @@ function configurations(node24: string | undefined): Config[] {
 
 // ─── The soak ────────────────────────────────────────────────────────────────
 
-/** Runs a bench script as its own process and reads the one line of JSON it prints. */
-async function runJson<Report>(what: string, args: string[]): Promise<Report> {
-  const child = start(process.execPath, [...args, "--json"]);
-  await child.exited;
-  const report = child.output().split("\n").find((line) => line.startsWith("{"));
-  if (!report) throw new Error(`${what} failed:\n${child.output()}`);
-  return JSON.parse(report) as Report;
-}
-
 /** Lesson 3: as many room subscribers as countdown streams, then as many polling tabs. */
 function runRoom(): Promise<RoomReport> {
   const pollSeconds = Math.max(SECONDS, ROOM_POLL_SECONDS_MIN);
-  return runJson("the room bench", [...TSX, path.join(BENCH, "room.ts"), "--subscribers", String(STREAMS), "--poll-seconds", String(pollSeconds)]);
+  const args = ["--subscribers", String(STREAMS), "--poll-seconds", String(pollSeconds)];
+  return runJson("the room bench", "bench/room.ts", args);
 }
 /** Two polling periods at least, so every tab asks more than once. */
 const ROOM_POLL_SECONDS_MIN = 10;
 
 /** Lesson 3 across processes: twice as many subscribers, half on each of two workers (bench/processes.ts). */
 function runProcesses(): Promise<ProcessesReport> {
-  const args = ["--subscribers", String(STREAMS * 2), "--seconds", String(SECONDS), "--interval", String(INTERVAL)];
-  return runJson("the processes bench", [...TSX, path.join(BENCH, "processes.ts"), ...args, ...(flags.database ? ["--database", flags.database] : [])]);
+  const args = [
+    "--subscribers",
+    String(STREAMS * 2),
+    "--seconds",
+    String(SECONDS),
+    "--interval",
+    String(INTERVAL),
+  ];
+  const database = flags.database ? ["--database", flags.database] : [];
+  return runJson("the processes bench", "bench/processes.ts", [...args, ...database]);
 }
 
 function runSoak(): Promise<SoakReport> {
-  return runJson("the soak", ["--expose-gc", ...TSX, path.join(BENCH, "soak.ts"), "--cycles", String(CYCLES)]);
+  return runJson("the soak", "bench/soak.ts", ["--cycles", String(CYCLES)], ["--expose-gc"]);
 }
 
 // ─── Lesson 2: fan-out ───────────────────────────────────────────────────────
@@ -443,11 +424,7 @@ async function runFanOutProcess(): Promise<FanOutReport> {
     interval: INTERVAL,
   };
   const args = Object.entries(options).flatMap(([name, value]) => [`--${name}`, String(value)]);
-  const fanOut = start(process.execPath, [...TSX, path.join(BENCH, "fanout.ts"), ...args, "--json"]);
-  await fanOut.exited;
-  const report = fanOut.output().split("\n").find((line) => line.startsWith("{"));
-  if (!report) throw new Error(`the fan-out failed:\n${fanOut.output()}`);
-  return JSON.parse(report) as FanOutReport;
+  return runJson("the fan-out", "bench/fanout.ts", args);
 }
 
 function soakSection(soak: SoakReport): string {
@@ -472,23 +449,16 @@ function soakSection(soak: SoakReport): string {
 
 // ─── The table ───────────────────────────────────────────────────────────────
 
-function median(values: number[]): number {
-  const finite = values.filter((value) => Number.isFinite(value)).sort((a, b) => a - b);
-  if (!finite.length) return NaN;
-  const middle = finite.length >> 1;
-  return finite.length % 2 ? finite[middle]! : (finite[middle - 1]! + finite[middle]!) / 2;
-}
-
-const sum = (values: number[]) => values.reduce((total, value) => total + value, 0);
-const fixed = (value: number, digits = 1) => (Number.isFinite(value) ? value.toFixed(digits) : "n/a");
-const ms = (value: number) => (Number.isFinite(value) ? `${fixed(value, value < 100 ? 1 : 0)} ms` : "n/a");
-const mb = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MB`;
-const mbFromKB = (kb: number) => `${(kb / 1024).toFixed(1)} MB`;
+const mb = (bytes: number) => mbFromKB(bytes / 1024);
 const signed = (value: number) => `${value >= 0 ? "+" : ""}${value.toFixed(1)}`;
-const count = (value: number) => value.toLocaleString("en");
 
 /** Per-run ratio of a row's figure to its floor's figure in the same run, then the median. */
-function ratioToFloor(results: Measurement[][], label: string, floor: string, figure: (m: Measurement) => number): number {
+function ratioToFloor(
+  results: Measurement[][],
+  label: string,
+  floor: string,
+  figure: (m: Measurement) => number,
+): number {
   return median(
     results.map((run) => {
       const row = run.find((m) => m.config.label === label);
@@ -508,8 +478,15 @@ function machine(): string {
 }
 
 /** The report: the countdown's tables, the soak, then each later lesson's section as it came. */
-function table(configs: Config[], results: Measurement[][], soak: SoakReport | undefined, notes: string[], sections: string[]): string {
-  const of = (label: string) => results.flatMap((run) => run.filter((m) => m.config.label === label));
+function table(
+  configs: Config[],
+  results: Measurement[][],
+  soak: SoakReport | undefined,
+  notes: string[],
+  sections: string[],
+): string {
+  const of = (label: string) =>
+    results.flatMap((run) => run.filter((m) => m.config.label === label));
   const firstEvents = (m: Measurement) => m.client.allFirstEventsMs ?? NaN;
   const lines: string[] = [];
   lines.push(machine());
@@ -522,15 +499,17 @@ function table(configs: Config[], results: Measurement[][], soak: SoakReport | u
   );
   lines.push("");
   lines.push(
-    "| server | streams live at once | events received / expected | lost · dup · malformed | every first event by | × floor | tick lateness p50 · p99 · max | p99 once all open | RSS idle → peak under load | per stream | × floor | lowest per stream | server CPU |",
+    "| server | streams live at once | events received / expected | lost · dup · malformed | every first event by | × floor | tick lateness p50 · p99 · max | p99 once all open | RSS idle → peak under load | per stream | × floor | lowest per stream | server CPU | × floor |",
   );
-  lines.push("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+  lines.push("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
   for (const config of configs.filter((c) => c.kind !== "blocking")) {
     const rows = of(config.label);
     if (!rows.length) continue;
     const c = (pick: (m: Measurement) => number) => median(rows.map(pick));
     const floorRatio = (figure: (m: Measurement) => number) =>
-      config.floor ? `${fixed(ratioToFloor(results, config.label, config.floor, figure), 2)}×` : "1×";
+      config.floor
+        ? `${fixed(ratioToFloor(results, config.label, config.floor, figure), 2)}×`
+        : "1×";
     lines.push(
       [
         `**${config.label}**`,
@@ -546,7 +525,10 @@ function table(configs: Config[], results: Measurement[][], soak: SoakReport | u
         floorRatio((m) => m.perStreamKB),
         `${fixed(c((m) => m.lowPerStreamKB))} KB`,
         `${fixed(c((m) => m.cpuSeconds))} s`,
-      ].join(" | ").replace(/^/, "| ") + " |",
+        floorRatio((m) => m.cpuSeconds),
+      ]
+        .join(" | ")
+        .replace(/^/, "| ") + " |",
     );
   }
 
@@ -556,9 +538,13 @@ function table(configs: Config[], results: Measurement[][], soak: SoakReport | u
   if (blockingConfigs.length) {
     const serverPerStream = median(serverRows.map((m) => m.perStreamKB));
     lines.push("");
-    lines.push(`The blocking server, with ${WORKERS} workers and ${WORKERS} + ${EXTRA_CLIENTS} = ${WORKERS + EXTRA_CLIENTS} streams at once:`);
+    lines.push(
+      `The blocking server, with ${WORKERS} workers and ${WORKERS} + ${EXTRA_CLIENTS} = ${WORKERS + EXTRA_CLIENTS} streams at once:`,
+    );
     lines.push("");
-    lines.push("| server | streams served at once | streams starved | RSS per worker = memory per concurrent stream | arbiter RSS | × server.ts per stream | every first event by | server CPU |");
+    lines.push(
+      "| server | streams served at once | streams starved | RSS per worker = memory per concurrent stream | arbiter RSS | × server.ts per stream | every first event by | server CPU |",
+    );
     lines.push("|---|---|---|---|---|---|---|---|");
     for (const blocking of blockingConfigs) {
       const rows = of(blocking.label);
@@ -582,13 +568,19 @@ function table(configs: Config[], results: Measurement[][], soak: SoakReport | u
     const memoryRatio = ratioToFloor(results, serverLabel, floorLabel, (m) => m.perStreamKB);
     const firstRatio = ratioToFloor(results, serverLabel, floorLabel, firstEvents);
     const p99 = median(serverRows.map((m) => m.client.lateness.p99));
-    const broken = sum(serverRows.map((m) => m.client.lost + m.client.duplicated + m.client.malformed + m.client.failed));
+    const broken = sum(
+      serverRows.map(
+        (m) => m.client.lost + m.client.duplicated + m.client.malformed + m.client.failed,
+      ),
+    );
     const live = median(serverRows.map((m) => m.client.servedAtOnce));
     const mark = (ok: boolean) => (ok ? "met" : "**missed**");
     lines.push("");
     lines.push(`Targets for ${serverLabel}, medians above:`);
     lines.push("");
-    lines.push(`- ${count(live)} streams at once with no event lost, duplicated or malformed: ${mark(live >= STREAMS && broken === 0)} (${broken} bad over ${serverRows.length} run${serverRows.length === 1 ? "" : "s"})`);
+    lines.push(
+      `- ${count(live)} streams at once with no event lost, duplicated or malformed: ${mark(live >= STREAMS && broken === 0)} (${broken} bad over ${serverRows.length} run${serverRows.length === 1 ? "" : "s"})`,
+    );
     const lowest = median(serverRows.map((m) => m.lowPerStreamKB));
     const lowestRatio = ratioToFloor(results, serverLabel, floorLabel, (m) => m.lowPerStreamKB);
     lines.push(
@@ -596,13 +588,17 @@ function table(configs: Config[], results: Measurement[][], soak: SoakReport | u
         `(${fixed(perStream)} KB at the peak, ${fixed(memoryRatio, 2)}×; ${fixed(lowest)} KB at the lowest, ${fixed(lowestRatio, 2)}×)`,
     );
     lines.push(`- p99 tick lateness at most 50 ms: ${mark(p99 <= 50)} (${ms(p99)})`);
-    lines.push(`- every first event within 1.3× the floor's time: ${mark(firstRatio <= 1.3)} (${fixed(firstRatio, 2)}×)`);
+    lines.push(
+      `- every first event within 1.3× the floor's time: ${mark(firstRatio <= 1.3)} (${fixed(firstRatio, 2)}×)`,
+    );
   }
 
   lines.push("");
   lines.push("<details><summary>Every run</summary>");
   lines.push("");
-  lines.push("| run | server | live | lost · dup · malformed | first events by | lateness p50 · p99 · max | idle → peak | per stream (lowest) | CPU | client sockets left open |");
+  lines.push(
+    "| run | server | live | lost · dup · malformed | first events by | lateness p50 · p99 · max | idle → peak | per stream (lowest) | CPU | client sockets left open |",
+  );
   lines.push("|---|---|---|---|---|---|---|---|---|---|");
   const perStreamCell = (m: Measurement) =>
     m.config.kind === "blocking"
@@ -635,8 +631,9 @@ function table(configs: Config[], results: Measurement[][], soak: SoakReport | u
   lines.push(
     `How: \`npm run bench${process.argv.slice(2).length ? ` -- ${process.argv.slice(2).join(" ")}` : ""}\`. ` +
       "Tick lateness is the arrival of tick k against start + k × interval, where start is the earliest that agrees with every arrival of that stream " +
-      "(so the client's own delays cannot make ticks look early); \"once all open\" counts only ticks due after the last stream opened. " +
-      "\"Every first event by\" runs from the client's first request. Server CPU is user + system time of the server's processes while the client ran.",
+      '(so the client\'s own delays cannot make ticks look early); "once all open" counts only ticks due after the last stream opened. ' +
+      "\"Every first event by\" runs from the client's first request. Server CPU is user + system time of the server's processes while the client ran; " +
+      "its × floor is the ratio to the floor's CPU time in the same run.",
   );
   return lines.join("\n") + "\n";
 }
@@ -644,9 +641,11 @@ function table(configs: Config[], results: Measurement[][], soak: SoakReport | u
 // ─── Main ────────────────────────────────────────────────────────────────────
 
 function write(report: string) {
-  mkdirSync(path.join(BENCH, "results"), { recursive: true });
-  writeFileSync(path.join(BENCH, "results", flags.soak ? "soak.md" : flags.fanout ? "fanout.md" : "latest.md"), report);
-  if (OFFICIAL && !flags.soak && !flags.fanout) writeFileSync(path.join(BENCH, "results.md"), report);
+  mkdirSync(SCRATCH, { recursive: true });
+  const name = flags.soak ? "soak.md" : flags.fanout ? "fanout.md" : "latest.md";
+  writeFileSync(path.join(SCRATCH, name), report);
+  if (OFFICIAL && !flags.soak && !flags.fanout)
+    writeFileSync(path.join(BENCH, "results.md"), report);
 }
 
 async function main(): Promise<number> {
@@ -666,9 +665,14 @@ async function main(): Promise<number> {
 
   const notes: string[] = [];
   const node24 = findNode24();
-  if (!node24 && flags.node24 !== "off") notes.push("Node 24 was not found (npx -y node@24), so its rows are missing.");
-  const configs = configurations(node24).filter((c) => !flags.only.length || flags.only.some((text) => c.label.includes(text)));
-  console.error(`bench: ${configs.map((c) => c.label).join("; ")}; ${RUNS} run${RUNS === 1 ? "" : "s"}`);
+  if (!node24 && flags.node24 !== "off")
+    notes.push("Node 24 was not found (npx -y node@24), so its rows are missing.");
+  const configs = configurations(node24).filter(
+    (c) => !flags.only.length || flags.only.some((text) => c.label.includes(text)),
+  );
+  console.error(
+    `bench: ${configs.map((c) => c.label).join("; ")}; ${RUNS} run${RUNS === 1 ? "" : "s"}`,
+  );
 
   const results: Measurement[][] = [];
   for (let run = 0; run < RUNS; run++) {
@@ -702,14 +706,18 @@ async function main(): Promise<number> {
   }
   let processes: ProcessesReport | undefined;
   if (!flags.only.length) {
-    console.error(`processes: ${count(STREAMS * 2)} room subscribers and ${count(STREAMS * 2)} countdowns over server.ts --workers 2`);
+    console.error(
+      `processes: ${count(STREAMS * 2)} room subscribers and ${count(STREAMS * 2)} countdowns over server.ts --workers 2`,
+    );
     processes = await runProcesses();
     sections.push(processesSection(processes));
   }
   // Lesson 4: the room over WebSocket and SSE, as many subscribers of each as there were streams.
   let sockets: WsBenchReport | undefined;
   if (!flags.only.length) {
-    console.error(`room: ${count(STREAMS)} WebSocket and ${count(STREAMS)} SSE subscribers, one POST each`);
+    console.error(
+      `room: ${count(STREAMS)} WebSocket and ${count(STREAMS)} SSE subscribers, one POST each`,
+    );
     sockets = await runWsBench(STREAMS, RUNS);
     sections.push(wsSection(sockets));
   }
@@ -717,16 +725,37 @@ async function main(): Promise<number> {
   console.log(report);
   write(report);
 
-  const asyncBroken = results.flat().filter((m) => m.config.kind !== "blocking" && (m.client.lost || m.client.duplicated || m.client.malformed || m.client.failed));
-  for (const m of asyncBroken) console.error(`${m.config.label}: ${m.client.lost} events lost, ${m.client.duplicated} duplicated, ${m.client.malformed} malformed, ${m.client.failed} streams failed`);
+  const asyncBroken = results
+    .flat()
+    .filter(
+      (m) =>
+        m.config.kind !== "blocking" &&
+        (m.client.lost || m.client.duplicated || m.client.malformed || m.client.failed),
+    );
+  for (const m of asyncBroken)
+    console.error(
+      `${m.config.label}: ${m.client.lost} events lost, ${m.client.duplicated} duplicated, ${m.client.malformed} malformed, ${m.client.failed} streams failed`,
+    );
   if (soak && !soak.matches) console.error(`soak: ${soak.verdict}`);
-  const roomBroken = room && (room.pushed.duplicates > 0 || room.pushed.deliveries.some((delivery) => delivery.lost > 0));
+  const roomBroken =
+    room &&
+    (room.pushed.duplicates > 0 || room.pushed.deliveries.some((delivery) => delivery.lost > 0));
   if (roomBroken) console.error("room: a subscriber lost a message or got one twice");
   const processesLost = processes !== undefined && processesBroken(processes);
-  if (processesLost) console.error("several processes: a message or a countdown event was lost or duplicated (see the table)");
+  if (processesLost)
+    console.error(
+      "several processes: a message or a countdown event was lost or duplicated (see the table)",
+    );
   const socketsBroken = sockets !== undefined && wsBroken(sockets);
-  if (socketsBroken) console.error("room over WebSocket: a message was lost or duplicated (see the table)");
-  return asyncBroken.length || (soak && !soak.matches) || roomBroken || processesLost || socketsBroken ? 1 : 0;
+  if (socketsBroken)
+    console.error("room over WebSocket: a message was lost or duplicated (see the table)");
+  return asyncBroken.length ||
+    (soak && !soak.matches) ||
+    roomBroken ||
+    processesLost ||
+    socketsBroken
+    ? 1
+    : 0;
 }
 
 try {
@@ -735,5 +764,5 @@ try {
   console.error(`bench: ${error instanceof Error ? error.message : String(error)}`);
   process.exitCode = 1;
 } finally {
-  for (const child of children) killGroup(child, "SIGKILL");
+  killEverything();
 }

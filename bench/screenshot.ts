@@ -1,24 +1,32 @@
 /**
  * bench/screenshot.ts: a picture of the countdown page mid-countdown, for the README.
  *
- * Starts server.ts in this process, opens its page in Chromium, waits until a
- * few numbers have gone by, and saves a PNG. The picture is taken of the page
- * itself, so running this again after a change to the page keeps it true.
+ * Starts server.ts in this process, every lesson installed as `npm start` has
+ * them, opens its page in Chromium, waits until a few numbers have gone by,
+ * and saves a PNG. The picture is taken of the page itself, so running this
+ * again after a change to the page keeps it true.
  *
- * Run:  npx tsx bench/screenshot.ts [out.png]      (default docs/countdown.png)
+ * Run:  npx tsx bench/screenshot.ts                  (bench/results/countdown.png, to look at)
+ *       npx tsx bench/screenshot.ts --update-docs    (docs/countdown.png, the README's)
+ *       npx tsx bench/screenshot.ts out.png          (anywhere else)
  *       CHROMIUM_PATH=/path/to/chrome npx tsx bench/screenshot.ts
  */
 
 import { mkdirSync } from "node:fs";
-import { dirname } from "node:path";
+import { dirname, relative } from "node:path";
 import type net from "node:net";
 import type { Browser } from "playwright-core";
 import { chromiumMissing, launchChromium } from "./chromium.ts";
-import { createCountdownServer, exitWith, listen } from "../server.ts";
+import { picturePath } from "./common.ts";
+import { createApp, exitWith, install, listen } from "../server.ts";
+import { LESSONS } from "../lessons/index.ts";
 
 // ─── Settings ────────────────────────────────────────────────────────────────
 
-const OUTPUT = process.argv[2] ?? "docs/countdown.png";
+const USAGE = `Usage: npx tsx bench/screenshot.ts [--update-docs | out.png]
+
+Saves bench/results/countdown.png; with --update-docs, docs/countdown.png.`;
+const OUTPUT = picturePath("countdown.png", USAGE);
 
 /** A laptop-sized window. */
 const VIEWPORT = { width: 1000, height: 700 };
@@ -36,9 +44,9 @@ const PATIENCE_MS = 10_000;
 const missing = chromiumMissing();
 if (missing) exitWith(1, `Cannot take the picture: ${missing}.`);
 
-const server = createCountdownServer({ quiet: true });
-const listeners = await listen(server, "localhost", 0);
-const { port } = server.address() as net.AddressInfo;
+const app = await install(createApp({ quiet: true }), LESSONS);
+const listeners = await listen(app.server, "localhost", 0);
+const { port } = app.server.address() as net.AddressInfo;
 let browser: Browser | undefined;
 try {
   browser = await launchChromium(PATIENCE_MS);
@@ -55,13 +63,17 @@ try {
   );
   mkdirSync(dirname(OUTPUT), { recursive: true });
   await page.screenshot({ path: OUTPUT });
-  console.log(`Saved ${OUTPUT}: the page at ${VIEWPORT.width}x${VIEWPORT.height}, mid-countdown.`);
+  const size = `${VIEWPORT.width}x${VIEWPORT.height}`;
+  console.log(`Saved ${relative(process.cwd(), OUTPUT)}: the page at ${size}, mid-countdown.`);
 } catch (error) {
   process.exitCode = 1;
-  console.error(`No screenshot: ${error instanceof Error ? error.message.split("\n")[0] : String(error)}`);
+  console.error(
+    `No screenshot: ${error instanceof Error ? error.message.split("\n")[0] : String(error)}`,
+  );
 } finally {
   // Whatever happened, leave no browser and no listening socket behind.
   await browser?.close();
-  server.closeAllConnections();
+  app.server.closeAllConnections();
+  app.endStreams();
   for (const listener of listeners) listener.close();
 }

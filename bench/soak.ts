@@ -1,7 +1,8 @@
 /**
  * bench/soak.ts: open a stream, walk away, many times over; is anything left behind?
  *
- * One server.ts runs in this process (createCountdownServer), so its timers,
+ * One server.ts runs in this process, every lesson installed as start-up
+ * installs them (createApp and install, lessons/index.ts), so its timers,
  * sockets and heap are ours to count. Each cycle opens a countdown and
  * abandons it: most after the first event (the countdown is asleep between
  * ticks), some as soon as the headers arrive, some before any answer. Before
@@ -18,7 +19,9 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { parseArgs } from "node:util";
 import { setImmediate as nextTurn, setTimeout as delay } from "node:timers/promises";
-import { createCountdownServer, isMain, type CountdownServer } from "../server.ts";
+import { createApp, install, isMain, type App } from "../server.ts";
+import { LESSONS } from "../lessons/index.ts";
+import { sourceAddress, SseReader } from "./common.ts";
 
 /** Cycles in flight at once. */
 const PARALLEL = 100;
@@ -53,7 +56,7 @@ export interface SoakReport {
 }
 
 /** Collects garbage until the heap stops shrinking, then reads everything. */
-async function snapshot(server: CountdownServer): Promise<Snapshot> {
+async function snapshot(app: App): Promise<Snapshot> {
   const gc = (globalThis as { gc?: () => void }).gc!;
   let heapUsed = Infinity;
   for (let round = 0; round < 10; round++) {
@@ -65,19 +68,26 @@ async function snapshot(server: CountdownServer): Promise<Snapshot> {
   }
   const resources: Record<string, number> = {};
   for (const kind of process.getActiveResourcesInfo()) resources[kind] = (resources[kind] ?? 0) + 1;
-  const connections = await new Promise<number>((resolve) => server.getConnections((_error, n) => resolve(n)));
-  return { resources, streams: server.streams.size, connections, heapUsed };
+  return { resources, streams: app.streams.size, connections: await connectionsOf(app), heapUsed };
+}
+
+function connectionsOf(app: App): Promise<number> {
+  return new Promise((resolve) => app.server.getConnections((_error, n) => resolve(n)));
 }
 
 /** One cycle: open a countdown, then abandon it at the moment `when` says. */
-function cycle(port: number, index: number, when: "first event" | "headers" | "at once"): Promise<boolean> {
+function cycle(
+  port: number,
+  index: number,
+  when: "first event" | "headers" | "at once",
+): Promise<boolean> {
   return new Promise((resolve) => {
     const req = http.request({
       host: "127.0.0.1",
       port,
       path: "/sse/?from=100&interval=1000",
       agent: false,
-      localAddress: `127.0.0.${2 + (index % 253)}`,
+      localAddress: sourceAddress(index),
     });
     const deadline = setTimeout(() => done(false), CYCLE_DEADLINE_MS);
     function done(ok: boolean) {
@@ -88,9 +98,10 @@ function cycle(port: number, index: number, when: "first event" | "headers" | "a
     req.on("error", () => done(when === "at once"));
     req.on("response", (res) => {
       if (when === "headers") return done(true);
+      const reader = new SseReader();
       res.setEncoding("utf8");
       res.on("data", (text: string) => {
-        if (text.includes("event: i\n")) done(true);
+        if (reader.read(text).some((message) => message.event === "i")) done(true);
       });
     });
     req.end();
@@ -115,11 +126,10 @@ async function cycles(port: number, total: number, offset: number) {
 }
 
 /** Waits, with a deadline, until the server holds no stream and no connection. */
-async function drained(server: CountdownServer) {
+async function drained(app: App) {
   const deadline = Date.now() + 10_000;
   while (Date.now() < deadline) {
-    const connections = await new Promise<number>((resolve) => server.getConnections((_error, n) => resolve(n)));
-    if (server.streams.size === 0 && connections === 0) return;
+    if (app.streams.size === 0 && (await connectionsOf(app)) === 0) return;
     await delay(20);
   }
 }
@@ -128,33 +138,51 @@ export async function soak(total: number): Promise<SoakReport> {
   if (typeof (globalThis as { gc?: unknown }).gc !== "function") {
     throw new Error("the soak needs --expose-gc: node --expose-gc --import tsx bench/soak.ts");
   }
-  const server = createCountdownServer({ quiet: true });
+  const app = await install(createApp({ quiet: true }), LESSONS);
+  const { server } = app;
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;
   try {
     await cycles(port, WARM_UP, 0);
-    await drained(server);
-    const before = await snapshot(server);
+    await drained(app);
+    const before = await snapshot(app);
     const started = performance.now();
     const { stuck, early } = await cycles(port, total, WARM_UP);
-    await drained(server);
+    await drained(app);
     const durationMs = performance.now() - started;
-    const after = await snapshot(server);
+    const after = await snapshot(app);
 
     const problems: string[] = [];
     if (stuck) problems.push(`${stuck} cycles got no answer in time`);
-    if (JSON.stringify(sorted(before.resources)) !== JSON.stringify(sorted(after.resources))) problems.push("the active handles differ");
-    if (after.streams !== before.streams) problems.push(`${after.streams - before.streams} streams are still open`);
-    if (after.connections !== before.connections) problems.push(`${after.connections - before.connections} connections are still open`);
+    if (JSON.stringify(sorted(before.resources)) !== JSON.stringify(sorted(after.resources)))
+      problems.push("the active handles differ");
+    if (after.streams !== before.streams)
+      problems.push(`${after.streams - before.streams} streams are still open`);
+    if (after.connections !== before.connections)
+      problems.push(`${after.connections - before.connections} connections are still open`);
     const allowance = HEAP_ALLOWANCE.fixed + HEAP_ALLOWANCE.perCycle * total;
     const growth = after.heapUsed - before.heapUsed;
-    if (growth > allowance) problems.push(`the heap grew by ${(growth / 1024).toFixed(0)} KB, more than the ${(allowance / 1024).toFixed(0)} KB allowed`);
+    if (growth > allowance)
+      problems.push(
+        `the heap grew by ${(growth / 1024).toFixed(0)} KB, more than the ${(allowance / 1024).toFixed(0)} KB allowed`,
+      );
     const verdict = problems.length
       ? problems.join("; ")
       : `same handles, no stream or connection left, heap within ${(allowance / 1024).toFixed(0)} KB of where it was`;
-    return { cycles: total, aborted: total - early, early, stuck, before, after, matches: !problems.length, verdict, durationMs };
+    return {
+      cycles: total,
+      aborted: total - early,
+      early,
+      stuck,
+      before,
+      after,
+      matches: !problems.length,
+      verdict,
+      durationMs,
+    };
   } finally {
     server.closeAllConnections();
+    app.endStreams();
     await new Promise((resolve) => server.close(resolve));
   }
 }
@@ -164,7 +192,12 @@ function sorted(record: Record<string, number>) {
 }
 
 if (isMain(import.meta.url)) {
-  const { values } = parseArgs({ options: { cycles: { type: "string", default: "10000" }, json: { type: "boolean", default: false } } });
+  const { values } = parseArgs({
+    options: {
+      cycles: { type: "string", default: "10000" },
+      json: { type: "boolean", default: false },
+    },
+  });
   const total = Number(values.cycles);
   if (!Number.isInteger(total) || total < 1) {
     console.error("--cycles must be a whole number of at least 1.");
@@ -175,11 +208,19 @@ if (isMain(import.meta.url)) {
     if (values.json) console.log(JSON.stringify(report));
     else {
       const kb = (bytes: number) => `${(bytes / 1024).toFixed(0)} KB`;
-      console.log(`cycles:       ${report.cycles} (${report.early} abandoned before their first event, ${report.stuck} stuck) in ${(report.durationMs / 1000).toFixed(1)} s`);
-      console.log(`handles:      before ${JSON.stringify(sorted(report.before.resources))}, after ${JSON.stringify(sorted(report.after.resources))}`);
+      console.log(
+        `cycles:       ${report.cycles} (${report.early} abandoned before their first event, ${report.stuck} stuck) in ${(report.durationMs / 1000).toFixed(1)} s`,
+      );
+      console.log(
+        `handles:      before ${JSON.stringify(sorted(report.before.resources))}, after ${JSON.stringify(sorted(report.after.resources))}`,
+      );
       console.log(`streams:      before ${report.before.streams}, after ${report.after.streams}`);
-      console.log(`connections:  before ${report.before.connections}, after ${report.after.connections}`);
-      console.log(`heap after GC: before ${kb(report.before.heapUsed)}, after ${kb(report.after.heapUsed)}`);
+      console.log(
+        `connections:  before ${report.before.connections}, after ${report.after.connections}`,
+      );
+      console.log(
+        `heap after GC: before ${kb(report.before.heapUsed)}, after ${kb(report.after.heapUsed)}`,
+      );
       console.log(`${report.matches ? "match" : "NO MATCH"}: ${report.verdict}`);
     }
     process.exitCode = report.matches ? 0 : 1;

@@ -7,19 +7,32 @@
  * WORKER TIMEOUT and for a waiting tile to take over; saves a PNG; and stops
  * everything it started.
  *
- * Run:  npx tsx bench/wall-screenshot.ts [out.png]      (default docs/wall.png)
+ * Run:  npx tsx bench/wall-screenshot.ts                  (bench/results/wall.png, to look at)
+ *       npx tsx bench/wall-screenshot.ts --update-docs    (docs/wall.png, the README's)
+ *       npx tsx bench/wall-screenshot.ts out.png          (anywhere else)
  */
 
 import { mkdirSync } from "node:fs";
-import { dirname } from "node:path";
+import { dirname, relative } from "node:path";
 import type { Browser } from "playwright-core";
 import { chromiumMissing, launchChromium } from "./chromium.ts";
+import {
+  picturePath,
+  START_DEADLINE_MS,
+  startFile,
+  stop,
+  waitForLines,
+  waitForUrl,
+  type Started,
+} from "./common.ts";
 import { exitWith } from "../server.ts";
-import { BOOT_DEADLINE_MS, Child, stopBlocking } from "../test/helpers.ts";
 
 // ─── Settings ────────────────────────────────────────────────────────────────
 
-const OUTPUT = process.argv[2] ?? "docs/wall.png";
+const USAGE = `Usage: npx tsx bench/wall-screenshot.ts [--update-docs | out.png]
+
+Saves bench/results/wall.png; with --update-docs, docs/wall.png.`;
+const OUTPUT = picturePath("wall.png", USAGE);
 
 /** A projector's 720p. */
 const VIEWPORT = { width: 1280, height: 720 };
@@ -28,30 +41,35 @@ const WORKERS = "2";
 const TIMEOUT_S = 12;
 const CROWD_STREAMS = 1000;
 
-/** How long each step (a server to start, the kill, a tile to take over) gets before the script gives up. */
-const PATIENCE_MS = TIMEOUT_S * 1000 + BOOT_DEADLINE_MS;
+/** How long each step (a server to start, the kill, a tile to take over) gets before giving up. */
+const PATIENCE_MS = TIMEOUT_S * 1000 + START_DEADLINE_MS;
 
 // ─── Taking the picture ──────────────────────────────────────────────────────
 
 const missing = chromiumMissing();
 if (missing) exitWith(1, `Cannot take the picture: ${missing}.`);
 
-const server = new Child("server.ts", ["--port", "0", "--quiet"]);
-const blocking = new Child("blocking-server.ts", ["--port", "0", "--workers", WORKERS, "--timeout", String(TIMEOUT_S)]);
-let crowd: Child | undefined;
+// Each in a process group of its own: stopping the arbiter's group stops its workers too.
+const server = startFile("server.ts", ["--port", "0", "--quiet"], { ownGroup: true });
+const blockingArgs = ["--port", "0", "--workers", WORKERS, "--timeout", String(TIMEOUT_S)];
+const blocking = startFile("blocking-server.ts", blockingArgs, { ownGroup: true });
+let crowd: Started | undefined;
 let browser: Browser | undefined;
 try {
-  const [, port] = await server.waitFor(/listening at http:\/\/localhost:(\d+)\//, PATIENCE_MS);
-  const [, blockingPort] = await blocking.waitFor(/Listening at: http:\/\/localhost:(\d+) /, PATIENCE_MS);
-  crowd = new Child("bench/crowd.ts", ["--port", port!, "--streams", String(CROWD_STREAMS)]);
-  await crowd.waitFor(new RegExp(`\\] ${CROWD_STREAMS.toLocaleString("en-US")} streams open`), PATIENCE_MS);
+  const url = await waitForUrl(server, "server.ts", PATIENCE_MS);
+  const blockingUrl = await waitForUrl(blocking, "blocking-server.ts", PATIENCE_MS);
+  const port = new URL(url).port;
+  crowd = startFile("bench/crowd.ts", ["--port", port, "--streams", String(CROWD_STREAMS)]);
+  const open = new RegExp(`\\] ${CROWD_STREAMS.toLocaleString("en-US")} streams open`);
+  await waitForLines(crowd, open, "the crowd", 1, PATIENCE_MS);
 
   browser = await launchChromium(PATIENCE_MS);
   const page = await browser.newPage({ viewport: VIEWPORT });
   page.setDefaultTimeout(PATIENCE_MS);
-  await page.goto(`http://localhost:${port}/wall?blocking=${blockingPort}`);
-  await blocking.waitFor(/WORKER TIMEOUT/, PATIENCE_MS);
-  // Just after the kill: the cut tiles still say "cut", a tile that waited counts on a new worker, and the strip shows the gap.
+  await page.goto(`http://localhost:${port}/wall?blocking=${new URL(blockingUrl).port}`);
+  await waitForLines(blocking, /WORKER TIMEOUT/, "the first WORKER TIMEOUT", 1, PATIENCE_MS);
+  // Just after the kill: the cut tiles still say "cut", a tile that waited counts on a
+  // new worker, and the strip shows the gap.
   await page.waitForFunction(() => {
     const tiles = Array.from(document.querySelectorAll("#blocking .tile")).map((tile) => ({
       state: (tile as HTMLElement).dataset.state,
@@ -62,14 +80,18 @@ try {
   });
   mkdirSync(dirname(OUTPUT), { recursive: true });
   await page.screenshot({ path: OUTPUT });
-  console.log(`Saved ${OUTPUT}: the wall at ${VIEWPORT.width}x${VIEWPORT.height}, just after the first WORKER TIMEOUT, with ${CROWD_STREAMS} streams of a crowd on server.ts.`);
+  const size = `${VIEWPORT.width}x${VIEWPORT.height}`;
+  console.log(
+    `Saved ${relative(process.cwd(), OUTPUT)}: the wall at ${size}, just after the first ` +
+      `WORKER TIMEOUT, with ${CROWD_STREAMS} streams of a crowd on server.ts.`,
+  );
 } catch (error) {
   process.exitCode = 1;
   console.error(`No screenshot: ${error instanceof Error ? error.message.split("\n")[0] : String(error)}`);
 } finally {
   // Whatever happened, leave no browser and no process behind.
   await browser?.close();
-  await crowd?.stop("SIGINT").catch(() => crowd?.kill());
-  await server.stop("SIGINT").catch(() => server.kill());
-  await stopBlocking([blocking]);
+  if (crowd) await stop(crowd, "SIGINT");
+  await stop(server, "SIGINT");
+  await stop(blocking, "SIGINT");
 }

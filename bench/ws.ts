@@ -15,19 +15,23 @@
  * duplicated, or when the server does not start.
  */
 
-import { spawn, type ChildProcess } from "node:child_process";
 import http from "node:http";
-import net from "node:net";
-import path from "node:path";
-import { readFileSync } from "node:fs";
-import { fileURLToPath } from "node:url";
 import { setTimeout as delay } from "node:timers/promises";
 import WebSocket from "ws";
 import { isMain, readFlags } from "../server.ts";
-
-const BENCH = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.dirname(BENCH);
-const TSX = process.execArgv.some((flag) => flag.includes("tsx")) ? process.execArgv : ["--import", "tsx"];
+import {
+  count,
+  kb,
+  mbFromKB,
+  ms,
+  percentiles,
+  rssKB,
+  sourceAddress,
+  SseReader,
+  startServer,
+  stop,
+  type Percentiles,
+} from "./common.ts";
 
 /** Subscribers connecting at once: enough to be quick, few enough not to overrun the listen backlog. */
 const CONNECT_BATCH = 500;
@@ -42,7 +46,7 @@ export interface TransportReport {
   received: number;
   lost: number;
   duplicated: number;
-  delivery: { p50: number; p99: number; max: number };
+  delivery: Percentiles;
   idleKB: number;
   loadedKB: number;
   perSubscriberKB: number;
@@ -54,38 +58,6 @@ export interface WsBenchReport {
   median: TransportReport[];
 }
 
-// ─── The server under test ───────────────────────────────────────────────────
-
-/** A port free on 127.0.0.1 right now (bench/run.ts uses it too). */
-export async function freePort(): Promise<number> {
-  const probe = net.createServer();
-  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
-  const { port } = probe.address() as net.AddressInfo;
-  await new Promise((resolve) => probe.close(resolve));
-  return port;
-}
-
-async function startServer(): Promise<{ child: ChildProcess; url: string }> {
-  const port = await freePort();
-  const child = spawn(process.execPath, [...TSX, path.join(ROOT, "server.ts"), "--quiet", "--host", "127.0.0.1", "--port", String(port)], {
-    cwd: ROOT,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let output = "";
-  child.stdout!.setEncoding("utf8").on("data", (text: string) => (output += text));
-  child.stderr!.setEncoding("utf8").on("data", (text: string) => (output += text));
-  const deadline = Date.now() + 30_000;
-  while (!output.includes("listening at")) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`server.ts did not start:\n${output}`);
-    await delay(50);
-  }
-  return { child, url: `http://127.0.0.1:${port}` };
-}
-
-function readRssKB(pid: number): number {
-  return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0);
-}
-
 // ─── Subscribers ─────────────────────────────────────────────────────────────
 
 /** One subscriber of either kind: resolves `ready` once subscribed, calls `arrived` for each room message. */
@@ -94,13 +66,10 @@ interface Subscriber {
   close(): void;
 }
 
-/** A source address on 127.0.0.0/8 for subscriber `index`, as bench/client.ts does, so repeated runs never run out of ports. */
-function sourceAddress(index: number): string {
-  return `127.0.0.${2 + (index % 253)}`;
-}
-
 function openWebSocket(url: string, index: number, arrived: (id: number) => void): Subscriber {
-  const socket = new WebSocket(`${url.replace(/^http/, "ws")}/ws/notifications`, { localAddress: sourceAddress(index) });
+  const socket = new WebSocket(`${url.replace(/^http/, "ws")}/ws/notifications`, {
+    localAddress: sourceAddress(index),
+  });
   const ready = new Promise<void>((resolve, reject) => {
     socket.on("error", reject);
     socket.on("open", () => socket.send(JSON.stringify({ object_type: "room", id: "lobby" })));
@@ -118,17 +87,13 @@ function openSse(url: string, index: number, arrived: (id: number) => void): Sub
   const ready = new Promise<void>((resolve, reject) => {
     req.on("error", reject);
     req.on("response", (res) => {
-      let buffer = "";
+      const reader = new SseReader();
       res.setEncoding("utf8");
       res.on("data", (chunk: string) => {
-        buffer += chunk;
-        let end: number;
-        while ((end = buffer.indexOf("\n\n")) !== -1) {
-          const block = buffer.slice(0, end);
-          buffer = buffer.slice(end + 2);
+        for (const { event, id } of reader.read(chunk)) {
           // The first presence event says the server counted this stream in: it is subscribed.
-          if (block.startsWith("event: presence")) resolve();
-          if (block.startsWith("event: message\n")) arrived(Number(/^id: (\d+)$/m.exec(block)?.[1]));
+          if (event === "presence") resolve();
+          if (event === "message") arrived(Number(id));
         }
       });
     });
@@ -146,13 +111,13 @@ async function postMessage(url: string, text: string): Promise<number> {
   return ((await answer.json()) as { id: number }).id;
 }
 
-function percentile(sorted: number[], p: number): number {
-  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]! : NaN;
-}
-
 /** Opens `count` subscribers of one kind, reads the server's RSS, POSTs one message, and times its arrival at each. */
-async function measure(transport: TransportReport["transport"], count: number): Promise<TransportReport> {
-  const { child, url } = await startServer();
+async function measure(
+  transport: TransportReport["transport"],
+  count: number,
+): Promise<TransportReport> {
+  const server = await startServer("server.ts", ["--quiet"]);
+  const { child, url } = server;
   const subscribers: Subscriber[] = [];
   try {
     const open = transport === "WebSocket" ? openWebSocket : openSse;
@@ -163,7 +128,7 @@ async function measure(transport: TransportReport["transport"], count: number): 
     await first.ready;
     first.close();
     await delay(SETTLE_MS);
-    const idleKB = readRssKB(child.pid!);
+    const idleKB = rssKB(child.pid!);
     let postedAt = 0;
     let postedId = -1;
     const arrivals: number[] = [];
@@ -183,61 +148,58 @@ async function measure(transport: TransportReport["transport"], count: number): 
       await Promise.all(batch.map((subscriber) => subscriber.ready));
     }
     await delay(SETTLE_MS);
-    const loadedKB = readRssKB(child.pid!);
+    const loadedKB = rssKB(child.pid!);
 
     postedAt = performance.now();
     postedId = await postMessage(url, `one message to ${count} subscribers`);
     const deadline = Date.now() + DELIVERY_DEADLINE_MS;
     while (seen.size < count && Date.now() < deadline) await delay(10);
-    const sorted = [...arrivals].sort((a, b) => a - b);
     return {
       transport,
       subscribers: count,
       received: seen.size,
       lost: count - seen.size,
       duplicated,
-      delivery: { p50: percentile(sorted, 50), p99: percentile(sorted, 99), max: sorted.at(-1) ?? NaN },
+      delivery: percentiles(arrivals),
       idleKB,
       loadedKB,
       perSubscriberKB: (loadedKB - idleKB) / count,
     };
   } finally {
     for (const subscriber of subscribers) subscriber.close();
-    child.kill("SIGKILL");
+    await stop(server, "SIGKILL");
   }
 }
 
 // ─── The report ──────────────────────────────────────────────────────────────
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)]!;
-}
-
-/** The run whose p99 delivery is the median one, per transport. */
+/** The run whose p99 delivery is the median one (the higher middle of an even count), per transport. */
 function medianRun(runs: TransportReport[][], index: number): TransportReport {
-  const rows = runs.map((run) => run[index]!);
-  const p99 = median(rows.map((row) => row.delivery.p99));
-  return rows.find((row) => row.delivery.p99 === p99)!;
+  const rows = runs.map((run) => run[index]!).sort((a, b) => a.delivery.p99 - b.delivery.p99);
+  return rows[rows.length >> 1]!;
 }
 
 export async function runWsBench(sockets: number, runs: number): Promise<WsBenchReport> {
   const all: TransportReport[][] = [];
   for (let run = 0; run < runs; run++) {
-    const order: TransportReport["transport"][] = run % 2 === 0 ? ["WebSocket", "SSE"] : ["SSE", "WebSocket"];
+    const order: TransportReport["transport"][] =
+      run % 2 === 0 ? ["WebSocket", "SSE"] : ["SSE", "WebSocket"];
     const measured: TransportReport[] = [];
     for (const transport of order) {
       const report = await measure(transport, sockets);
-      console.error(`run ${run + 1}/${runs} ${transport}: ${report.received} of ${report.subscribers} received, delivery p50 ${ms(report.delivery.p50)} p99 ${ms(report.delivery.p99)} max ${ms(report.delivery.max)}, ${report.perSubscriberKB.toFixed(1)} KB per subscriber`);
+      console.error(
+        `run ${run + 1}/${runs} ${transport}: ${report.received} of ${report.subscribers} received, delivery p50 ${ms(report.delivery.p50)} p99 ${ms(report.delivery.p99)} max ${ms(report.delivery.max)}, ${kb(report.perSubscriberKB)} per subscriber`,
+      );
       measured.push(report);
     }
-    all.push(["WebSocket", "SSE"].map((transport) => measured.find((report) => report.transport === transport)!));
+    all.push(
+      ["WebSocket", "SSE"].map((transport) =>
+        measured.find((report) => report.transport === transport)!,
+      ),
+    );
   }
   return { sockets, runs: all, median: [medianRun(all, 0), medianRun(all, 1)] };
 }
-
-const ms = (value: number) => (Number.isFinite(value) ? `${value.toFixed(1)} ms` : "n/a");
-const count = (value: number) => value.toLocaleString("en");
 
 export function wsSection(report: WsBenchReport): string {
   const runs = report.runs.length;
@@ -248,11 +210,14 @@ export function wsSection(report: WsBenchReport): string {
     "|---|---|---|---|---|---|",
     ...report.median.map(
       (row) =>
-        `| **${row.transport}** | ${count(row.received)} of ${count(row.subscribers)} | ${row.lost} · ${row.duplicated} | ${ms(row.delivery.p50)} · ${ms(row.delivery.p99)} · ${ms(row.delivery.max)} | ${(row.idleKB / 1024).toFixed(1)} MB → ${(row.loadedKB / 1024).toFixed(1)} MB | **${row.perSubscriberKB.toFixed(1)} KB** |`,
+        `| **${row.transport}** | ${count(row.received)} of ${count(row.subscribers)} | ${row.lost} · ${row.duplicated} | ${ms(row.delivery.p50)} · ${ms(row.delivery.p99)} · ${ms(row.delivery.max)} | ${mbFromKB(row.idleKB)} → ${mbFromKB(row.loadedKB)} | **${kb(row.perSubscriberKB)}** |`,
     ),
   ];
   const [socket] = report.median;
-  lines.push("", `Target for WebSocket: p99 at most 100 ms, nothing lost: ${socket!.delivery.p99 <= 100 && socket!.lost === 0 ? "met" : "**missed**"} (${ms(socket!.delivery.p99)}, ${socket!.lost} lost).`);
+  lines.push(
+    "",
+    `Target for WebSocket: p99 at most 100 ms, nothing lost: ${socket!.delivery.p99 <= 100 && socket!.lost === 0 ? "met" : "**missed**"} (${ms(socket!.delivery.p99)}, ${socket!.lost} lost).`,
+  );
   return lines.join("\n");
 }
 

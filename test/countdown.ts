@@ -1,30 +1,28 @@
 /**
- * test/countdown.ts: lesson 1, the countdown. One async process serves every
- * tab (server.ts); the blocking twin holds a whole worker per stream until the
+ * test/countdown.ts: lesson 1, the countdown, with no later lesson installed.
+ * One async process serves every tab (server.ts), even copied alone into an
+ * empty folder; the blocking twin holds a whole worker per stream until the
  * arbiter's timeout kills it (blocking-server.ts); and both, in a real browser.
  */
 
 import http from "node:http";
 import net from "node:net";
+import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
+import { copyFile, mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
 import * as assert from "uvu/assert";
-import {
-  COUNTDOWN_FROM,
-  countdownEvent,
-  createCountdownServer,
-  drainOrClose,
-  formatEvent,
-  PAGE,
-  serverEvent,
-  withToasts,
-  type CountdownServer,
-} from "../server.ts";
+import { COUNTDOWN_FROM, countdownEvent, drainOrClose, formatEvent, listen, PAGE, serverEvent, type App } from "../server.ts";
 import {
   activeResources,
   BOOT_DEADLINE_MS,
   browserLesson,
   Child,
+  closeListener,
+  createTestApp,
   CONNECTIONS_PER_HOST,
   DEADLINE_MS,
   isAlive,
@@ -36,10 +34,8 @@ import {
   refusesBusyPort,
   request,
   runner,
-  restartLoopbackServer,
   SseClient,
   startBlocking,
-  startLoopbackServer,
   startServer,
   STILL_WAITING_MS,
   stopBlocking,
@@ -55,15 +51,18 @@ import {
   type LoopbackServer,
 } from "./helpers.ts";
 
+/** Lesson 1 alone: no later lesson is installed, as in a copy of server.ts on its own. */
+const LESSON_ONE = { lessons: [] };
+
 // ─── The async stream, byte for byte ─────────────────────────────────────────
 
 lesson("stream: the wire format", (test) => {
-  let server: CountdownServer | undefined;
+  let app: App | undefined;
   let url = "";
   test.before(async () => {
-    ({ server, url } = await startServer());
+    ({ app, url } = await startServer(LESSON_ONE));
   });
-  test.after(() => stopServer(server));
+  test.after(() => stopServer(app));
 
   test("a countdown is a server event, then one event per number, each with its id, then the end", async () => {
     const res = await request(`${url}/sse/?from=2&interval=10`);
@@ -112,17 +111,14 @@ lesson("stream: the wire format", (test) => {
   });
 
   test("a stream silent for longer than the heartbeat gets comment lines in between", async () => {
-    const quick = createCountdownServer({ log: () => {}, heartbeat: 30 });
-    quick.listen(0, "127.0.0.1");
+    const quick = await startServer({ ...LESSON_ONE, heartbeat: 30 });
     try {
-      await within("the heartbeat server to listen", once(quick, "listening"));
-      const { port } = quick.address() as net.AddressInfo;
-      const res = await request(`http://127.0.0.1:${port}/sse/?from=1&interval=200`);
+      const res = await request(`${quick.url}/sse/?from=1&interval=200`);
       const between = res.body.slice(res.body.indexOf("id: 1"), res.body.indexOf("id: 0"));
       assert.match(between, /\n\n: still counting\n\n/);
       assert.equal([...res.body.matchAll(/^id: (\d+)$/gm)].map((m) => m[1]), ["1", "0"]);
     } finally {
-      await stopServer(quick);
+      await stopServer(quick.app);
     }
   });
 
@@ -142,12 +138,12 @@ lesson("stream: the wire format", (test) => {
     const page = await request(`${url}/?from=10&interval=200`);
     assert.is(page.status, 200);
     assert.is(page.headers["content-type"], "text/html; charset=utf-8");
-    // Lesson 3's middleware adds the toasts to every page: the page as lesson 1 wrote it, plus those.
-    assert.is(page.body, withToasts(PAGE));
+    // No later lesson wraps it (the toasts would): the page is lesson 1's, byte for byte.
+    assert.is(page.body, PAGE);
     assert.ok(page.body.includes('new EventSource("/sse/" + location.search)'));
     const head = await request(`${url}/`, { method: "HEAD" });
     assert.is(head.status, 200);
-    assert.is(head.headers["content-length"], String(Buffer.byteLength(withToasts(PAGE))));
+    assert.is(head.headers["content-length"], String(Buffer.byteLength(PAGE)));
     assert.is(head.body, "");
   });
 
@@ -203,17 +199,17 @@ lesson("stream: the wire format", (test) => {
 // ─── One process, many streams ───────────────────────────────────────────────
 
 lesson("streams: one process serves every tab", (test) => {
-  let server: CountdownServer | undefined;
+  let app: App | undefined;
   let lines: string[] = [];
   let url = "";
   const clients: SseClient[] = [];
   test.before(async () => {
-    ({ server, lines, url } = await startServer());
+    ({ app, lines, url } = await startServer(LESSON_ONE));
   });
   test.after.each(() => {
     for (const client of clients.splice(0)) client.close();
   });
-  test.after(() => stopServer(server));
+  test.after(() => stopServer(app));
 
   test("a second client gets its page and its first event while the first stream is still open", async () => {
     const first = new SseClient(`${url}/sse/?interval=60000`);
@@ -232,26 +228,26 @@ lesson("streams: one process serves every tab", (test) => {
   });
 
   test("a client that leaves stops its countdown: the count drops, its timer goes, one line is logged", async () => {
-    await until("the streams of the last test to close", () => server!.streams.size === 0);
+    await until("the streams of the last test to close", () => app!.streams.size === 0);
     const before = activeResources();
     const stream = new SseClient(`${url}/sse/?interval=60000`);
     await stream.next();
-    assert.is(server!.streams.size, 1);
+    assert.is(app!.streams.size, 1);
     stream.close();
-    await until("the server to notice the client left", () => server!.streams.size === 0);
+    await until("the server to notice the client left", () => app!.streams.size === 0);
     await until("the stream's closing log line", () => lines.some((line) => line.includes("the client left (0 open)")));
     await until("the timers to return to what they were", () => (activeResources().Timeout ?? 0) === (before.Timeout ?? 0));
   });
 
   test("300 open-then-abort cycles leave the same timers and sockets behind", async () => {
-    await until("earlier streams to close", () => server!.streams.size === 0);
+    await until("earlier streams to close", () => app!.streams.size === 0);
     const before = activeResources();
     for (let round = 0; round < 30; round++) {
       const batch = Array.from({ length: 10 }, () => new SseClient(`${url}/sse/?interval=1000`));
       await Promise.all(batch.map((stream) => stream.next()));
       for (const stream of batch) stream.close();
     }
-    await until("every aborted stream to close on the server", () => server!.streams.size === 0);
+    await until("every aborted stream to close on the server", () => app!.streams.size === 0);
     await until("timers and sockets to return to what they were", () => {
       const now = activeResources();
       return (now.Timeout ?? 0) === (before.Timeout ?? 0) && (now.TCPSocketWrap ?? 0) === (before.TCPSocketWrap ?? 0);
@@ -263,10 +259,10 @@ lesson("streams: one process serves every tab", (test) => {
     const streams = [new SseClient(`${url}/sse/?interval=60000`), new SseClient(`${url}/sse/?interval=60000`)];
     clients.push(...streams);
     await Promise.all(streams.map((stream) => stream.next()));
-    server!.endStreams();
+    app!.endStreams();
     const endings = await within("both streams to end", Promise.all(streams.map((stream) => stream.ended)));
     assert.equal(endings, [true, true], "each response ended with the chunked terminator");
-    await until("both streams to be closed on the server", () => server!.streams.size === 0);
+    await until("both streams to be closed on the server", () => app!.streams.size === 0);
     assert.ok(lines.some((line) => line.includes("the server is stopping")));
   });
 });
@@ -281,7 +277,8 @@ lesson("backpressure: waiting for a slow reader", (test) => {
   let socket: net.Socket | undefined;
   test.after(async () => {
     socket?.destroy();
-    await stopServer(server);
+    server?.closeAllConnections();
+    if (server?.listening) await within("the test server to close", new Promise((resolve) => server!.close(resolve)));
   });
 
   test("a full socket makes the writer wait, and the wait ends when the reader goes away", async () => {
@@ -331,7 +328,7 @@ lesson("command line: server.ts", (test) => {
     await child.waitFor(/stream opened for 127\.0\.0\.1:\d+, counting from 100 \(1 open\)/);
     assert.is(await child.stop("SIGINT"), 0);
     assert.is(await within("the stream to end", stream.ended), true, "the stream ended cleanly, not cut");
-    assert.match(child.output, /SIGINT: ending 1 open streams/);
+    assert.match(child.output, /\] SIGINT: ending 1 open streams \(their browsers will reconnect and resume\)\n/);
   });
 
   test("by default it listens on both loopback addresses", async () => {
@@ -359,6 +356,58 @@ lesson("command line: server.ts", (test) => {
     assert.is(await within("help to print", child.exited), 0);
     assert.match(child.output, /--port N\s+Listens on this TCP port \(env PORT; default 8000\)/);
     assert.match(child.output, /0\.0\.0\.0 to share it on your LAN/);
+  });
+});
+
+// ─── server.ts copied alone ──────────────────────────────────────────────────
+
+/** The project's own server.ts, which a reader may copy anywhere on its own. */
+const SERVER_FILE = fileURLToPath(new URL("../server.ts", import.meta.url));
+
+lesson("copied alone: server.ts serves lesson 1 with nothing beside it", (test) => {
+  let folder = "";
+  let child: ChildProcess | undefined;
+  let output = "";
+  let url = "";
+  test.before(async () => {
+    folder = await mkdtemp(path.join(os.tmpdir(), "countdown-alone-"));
+    await copyFile(SERVER_FILE, path.join(folder, "server.ts"));
+    // Run from that folder with this run's loader (tsx, or Node's own type stripping), as Child does.
+    child = spawn(process.execPath, [...process.execArgv, "server.ts", "--port", "0", "--host", "127.0.0.1"], {
+      cwd: folder,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    child.stdout!.setEncoding("utf8").on("data", (text: string) => (output += text));
+    child.stderr!.setEncoding("utf8").on("data", (text: string) => (output += text));
+    const listening = /listening at (http:\/\/127\.0\.0\.1:\d+)\//;
+    const started = () => listening.test(output) || child!.exitCode !== null;
+    await until("the copy to say where it listens", started).catch((error) => {
+      throw new Error(`${error.message}; output so far:\n${output}`);
+    });
+    url = listening.exec(output)?.[1] ?? "";
+    assert.ok(url, `the copy exited before it listened:\n${output}`);
+  });
+  test.after(async () => {
+    if (child && child.exitCode === null && child.signalCode === null) {
+      child.kill("SIGKILL");
+      await within("the copy to exit", once(child, "exit"));
+    }
+    if (folder) await rm(folder, { recursive: true, force: true });
+  });
+
+  test("it serves the page and the countdown", async () => {
+    const page = await request(`${url}/`);
+    assert.is(page.status, 200);
+    assert.is(page.body, PAGE);
+    const stream = await request(`${url}/sse/?from=2&interval=50`);
+    assert.is(stream.status, 200);
+    assert.equal([...stream.body.matchAll(/^event: i\nid: (\d+)$/gm)].map((m) => m[1]), ["2", "1", "0"]);
+  });
+
+  test("/room/ is a 404 that says where the later lessons live", async () => {
+    const room = await request(`${url}/room/`);
+    assert.is(room.status, 404);
+    assert.is(room.body, "Nothing here at /room/; the countdown is at /, and the later lessons live in lessons/, not beside this copy.\n");
   });
 });
 
@@ -598,14 +647,32 @@ lesson("blocking command line: blocking-server.ts", (test) => {
 
 // ─── Tabs in a real browser ──────────────────────────────────────────────────
 
+/** Lesson 1 alone on both loopback addresses, as `npm start` listens, so *.localhost names reach it. */
+async function startLessonOne(port = 0): Promise<LoopbackServer> {
+  const lines: string[] = [];
+  const app = await createTestApp(LESSON_ONE, lines);
+  const listeners = await within("the server to listen", listen(app.server, "localhost", port));
+  return { app, listeners, lines, port: (app.server.address() as net.AddressInfo).port };
+}
+
+/** Stops it the way Ctrl-C does, its streams ended cleanly so browsers reconnect, and starts it again on the same port. */
+async function restartLessonOne(running: LoopbackServer): Promise<LoopbackServer> {
+  const closed = Promise.all(running.listeners.map(closeListener));
+  running.app.endStreams();
+  await until("the ended streams to close", () => running.app.streams.size === 0);
+  running.app.server.closeIdleConnections();
+  await within("the old server to close", closed);
+  return startLessonOne(running.port);
+}
+
 browserLesson("browser: every tab streams from the async server", (test, browser) => {
   let running: LoopbackServer | undefined;
   let profile: Profile | undefined;
-  const streams = () => running!.server.streams.size;
+  const streams = () => running!.app.streams.size;
   const url = (host: string, query: string) => `http://${host}:${running!.port}/${query}`;
 
   test.before(async () => {
-    running = await startLoopbackServer();
+    running = await startLessonOne();
   });
   test.before.each(async () => {
     await until("the last test's streams to close", () => streams() === 0);
@@ -629,14 +696,13 @@ browserLesson("browser: every tab streams from the async server", (test, browser
     assert.is(running!.lines.filter((line) => line.startsWith("stream opened")).length, 1);
   });
 
-  // Lesson 3's toasts hold one more connection to the host name, shared by every tab through a
-  // shared worker, so one countdown fewer fits: the limit is the browser's, whatever holds the connections.
-  const countdownsPerHost = CONNECTIONS_PER_HOST - 1;
+  // Every countdown tab holds one of the host name's connections. (With the toasts installed, their one
+  // shared stream holds one more, and one countdown fewer fits: the limit is the browser's.)
+  const countdownsPerHost = CONNECTIONS_PER_HOST;
   test(`on one host name, tab ${countdownsPerHost + 1} does not even load: the browser's limit, not the server's`, async () => {
     const tabs: Tab[] = [];
     for (let k = 0; k < countdownsPerHost; k++) tabs.push(await profile!.open(url("localhost", "?interval=200")));
     await until(`${countdownsPerHost} streams`, () => streams() === countdownsPerHost);
-    await until("the toasts' one shared stream", () => running!.server.toasts.streams.size === 1);
     const waiting = await profile!.context.newPage();
     let loaded = false;
     const loading = waiting.goto(url("localhost", "?interval=200")).then(() => (loaded = true));
@@ -702,7 +768,7 @@ browserLesson("browser: every tab streams from the async server", (test, browser
   test("after a server restart mid-countdown the tab reconnects and carries on at the next number", async () => {
     const tab = await profile!.open(url("localhost", "?from=100&interval=200"));
     await until("a few numbers", () => tab.numbers.length >= 3);
-    running = await restartLoopbackServer(running!);
+    running = await restartLessonOne(running!);
     await until("the page to say reconnecting", () => tab.state === "reconnecting");
     await until(
       "the page to reconnect and show 3 more numbers",

@@ -1,24 +1,25 @@
 /**
- * test/toasts.ts: lesson 3, toasts that stay until acknowledged. The visitor
- * cookie and the middleware, the stream and the owner-only read over HTTP,
- * the demo's background task, the bounds, the server's terminal (a child
- * process with piped stdin), the toasts in a real browser, and their survival
- * of a restart with --database.
+ * test/toasts.ts: lesson 3, toasts that stay until acknowledged (lessons/toasts.ts).
+ * The visitor cookie and the middleware, the stream and the owner-only read over
+ * HTTP, the hub they live in and their share of stopping, the demo's background
+ * task, the bounds, the server's terminal (a child process with piped stdin),
+ * the toasts in a real browser, and their survival of a restart with --database.
  */
 
 import * as assert from "uvu/assert";
+import { createApp, install, type App } from "../server.ts";
+import { chooseHub, HUB_KEEP, hubOf, MemoryHub } from "../lessons/hub.ts";
+import { publicVisitorId } from "../lessons/http.ts";
 import {
   EVERYONE,
-  HUB_KEEP,
-  MemoryHub,
-  publicVisitorId,
   TOAST_MESSAGE_MAX,
   toastTopic,
   TOASTS_UNREAD_MAX,
+  toasts,
+  toastsOf,
   VISITORS_MAX,
-  type CountdownServer,
   type Toast,
-} from "../server.ts";
+} from "../lessons/toasts.ts";
 import {
   BOOT_DEADLINE_MS,
   browserLesson,
@@ -54,8 +55,8 @@ async function newVisitor(url: string): Promise<Visitor> {
   return { cookie: `visitor=${secret}`, id: publicVisitorId(secret) };
 }
 
-const toastsOf = (client: SseClient) => client.messages.filter((m) => m.event === "toast").map((m) => JSON.parse(m.data) as Toast);
-const messagesOf = (client: SseClient) => toastsOf(client).map((toast) => toast.message);
+const toastsIn = (client: SseClient) => client.messages.filter((m) => m.event === "toast").map((m) => JSON.parse(m.data) as Toast);
+const messagesOf = (client: SseClient) => toastsIn(client).map((toast) => toast.message);
 const readsOf = (client: SseClient) => client.messages.filter((m) => m.event === "read").map((m) => (JSON.parse(m.data) as { id: string }).id);
 
 function readToast(url: string, id: string, cookie?: string, method = "POST") {
@@ -69,12 +70,12 @@ function startDemo(url: string, cookie: string | undefined, body: string, type =
 }
 
 lesson("toasts: the visitor cookie and the middleware", (test) => {
-  let server: CountdownServer | undefined;
+  let app: App | undefined;
   let url = "";
   test.before(async () => {
-    ({ server, url } = await startServer());
+    ({ app, url } = await startServer());
   });
-  test.after(() => stopServer(server));
+  test.after(() => stopServer(app));
 
   test("the first page sets a visitor cookie of 128 random bits, HttpOnly, SameSite=Strict, Path=/; a known one is not set again", async () => {
     const first = await request(`${url}/`);
@@ -103,7 +104,7 @@ lesson("toasts: the visitor cookie and the middleware", (test) => {
 
   test("what is not HTML passes untouched: the room's JSON, an error, the shared worker's script", async () => {
     const list = await request(`${url}/room/messages`);
-    assert.is(list.body, "[]");
+    assert.is(list.body, "[]\n");
     assert.is(list.headers["set-cookie"], undefined);
     const missing = await request(`${url}/nowhere`);
     assert.is(missing.body, "Nothing here at /nowhere; the countdown is at /.\n");
@@ -122,7 +123,7 @@ lesson("toasts: the visitor cookie and the middleware", (test) => {
 });
 
 lesson("toasts: the stream and the owner's acknowledgement over HTTP", (test) => {
-  let server: CountdownServer | undefined;
+  let app: App | undefined;
   let lines: string[] = [];
   let url = "";
   const clients: SseClient[] = [];
@@ -134,23 +135,23 @@ lesson("toasts: the stream and the owner's acknowledgement over HTTP", (test) =>
   /** Opens a stream and waits until it follows both of its topics, so nothing published next is missed. */
   const follow = async (visitor: Visitor) => {
     const client = open(visitor);
-    await until("the stream to subscribe", () => server!.hub.subscribers(toastTopic(visitor.id)) > 0);
+    await until("the stream to subscribe", () => hubOf(app!).subscribers(toastTopic(visitor.id)) > 0);
     return client;
   };
   test.before(async () => {
-    ({ server, lines, url } = await startServer());
+    ({ app, lines, url } = await startServer());
   });
   test.after.each(async () => {
     for (const client of clients.splice(0)) client.close();
-    await until("every toast stream to close", () => server!.toasts.streams.size === 0 && server!.hub.subscribers(toastTopic(EVERYONE)) === 0);
+    await until("every toast stream to close", () => toastsOf(app!).streams.size === 0 && hubOf(app!).subscribers(toastTopic(EVERYONE)) === 0);
   });
-  test.after(() => stopServer(server));
+  test.after(() => stopServer(app));
 
   test("a stream sends each toast as event: toast, with the toast's id and its JSON", async () => {
     const visitor = await newVisitor(url);
     const stream = await follow(visitor);
     assert.is(stream.headers["content-type"], "text/event-stream; charset=utf-8");
-    const created = server!.toasts.createToast("hello you", { visitor: visitor.id, level: "warning" });
+    const created = toastsOf(app!).createToast("hello you", { visitor: visitor.id, level: "warning" });
     const message = await stream.next("toast");
     assert.is(message.id, created.id);
     assert.equal(JSON.parse(message.data), created);
@@ -161,8 +162,8 @@ lesson("toasts: the stream and the owner's acknowledgement over HTTP", (test) =>
   test("the owner's acknowledgement gives 200 with the toast, tells its other tabs, and a reconnect does not replay it", async () => {
     const visitor = await newVisitor(url);
     const [tab1, tab2] = [await follow(visitor), await follow(visitor)];
-    const kept = await server!.toasts.createToastAsync("keep me", { visitor: visitor.id });
-    const gone = await server!.toasts.createToastAsync("close me", { visitor: visitor.id });
+    const kept = await toastsOf(app!).createToastAsync("keep me", { visitor: visitor.id });
+    const gone = await toastsOf(app!).createToastAsync("close me", { visitor: visitor.id });
     for (const tab of [tab1, tab2]) await tab.next("toast"), await tab.next("toast");
     const answer = await readToast(url, gone.id, visitor.cookie);
     assert.is(answer.status, 200);
@@ -172,14 +173,14 @@ lesson("toasts: the stream and the owner's acknowledgement over HTTP", (test) =>
     assert.is(again.status, 200, "acknowledging twice is no error");
     const reconnected = open(visitor);
     assert.is((await reconnected.next("toast")).id, kept.id);
-    await until("the reconnected stream to subscribe", () => server!.hub.subscribers(toastTopic(visitor.id)) === 3);
+    await until("the reconnected stream to subscribe", () => hubOf(app!).subscribers(toastTopic(visitor.id)) === 3);
     assert.equal(messagesOf(reconnected), ["keep me"], "the read toast does not come back");
     assert.equal(readsOf(tab1), [gone.id], "one read mark, not two");
   });
 
   test("another visitor's toast gets 403, an unknown id 404, no cookie 401, another method 405: each one sentence", async () => {
     const [owner, other] = [await newVisitor(url), await newVisitor(url)];
-    const toast = await server!.toasts.createToastAsync("mine", { visitor: owner.id });
+    const toast = await toastsOf(app!).createToastAsync("mine", { visitor: owner.id });
     const cases: [Promise<{ status?: number; body: string }>, number, string][] = [
       [readToast(url, toast.id, other.cookie), 403, "That toast is another visitor's: only its owner may mark it read.\n"],
       [readToast(url, `${owner.id}-0000000000000000`, owner.cookie), 404, "There is no toast with that id.\n"],
@@ -201,23 +202,23 @@ lesson("toasts: the stream and the owner's acknowledgement over HTTP", (test) =>
   test("a broadcast acknowledged by one visitor still reaches another, and comes back only for that other", async () => {
     const [reader, other] = [await newVisitor(url), await newVisitor(url)];
     const [readerTab, otherTab] = [await follow(reader), await follow(other)];
-    const broadcast = server!.toasts.createToast("for everyone");
+    const broadcast = toastsOf(app!).createToast("for everyone");
     for (const tab of [readerTab, otherTab]) assert.is((await tab.next("toast")).id, broadcast.id);
     assert.is((await readToast(url, broadcast.id, reader.cookie)).status, 200);
     await readerTab.next("read");
     const [readerAgain, otherAgain] = [await follow(reader), await follow(other)];
     assert.is((await otherAgain.next("toast")).id, broadcast.id, "the other visitor still has it");
-    await until("the reader's new stream to subscribe", () => server!.hub.subscribers(toastTopic(reader.id)) === 2);
-    assert.equal(toastsOf(readerAgain), [], "the reader does not get it again");
+    await until("the reader's new stream to subscribe", () => hubOf(app!).subscribers(toastTopic(reader.id)) === 2);
+    assert.equal(toastsIn(readerAgain), [], "the reader does not get it again");
     assert.equal(readsOf(otherTab), [], "the other visitor's tabs are not told of the reader's mark");
   });
 
   test("a toast for one visitor reaches none of another visitor's streams", async () => {
     const [one, other] = [await newVisitor(url), await newVisitor(url)];
     const [oneTab, otherTab] = [await follow(one), await follow(other)];
-    const own = server!.toasts.createToast("only for one", { visitor: one.id });
-    const broadcast = server!.toasts.createToast("for everyone, after it");
-    const has = (tab: SseClient, toast: Toast) => toastsOf(tab).some((received) => received.id === toast.id);
+    const own = toastsOf(app!).createToast("only for one", { visitor: one.id });
+    const broadcast = toastsOf(app!).createToast("for everyone, after it");
+    const has = (tab: SseClient, toast: Toast) => toastsIn(tab).some((received) => received.id === toast.id);
     await until("the first visitor to get both", () => has(oneTab, own) && has(oneTab, broadcast));
     await until("the other visitor to get the broadcast", () => has(otherTab, broadcast));
     assert.not.ok(has(otherTab, own), "the other visitor never gets the first one's toast");
@@ -225,13 +226,13 @@ lesson("toasts: the stream and the owner's acknowledgement over HTTP", (test) =>
 
   test("createToast stores the toast before it returns; createToastAsync resolves once it is stored; bad ones throw a sentence", async () => {
     const visitor = await newVisitor(url);
-    const toast = server!.toasts.createToast("from sync code", { visitor: visitor.id });
-    assert.equal((await server!.hub.history(toastTopic(visitor.id))).map((event) => event.data), [toast]);
-    const awaited = await server!.toasts.createToastAsync("from async code", { visitor: visitor.id, level: "error" });
-    assert.is((await server!.hub.history(toastTopic(visitor.id))).at(-1)!.data, awaited);
-    assert.throws(() => server!.toasts.createToast("x".repeat(TOAST_MESSAGE_MAX + 1)), /message is too long: at most 200 characters\./);
-    assert.throws(() => server!.toasts.createToast("   "), /message is missing/);
-    assert.throws(() => server!.toasts.createToast("hi", { level: "loud" as never }), /level must be one of info, success, warning, error\./);
+    const toast = toastsOf(app!).createToast("from sync code", { visitor: visitor.id });
+    assert.equal((await hubOf(app!).history(toastTopic(visitor.id))).map((event) => event.data), [toast]);
+    const awaited = await toastsOf(app!).createToastAsync("from async code", { visitor: visitor.id, level: "error" });
+    assert.is((await hubOf(app!).history(toastTopic(visitor.id))).at(-1)!.data, awaited);
+    assert.throws(() => toastsOf(app!).createToast("x".repeat(TOAST_MESSAGE_MAX + 1)), /message is too long: at most 200 characters\./);
+    assert.throws(() => toastsOf(app!).createToast("   "), /message is missing/);
+    assert.throws(() => toastsOf(app!).createToast("hi", { level: "loud" as never }), /level must be one of info, success, warning, error\./);
   });
 
   test("300 open-then-abort cycles leave no subscriber, stream or heartbeat timer behind", async () => {
@@ -242,32 +243,61 @@ lesson("toasts: the stream and the owner's acknowledgement over HTTP", (test) =>
       stream.close();
     }
     clients.splice(0);
-    await until("every stream to close", () => server!.toasts.streams.size === 0);
-    assert.is(server!.hub.subscribers(toastTopic(visitor.id)), 0);
-    assert.is(server!.hub.subscribers(toastTopic(EVERYONE)), 0);
+    await until("every stream to close", () => toastsOf(app!).streams.size === 0);
+    assert.is(hubOf(app!).subscribers(toastTopic(visitor.id)), 0);
+    assert.is(hubOf(app!).subscribers(toastTopic(EVERYONE)), 0);
+  });
+});
+
+lesson("toasts: their share of the app", (test) => {
+  const apps: App[] = [];
+  test.after(async () => {
+    for (const app of apps) await stopServer(app);
+  });
+
+  test("the toasts live in the hub the app chose, even one chosen after they were installed", async () => {
+    const app = createApp({ log: () => {} });
+    apps.push(app);
+    await install(app, [toasts]);
+    const hub = new MemoryHub();
+    chooseHub(app, hub); // as the PostgreSQL lesson does, installed after this one
+    const toast = toastsOf(app).createToast("in the chosen hub");
+    assert.equal((await hub.history(toastTopic(EVERYONE))).map((event) => event.data), [toast]);
+  });
+
+  test("stopping ends the toast streams cleanly and names them; with none open it names nothing", async () => {
+    const { app, url } = await startServer();
+    apps.push(app);
+    assert.equal(app.endStreams(), ["0 open streams"], "toasts never used: nothing to name");
+    const visitor = await newVisitor(url);
+    const streams = [1, 2].map(() => new SseClient(`${url}/toasts/stream`, { Cookie: visitor.cookie }));
+    await until("both streams to subscribe", () => hubOf(app).subscribers(toastTopic(visitor.id)) === 2);
+    assert.equal(app.endStreams(), ["0 open streams", "2 toast streams"]);
+    for (const stream of streams) assert.is(await within("the stream to end", stream.ended), true, "ended, not cut");
+    assert.equal(app.endStreams(), ["0 open streams"]);
   });
 });
 
 lesson("toasts: the demo's background task", (test) => {
-  let server: CountdownServer | undefined;
+  let app: App | undefined;
   let url = "";
   const clients: SseClient[] = [];
   test.before(async () => {
-    ({ server, url } = await startServer());
+    ({ app, url } = await startServer());
   });
   test.after(async () => {
     for (const client of clients.splice(0)) client.close();
-    await stopServer(server);
+    await stopServer(app);
   });
 
   test("the demo answers 303 before its second toast, and both reach only that visitor, in order", async () => {
     const [visitor, other] = [await newVisitor(url), await newVisitor(url)];
     const [mine, theirs] = [visitor, other].map((who) => new SseClient(`${url}/toasts/stream`, { Cookie: who.cookie }));
     clients.push(mine!, theirs!);
-    await until("both streams to subscribe", () => server!.hub.subscribers(toastTopic(EVERYONE)) === 2);
+    await until("both streams to subscribe", () => hubOf(app!).subscribers(toastTopic(EVERYONE)) === 2);
     const answer = await startDemo(url, visitor.cookie, "message=Woke+up&seconds=1");
     assert.equal([answer.status, answer.headers.location], [303, "/toasts/"]);
-    assert.ok(toastsOf(mine!).length <= 1, "the answer came before the second toast");
+    assert.ok(toastsIn(mine!).length <= 1, "the answer came before the second toast");
     assert.is(JSON.parse((await mine!.next("toast")).data).message, "Sleep running for at least 1 second(s)...");
     assert.is(JSON.parse((await mine!.next("toast")).data).message, "Woke up");
     assert.equal(messagesOf(theirs!), [], "the other visitor got neither");
@@ -287,63 +317,63 @@ lesson("toasts: the demo's background task", (test) => {
       const answer = await startDemo(url, cookie, body, type);
       assert.equal([answer.status, answer.body], [status, sentence], body);
     }
-    assert.equal(await server!.hub.history(toastTopic(visitor.id)), []);
+    assert.equal(await hubOf(app!).history(toastTopic(visitor.id)), []);
   });
 });
 
 lesson("toasts: the bounds", (test) => {
-  let server: CountdownServer | undefined;
+  let app: App | undefined;
   let lines: string[] = [];
   let url = "";
   const clients: SseClient[] = [];
   test.before(async () => {
-    ({ server, lines, url } = await startServer());
+    ({ app, lines, url } = await startServer());
   });
   test.after(async () => {
     for (const client of clients.splice(0)) client.close();
-    await stopServer(server);
+    await stopServer(app);
   });
 
   test(`past ${TOASTS_UNREAD_MAX} unread toasts the oldest go, in every tab, and that is logged once`, async () => {
     const visitor = await newVisitor(url);
     const tab = new SseClient(`${url}/toasts/stream`, { Cookie: visitor.cookie });
     clients.push(tab);
-    await until("the stream to subscribe", () => server!.hub.subscribers(toastTopic(visitor.id)) === 1);
+    await until("the stream to subscribe", () => hubOf(app!).subscribers(toastTopic(visitor.id)) === 1);
     const extra = 5;
     const created: Toast[] = [];
-    for (let k = 0; k < TOASTS_UNREAD_MAX + extra; k++) created.push(await server!.toasts.createToastAsync(`toast ${k}`, { visitor: visitor.id }));
+    for (let k = 0; k < TOASTS_UNREAD_MAX + extra; k++) created.push(await toastsOf(app!).createToastAsync(`toast ${k}`, { visitor: visitor.id }));
     await until(`${extra} read marks on the open tab`, () => readsOf(tab).length === extra);
     assert.equal(readsOf(tab), created.slice(0, extra).map((toast) => toast.id), "the oldest went, oldest first");
     const reconnected = new SseClient(`${url}/toasts/stream`, { Cookie: visitor.cookie });
     clients.push(reconnected);
-    await until(`${TOASTS_UNREAD_MAX} toasts replayed`, () => toastsOf(reconnected).length === TOASTS_UNREAD_MAX);
-    assert.equal(toastsOf(reconnected), created.slice(extra));
+    await until(`${TOASTS_UNREAD_MAX} toasts replayed`, () => toastsIn(reconnected).length === TOASTS_UNREAD_MAX);
+    assert.equal(toastsIn(reconnected), created.slice(extra));
     assert.equal(lines.filter((line) => line.includes(`a visitor has ${TOASTS_UNREAD_MAX} unread toasts`)).length, 1);
   });
 
   test(`a read broadcast stays read however many toasts come after it, though the hub keeps only ${HUB_KEEP} per topic`, async () => {
     const visitor = await newVisitor(url);
-    const broadcast = server!.toasts.createToast("read me once");
+    const broadcast = toastsOf(app!).createToast("read me once");
     assert.is((await readToast(url, broadcast.id, visitor.cookie)).status, 200);
-    for (let k = 0; k < HUB_KEEP * 2; k++) await server!.toasts.createToastAsync(`own ${k}`, { visitor: visitor.id });
-    const ownTopic = await server!.hub.history(toastTopic(visitor.id));
+    for (let k = 0; k < HUB_KEEP * 2; k++) await toastsOf(app!).createToastAsync(`own ${k}`, { visitor: visitor.id });
+    const ownTopic = await hubOf(app!).history(toastTopic(visitor.id));
     assert.not.ok(ownTopic.some((event) => event.type === "read" && (event.data as { id: string }).id === broadcast.id), "the first read mark left the window");
     const stream = new SseClient(`${url}/toasts/stream`, { Cookie: visitor.cookie });
     clients.push(stream);
-    await until(`${TOASTS_UNREAD_MAX} toasts replayed`, () => toastsOf(stream).length === TOASTS_UNREAD_MAX);
-    assert.not.ok(toastsOf(stream).some((toast) => toast.id === broadcast.id), "the broadcast does not come back");
+    await until(`${TOASTS_UNREAD_MAX} toasts replayed`, () => toastsIn(stream).length === TOASTS_UNREAD_MAX);
+    assert.not.ok(toastsIn(stream).some((toast) => toast.id === broadcast.id), "the broadcast does not come back");
   });
 
   test(`past ${VISITORS_MAX} visitors the least recently seen is forgotten with its toasts, and that is logged once`, async () => {
     const first = "f".repeat(16);
     const second = "e".repeat(16);
-    server!.toasts.createToast("to be forgotten", { visitor: first });
-    server!.toasts.createToast("to be kept", { visitor: second });
-    server!.toasts.seen(second); // seen again: now the most recent
-    for (let k = 0; k < VISITORS_MAX - 1; k++) server!.toasts.seen(k.toString(16).padStart(16, "0"));
-    await until("the first visitor's toasts to go", () => (server!.hub as MemoryHub).lastId(toastTopic(first)) === 0);
-    assert.is((await server!.hub.history(toastTopic(second))).length, 1, "the visitor seen again is kept");
-    server!.toasts.seen("d".repeat(16));
+    toastsOf(app!).createToast("to be forgotten", { visitor: first });
+    toastsOf(app!).createToast("to be kept", { visitor: second });
+    toastsOf(app!).seen(second); // seen again: now the most recent
+    for (let k = 0; k < VISITORS_MAX - 1; k++) toastsOf(app!).seen(k.toString(16).padStart(16, "0"));
+    await until("the first visitor's toasts to go", () => (hubOf(app!) as MemoryHub).lastId(toastTopic(first)) === 0);
+    assert.is((await hubOf(app!).history(toastTopic(second))).length, 1, "the visitor seen again is kept");
+    toastsOf(app!).seen("d".repeat(16));
     assert.equal(lines.filter((line) => line.includes(`${VISITORS_MAX} visitors remembered`)).length, 1);
   });
 });
@@ -432,25 +462,25 @@ browserLesson("browser: toasts on every page", (test, browser) => {
   });
   test.after.each(async () => {
     await profile?.close();
-    await until("the toast streams to close", () => running!.server.toasts.streams.size === 0);
+    await until("the toast streams to close", () => toastsOf(running!.app).streams.size === 0);
     await stopLoopbackServer(running);
   });
 
   test("a toast for everyone shows on the countdown page and on the room page", async () => {
     const countdown = await profile!.open(at("/?interval=60000"));
     const room = await profile!.open(at("/room/"));
-    await until("the shared stream to open", () => running!.server.toasts.streams.size === 1);
-    running!.server.toasts.createToast("Hello from the presenter");
+    await until("the shared stream to open", () => toastsOf(running!.app).streams.size === 1);
+    toastsOf(running!.app).createToast("Hello from the presenter");
     for (const tab of [countdown, room]) await tab.page.locator("#toasts .toast", { hasText: "Hello from the presenter" }).waitFor();
-    assert.is(running!.server.toasts.streams.size, 1, "both tabs share one stream");
+    assert.is(toastsOf(running!.app).streams.size, 1, "both tabs share one stream");
   });
 
   test("closing a toast in one tab removes it from the visitor's second tab, and a reload does not bring it back", async () => {
     const first = await profile!.open(at("/?interval=60000"));
     const second = await profile!.open(at("/toasts/"));
-    await until("the shared stream to open", () => running!.server.toasts.streams.size === 1);
-    running!.server.toasts.createToast("first");
-    running!.server.toasts.createToast("second");
+    await until("the shared stream to open", () => toastsOf(running!.app).streams.size === 1);
+    toastsOf(running!.app).createToast("first");
+    toastsOf(running!.app).createToast("second");
     for (const tab of [first, second]) await tab.page.locator("#toasts .toast", { hasText: "second" }).waitFor();
     await first.page.locator("#toasts .toast", { hasText: "first" }).locator("button").click();
     await second.page.locator("#toasts .toast", { hasText: "first" }).waitFor({ state: "detached" });
@@ -462,9 +492,9 @@ browserLesson("browser: toasts on every page", (test, browser) => {
 
   test("a toast's HTML shows as text and creates no element", async () => {
     const tab = await profile!.open(at("/room/"));
-    await until("the stream to open", () => running!.server.toasts.streams.size === 1);
+    await until("the stream to open", () => toastsOf(running!.app).streams.size === 1);
     const html = '<img src=x onerror="document.title=\'pwned\'"><b>bold</b>';
-    running!.server.toasts.createToast(html, { level: "error" });
+    toastsOf(running!.app).createToast(html, { level: "error" });
     const toast = tab.page.locator("#toasts .toast p");
     await toast.waitFor();
     assert.is(await toast.textContent(), html);
@@ -484,8 +514,8 @@ browserLesson("browser: toasts on every page", (test, browser) => {
     await demo.page.waitForURL(at("/toasts/"));
     for (const text of ["Sleep running for at least 1 second(s)...", "Demo done"]) await tab.page.locator("#toasts .toast", { hasText: text }).waitFor();
     assert.equal(await toastTexts(tab), ["Sleep running for at least 1 second(s)...", "Demo done"]);
-    for (let k = 0; k < 6; k++) running!.server.toasts.createToast(`A longer announcement, number ${k}, to fill the corner of a narrow screen`);
-    await until("eight toasts", () => running!.server.toasts.streams.size === 1);
+    for (let k = 0; k < 6; k++) toastsOf(running!.app).createToast(`A longer announcement, number ${k}, to fill the corner of a narrow screen`);
+    await until("eight toasts", () => toastsOf(running!.app).streams.size === 1);
     await tab.page.locator("#toasts .toast").nth(7).waitFor();
     const number = (await tab.page.locator("#countdown").boundingBox())!;
     const stack = (await tab.page.locator("#toasts").boundingBox())!;
@@ -536,7 +566,7 @@ databaseLesson("database: toasts through PostgreSQL", (test, database) => {
     clients.push(third);
     await third.opened();
     await second.waitFor(/toast stream opened for visitor \w+ \(2 open\)/);
-    assert.equal(toastsOf(third), [], "both read toasts stay read after the restart");
+    assert.equal(toastsIn(third), [], "both read toasts stay read after the restart");
   });
 
   test("with --workers 2, a line typed at the primary reaches the tabs of both workers", async () => {

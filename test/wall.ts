@@ -1,7 +1,7 @@
 /**
  * test/wall.ts: the wall, both servers side by side for a workshop projector
- * (/wall on server.ts, pages/wall.html), the one header that lets its tiles
- * stream from other origins, and the crowd (bench/crowd.ts) that loads
+ * (/wall, lessons/wall.ts and pages/wall.html), the one header that lets its
+ * tiles stream from other origins, and the crowd (bench/crowd.ts) that loads
  * server.ts with thousands of streams while the wall keeps counting.
  */
 
@@ -11,7 +11,8 @@ import { once } from "node:events";
 import { setTimeout as delay } from "node:timers/promises";
 import * as assert from "uvu/assert";
 import type { Page } from "playwright-core";
-import { ROUTES, withToasts, type CountdownServer } from "../server.ts";
+import type { App } from "../server.ts";
+import { withToasts } from "../lessons/toasts.ts";
 import {
   BOOT_DEADLINE_MS,
   browserLesson,
@@ -53,20 +54,21 @@ async function closedPort(): Promise<number> {
 // ─── Over HTTP: the page, and who may read the stream ────────────────────────
 
 lesson("wall http: the page, and the stream's CORS header on both servers", (test) => {
-  let server: CountdownServer | undefined;
+  let app: App | undefined;
   let url = "";
   const children: Child[] = [];
   let blockingUrl = "";
   test.before(async () => {
-    ({ server, url } = await startServer());
+    ({ app, url } = await startServer());
     ({ url: blockingUrl } = await startBlocking(children, ["--timeout", "0"]));
   });
   test.after(async () => {
-    await stopServer(server);
+    await stopServer(app);
     await stopBlocking(children);
   });
 
-  test("GET /wall is pages/wall.html as it is (with the toasts, as every page), whatever the query says; HEAD gets its length", async () => {
+  const asIs = "GET /wall is pages/wall.html as it is (with the toasts, as every page)";
+  test(`${asIs}, whatever the query says; HEAD gets its length`, async () => {
     for (const query of ["", "?tiles=3&blocking=8101", "?tiles=<script>alert(1)</script>"]) {
       const page = await request(`${url}/wall${query}`);
       assert.is(page.status, 200);
@@ -74,7 +76,8 @@ lesson("wall http: the page, and the stream's CORS header on both servers", (tes
       assert.is(page.body, withToasts(WALL_PAGE), `the same bytes for /wall${query}`);
     }
     const head = await request(`${url}/wall`, { method: "HEAD" });
-    assert.is(head.headers["content-length"], String(Buffer.byteLength(withToasts(WALL_PAGE))));
+    const length = Buffer.byteLength(withToasts(WALL_PAGE));
+    assert.is(head.headers["content-length"], String(length));
     assert.is(head.body, "");
   });
 
@@ -90,18 +93,20 @@ lesson("wall http: the page, and the stream's CORS header on both servers", (tes
     assert.is(bad.headers[ALLOW_ORIGIN], "*");
   });
 
-  test("no other route of server.ts says so, for any method, nor a 404, nor a POST to the stream", async () => {
+  test("no other route says so, for any method, nor a 404, nor a POST to the stream", async () => {
     const asked: string[] = [];
-    for (const [path, methods] of Object.entries(ROUTES)) {
+    for (const [path, methods] of Object.entries(app!.routes)) {
       if (path === "/sse/") continue;
       for (const method of Object.keys(methods)) {
-        // Headers are enough: some routes stream for as long as the client stays; ?delay=0 keeps the fan-out short.
+        // Headers are enough: some routes stream for as long as the client stays;
+        // ?delay=0 keeps the fan-out short.
         const headers = await responseHeaders(`${url}${path}?delay=0`, method);
         assert.is(headers[ALLOW_ORIGIN], undefined, `${method} ${path}`);
         asked.push(`${method} ${path}`);
       }
     }
-    assert.ok(asked.includes("GET /") && asked.includes("GET /wall"), `every route was asked: ${asked}`);
+    const every = asked.includes("GET /") && asked.includes("GET /wall");
+    assert.ok(every, `every route was asked: ${asked}`);
     assert.is((await request(`${url}/nope`)).headers[ALLOW_ORIGIN], undefined);
     const post = await request(`${url}/sse/`, { method: "POST" });
     assert.is(post.status, 405);
@@ -112,7 +117,8 @@ lesson("wall http: the page, and the stream's CORS header on both servers", (tes
     const stream = await request(`${blockingUrl}/sse/?from=1&interval=10`);
     assert.is(stream.status, 200);
     assert.is(stream.headers[ALLOW_ORIGIN], "*");
-    for (const [method, path] of [["GET", "/"], ["HEAD", "/"], ["GET", "/nope"], ["POST", "/sse/"]] as const) {
+    const others = [["GET", "/"], ["HEAD", "/"], ["GET", "/nope"], ["POST", "/sse/"]] as const;
+    for (const [method, path] of others) {
       const res = await request(`${blockingUrl}${path}`, { method });
       assert.is(res.headers[ALLOW_ORIGIN], undefined, `${method} ${path}`);
     }
@@ -126,27 +132,37 @@ const CROWD_STREAMS = 200;
 const CROWD_TICK_MS = 200;
 
 lesson("wall crowd: npm run crowd opens its streams and closes every one", (test) => {
-  let server: CountdownServer | undefined;
+  let app: App | undefined;
   let port = "";
   const children: Child[] = [];
   test.before(async () => {
     let url: string;
-    ({ server, url } = await startServer());
+    ({ app, url } = await startServer());
     port = new URL(url).port;
   });
   test.after(async () => {
     for (const child of children) child.kill();
-    await stopServer(server);
+    await stopServer(app);
   });
   const run = runner("bench/crowd.ts", children);
 
-  test(`${CROWD_STREAMS} streams for 3 seconds: reported open, then all closed, and the server holds none`, async () => {
-    const child = run(["--port", port, "--streams", String(CROWD_STREAMS), "--seconds", "3", "--interval", String(CROWD_TICK_MS)]);
-    await child.waitFor(new RegExp(`^\\[\\d\\d:\\d\\d:\\d\\d\\] ${CROWD_STREAMS} streams open · [\\d,]+ events in the last second · 0 lost so far$`, "m"));
-    assert.is(server!.streams.size, CROWD_STREAMS, "the server holds every stream the crowd says is open");
-    assert.is(await within("the crowd to stop after its seconds", child.exited, 3000 + DEADLINE_MS), 0);
-    assert.match(child.output, new RegExp(`Closed all ${CROWD_STREAMS} streams after [\\d.]+ s: ${CROWD_STREAMS} were open at once, [\\d,]+ events received; sockets left open: 0\\.\\n$`));
-    await until("the server's open streams to return to 0", () => server!.streams.size === 0);
+  const reported = `${CROWD_STREAMS} streams for 3 seconds: reported open, then all closed`;
+  test(`${reported}, and the server holds none`, async () => {
+    const streams = String(CROWD_STREAMS);
+    const tick = String(CROWD_TICK_MS);
+    const child = run(["--port", port, "--streams", streams, "--seconds", "3", "--interval", tick]);
+    const open = `${CROWD_STREAMS} streams open · [\\d,]+ events in the last second`;
+    await child.waitFor(new RegExp(`^\\[\\d\\d:\\d\\d:\\d\\d\\] ${open} · 0 lost so far$`, "m"));
+    const holds = "the server holds every stream the crowd says is open";
+    assert.is(app!.streams.size, CROWD_STREAMS, holds);
+    const stopped = "the crowd to stop after its seconds";
+    const exited = await within(stopped, child.exited, 3000 + DEADLINE_MS);
+    assert.is(exited, 0);
+    const closed =
+      `Closed all ${CROWD_STREAMS} streams after [\\d.]+ s: ${CROWD_STREAMS} were open at once, ` +
+      `[\\d,]+ events received; sockets left open: 0\\.\\n$`;
+    assert.match(child.output, new RegExp(closed));
+    await until("the server's open streams to return to 0", () => app!.streams.size === 0);
   });
 
   test("Ctrl-C closes every stream, and the crowd exits 0", async () => {
@@ -155,17 +171,22 @@ lesson("wall crowd: npm run crowd opens its streams and closes every one", (test
     assert.is(await child.stop("SIGINT"), 0);
     assert.match(child.output, /SIGINT: closing every stream\n/);
     assert.match(child.output, /sockets left open: 0\.\n$/);
-    await until("the server's open streams to return to 0", () => server!.streams.size === 0);
+    await until("the server's open streams to return to 0", () => app!.streams.size === 0);
   });
 
   test("with no server there, it says so in one sentence and exits 1", async () => {
     const nobody = await closedPort();
     const child = run(["--port", String(nobody), "--streams", "3", "--seconds", "5"]);
     assert.is(await within("the crowd to give up", child.exited), 1);
-    assert.match(child.output, new RegExp(`No stream opened at http://127\\.0\\.0\\.1:${nobody}/sse/ \\(ECONNREFUSED\\); is the server running\\? Start it with: npx tsx server\\.ts\\n$`));
+    const sentence =
+      `No stream opened at http://127\\.0\\.0\\.1:${nobody}/sse/ \\(ECONNREFUSED\\); ` +
+      `is the server running\\? Start it with: npx tsx server\\.ts\\n$`;
+    assert.match(child.output, new RegExp(sentence));
   });
 
-  const notHere = "--host must be this machine (127.0.0.1, another 127.x.x.x, ::1 or localhost): a crowd only loads a server of your own.";
+  const notHere =
+    "--host must be this machine (127.0.0.1, another 127.x.x.x, ::1 or localhost): " +
+    "a crowd only loads a server of your own.";
   const badFlags: BadFlags = [
     [["--host", "10.0.0.1"], {}, notHere],
     [["--host", "example.com"], {}, notHere],
@@ -206,15 +227,30 @@ function tilesOf(page: Page, column: "async" | "blocking"): Promise<TileView[]> 
   );
 }
 
-const textOf = (page: Page, selector: string) => page.$eval(selector, (element) => element.textContent ?? "");
+const textOf = (page: Page, selector: string) =>
+  page.$eval(selector, (element) => element.textContent ?? "");
 
-/** Polls an asynchronous condition until it holds, or fails after the deadline with what it saw last. */
-async function eventually<T>(what: string, read: () => Promise<T>, holds: (value: T) => boolean, ms = DEADLINE_MS): Promise<T> {
+const isHidden = (page: Page, selector: string) =>
+  page.$eval(selector, (element) => (element as HTMLElement).hidden);
+
+/** A tile that streams and shows a number. */
+const counts = (tile: TileView) => tile.state === "streaming" && /^\d+$/.test(tile.number);
+
+/** Polls an asynchronous condition until it holds, or fails at the deadline with what it saw. */
+async function eventually<T>(
+  what: string,
+  read: () => Promise<T>,
+  holds: (value: T) => boolean,
+  ms = DEADLINE_MS,
+): Promise<T> {
   const deadline = Date.now() + ms;
   for (;;) {
     const value = await read();
     if (holds(value)) return value;
-    if (Date.now() > deadline) throw new Error(`gave up after ${ms} ms waiting for ${what}; last saw ${JSON.stringify(value)}`);
+    if (Date.now() > deadline) {
+      const saw = JSON.stringify(value);
+      throw new Error(`gave up after ${ms} ms waiting for ${what}; last saw ${saw}`);
+    }
     await delay(20);
   }
 }
@@ -229,7 +265,8 @@ browserLesson("browser: the wall shows both servers side by side", (test, browse
 
   test.before(async () => {
     running = await startLoopbackServer();
-    const { url } = await startBlocking(children, ["--host", "localhost", "--timeout", String(WALL_TIMEOUT_S)], WALL_WORKERS);
+    const args = ["--host", "localhost", "--timeout", String(WALL_TIMEOUT_S)];
+    const { url } = await startBlocking(children, args, WALL_WORKERS);
     blockingPort = new URL(url).port;
   });
   test.before.each(async () => {
@@ -241,83 +278,125 @@ browserLesson("browser: the wall shows both servers side by side", (test, browse
     await stopBlocking(children);
   });
 
-  test(`every server.ts tile counts; on blocking-server.ts exactly ${WALL_WORKERS} count and the others wait`, async () => {
+  const exactly = `on blocking-server.ts exactly ${WALL_WORKERS} count and the others wait`;
+  test(`every server.ts tile counts; ${exactly}`, async () => {
     const query = `?tiles=${WALL_TILES}&blocking=${blockingPort}&interval=${WALL_TICK_MS}`;
     wall = (await profile!.open(`http://localhost:${running!.port}/wall${query}`)).page;
     // The blocking side first: its first kill comes WALL_TIMEOUT_S after its streams began.
-    const blocking = await eventually("two blocking tiles to count", () => tilesOf(wall!, "blocking"), (tiles) =>
-      tiles.filter((tile) => tile.state === "streaming" && /^\d+$/.test(tile.number)).length === WALL_WORKERS,
+    const blocking = await eventually(
+      "two blocking tiles to count",
+      () => tilesOf(wall!, "blocking"),
+      (tiles) => tiles.filter(counts).length === WALL_WORKERS,
     );
     countingOnBlocking = blocking.filter((tile) => tile.state === "streaming");
     const waiting = blocking.filter((tile) => tile.state !== "streaming");
     assert.is(waiting.length, WALL_TILES - WALL_WORKERS);
-    for (const tile of waiting) assert.equal([tile.state, tile.number, tile.pid], ["waiting", "…", ""], `tab${tile.tile} waits`);
+    for (const tile of waiting) {
+      const shown = [tile.state, tile.number, tile.pid];
+      assert.equal(shown, ["waiting", "…", ""], `tab${tile.tile} waits`);
+    }
     const workers = workerPids(children[0]!);
-    for (const tile of countingOnBlocking) assert.ok(workers.includes(Number(tile.pid.replace("pid ", ""))), `a worker serves tab${tile.tile}`);
-    assert.is.not(countingOnBlocking[0]!.pid, countingOnBlocking[1]!.pid, "each counting tile has a worker of its own");
-    await eventually("the blocking header", () => textOf(wall!, "#blocking .counting"), (text) => text === `${WALL_WORKERS} of ${WALL_TILES} counting, ${WALL_TILES - WALL_WORKERS} waiting`);
+    for (const tile of countingOnBlocking) {
+      const pid = Number(tile.pid.replace("pid ", ""));
+      assert.ok(workers.includes(pid), `a worker serves tab${tile.tile}`);
+    }
+    const [first, second] = countingOnBlocking;
+    assert.is.not(first!.pid, second!.pid, "each counting tile has a worker of its own");
+    const header = `${WALL_WORKERS} of ${WALL_TILES} counting, ${waiting.length} waiting`;
+    const counting = () => textOf(wall!, "#blocking .counting");
+    await eventually("the blocking header", counting, (text) => text === header);
 
     // server.ts: every tile advances, all served by this process, which says how much it holds.
-    await eventually("every server.ts tile to count down from 100 past 97", () => tilesOf(wall!, "async"), (tiles) =>
-      tiles.every((tile) => tile.state === "streaming" && Number(tile.number) <= 97),
+    await eventually(
+      "every server.ts tile to count down from 100 past 97",
+      () => tilesOf(wall!, "async"),
+      (tiles) => tiles.every((tile) => tile.state === "streaming" && Number(tile.number) <= 97),
     );
     for (const tile of await tilesOf(wall, "async")) assert.is(tile.pid, `pid ${process.pid}`);
     assert.is(await textOf(wall, "#async .counting"), `${WALL_TILES} of ${WALL_TILES} counting`);
-    assert.match(await textOf(wall, "#async .servers"), new RegExp(`^pid ${process.pid} holds ${WALL_TILES} streams in \\d+ MB$`));
-    assert.is(running!.server.streams.size, WALL_TILES);
-    assert.ok(await wall.$eval("#async .notice", (notice) => (notice as HTMLElement).hidden), "no notice: server.ts answers");
+    const holds = new RegExp(`^pid ${process.pid} holds ${WALL_TILES} streams in \\d+ MB$`);
+    assert.match(await textOf(wall, "#async .servers"), holds);
+    assert.is(running!.app.streams.size, WALL_TILES);
+    assert.ok(await isHidden(wall, "#async .notice"), "no notice: server.ts answers");
   });
 
-  test("after a kill the cut tiles say cut or reconnecting, and a waiting tile takes over", async () => {
+  const afterKill = "after a kill the cut tiles say cut or reconnecting";
+  test(`${afterKill}, and a waiting tile takes over`, async () => {
     await children[0]!.waitFor(/WORKER TIMEOUT \(pid:\d+\)/, WALL_TIMEOUT_S * 1000 + DEADLINE_MS);
     const cut = countingOnBlocking.map((tile) => tile.tile);
+    const wasCut = (tile: TileView) => cut.includes(tile.tile);
     const after = await eventually(
       "the cut tiles to say so and a waiting tile to count",
       () => tilesOf(wall!, "blocking"),
       (tiles) =>
-        tiles.filter((tile) => cut.includes(tile.tile)).some((tile) => tile.state === "cut" || tile.state === "reconnecting") &&
-        tiles.some((tile) => !cut.includes(tile.tile) && tile.state === "streaming" && /^\d+$/.test(tile.number)),
+        tiles.filter(wasCut).some((tile) => ["cut", "reconnecting"].includes(tile.state)) &&
+        tiles.some((tile) => !wasCut(tile) && counts(tile)),
       BOOT_DEADLINE_MS,
     );
-    const took = after.filter((tile) => !cut.includes(tile.tile) && tile.state === "streaming");
-    assert.ok(took.every((tile) => !countingOnBlocking.some((before) => before.pid === tile.pid)), "a new worker serves the tile that took over");
-    for (const tile of after.filter((tile) => cut.includes(tile.tile) && tile.state !== "streaming")) {
+    const took = after.filter((tile) => !wasCut(tile) && tile.state === "streaming");
+    const oldPids = countingOnBlocking.map((tile) => tile.pid);
+    const newWorker = took.every((tile) => !oldPids.includes(tile.pid));
+    assert.ok(newWorker, "a new worker serves the tile that took over");
+    for (const tile of after.filter((tile) => wasCut(tile) && tile.state !== "streaming")) {
       assert.ok(["cut", "reconnecting"].includes(tile.state), `tab${tile.tile} says ${tile.state}`);
       assert.match(tile.number, /^\d+$/, `tab${tile.tile} keeps the number it stopped at`);
     }
-    await eventually("the blocking strip to mark the cuts", () => textOf(wall!, "#blocking figcaption"), (text) => / [1-9]\d* streams? cut \(red\)/.test(text), 2000);
+    await eventually(
+      "the blocking strip to mark the cuts",
+      () => textOf(wall!, "#blocking figcaption"),
+      (text) => / [1-9]\d* streams? cut \(red\)/.test(text),
+      2000,
+    );
     assert.match(await textOf(wall!, "#async figcaption"), / 0 streams cut \(red\)/);
     // Meanwhile the async side never stopped.
     const asyncTiles = await tilesOf(wall!, "async");
-    assert.ok(asyncTiles.every((tile) => tile.state === "streaming"), JSON.stringify(asyncTiles));
+    const streaming = asyncTiles.every((tile) => tile.state === "streaming");
+    assert.ok(streaming, JSON.stringify(asyncTiles));
   });
 
-  test("without the blocking server its column shows the command that starts it, and server.ts's side still counts", async () => {
+  const without = "without the blocking server its column shows the command that starts it";
+  test(`${without}, and server.ts's side still counts`, async () => {
     const nobody = await closedPort();
-    const page = (await profile!.open(`http://localhost:${running!.port}/wall?tiles=2&blocking=${nobody}&interval=${WALL_TICK_MS}`)).page;
-    const notice = await eventually("the blocking column's notice", () => textOf(page, "#blocking .notice"), (text) => text !== "");
-    assert.is(notice, `blocking-server.ts is not answering on port ${nobody}. Start it with:npx tsx blocking-server.ts --port ${nobody}`);
-    assert.ok(await page.$eval("#blocking .notice", (element) => !(element as HTMLElement).hidden));
+    const query = `?tiles=2&blocking=${nobody}&interval=${WALL_TICK_MS}`;
+    const page = (await profile!.open(`http://localhost:${running!.port}/wall${query}`)).page;
+    const notice = await eventually(
+      "the blocking column's notice",
+      () => textOf(page, "#blocking .notice"),
+      (text) => text !== "",
+    );
+    const command = `npx tsx blocking-server.ts --port ${nobody}`;
+    const sentence = `blocking-server.ts is not answering on port ${nobody}. Start it with:`;
+    assert.is(notice, `${sentence}${command}`);
+    assert.not.ok(await isHidden(page, "#blocking .notice"));
     assert.is(await textOf(page, "#blocking .counting"), "0 of 2 counting, 2 waiting");
-    await eventually("server.ts's tiles to count", () => tilesOf(page, "async"), (tiles) => tiles.every((tile) => tile.state === "streaming" && /^\d+$/.test(tile.number)));
+    const tiles = () => tilesOf(page, "async");
+    await eventually("server.ts's tiles to count", tiles, (shown) => shown.every(counts));
     // The browser keeps trying, quietly: the notice stays until the server answers.
     await delay(RECONNECT_DELAY_MS);
-    assert.ok(await page.$eval("#blocking .notice", (element) => !(element as HTMLElement).hidden));
+    assert.not.ok(await isHidden(page, "#blocking .notice"));
     await page.close();
   });
 
-  test("opened as a saved file, it streams from server.ts on ?server=, and names the command when nothing answers there", async () => {
-    const page = (await profile!.open(`${WALL_FILE.href}?server=${running!.port}&blocking=${await closedPort()}&tiles=2&interval=${WALL_TICK_MS}`)).page;
-    await eventually("server.ts's tiles to count from a file", () => tilesOf(page, "async"), (tiles) => tiles.every((tile) => tile.state === "streaming" && /^\d+$/.test(tile.number)));
+  const savedFile = "opened as a saved file, it streams from server.ts on ?server=";
+  test(`${savedFile}, and names the command when nothing answers there`, async () => {
+    const ports = `?server=${running!.port}&blocking=${await closedPort()}`;
+    const query = `${ports}&tiles=2&interval=${WALL_TICK_MS}`;
+    const page = (await profile!.open(`${WALL_FILE.href}${query}`)).page;
+    const tiles = () => tilesOf(page, "async");
+    await eventually("server.ts's tiles to count from a file", tiles, (all) => all.every(counts));
     await page.close();
     const nobody = await closedPort();
-    const lost = (await profile!.open(`${WALL_FILE.href}?server=${nobody}&blocking=${nobody}&tiles=2`)).page;
-    const notice = await eventually("server.ts's notice", () => textOf(lost, "#async .notice"), (text) => text !== "");
-    assert.is(notice, `server.ts is not answering on port ${nobody}. Start it with:npx tsx server.ts --port ${nobody}`);
+    const nothing = `?server=${nobody}&blocking=${nobody}&tiles=2`;
+    const lost = (await profile!.open(`${WALL_FILE.href}${nothing}`)).page;
+    const asyncNotice = () => textOf(lost, "#async .notice");
+    const notice = await eventually("server.ts's notice", asyncNotice, (text) => text !== "");
+    const sentence = `server.ts is not answering on port ${nobody}. Start it with:`;
+    assert.is(notice, `${sentence}npx tsx server.ts --port ${nobody}`);
     await lost.close();
   });
 
-  test("a bad ?tiles= or ?blocking= is one sentence on the page, and no stream is opened", async () => {
+  const bad = "a bad ?tiles= or ?blocking= is one sentence on the page";
+  test(`${bad}, and no stream is opened`, async () => {
     for (const [query, sentence] of [
       ["?tiles=25", "tiles must be a whole number from 1 to 24."],
       ["?tiles=<b>x</b>", "tiles must be a whole number from 1 to 24."],

@@ -1,0 +1,419 @@
+/**
+ * lessons/postgres.ts: lesson 3d, one hub for every process, through PostgreSQL.
+ *
+ * With --workers 2 (lessons/processes.ts) each process has a hub of its own, so
+ * a message reaches only the tabs of the process it was posted to. Seed 003
+ * (../shared/seeds/003_*.txt, valberg/django-sse) answers with PostgreSQL's
+ * LISTEN/NOTIFY, "batteries included" in the database you already run. Here the
+ * hub's events live in a table, and every process hears of each new one through
+ * LISTEN, on one connection of its own: a thousand tabs cost one connection per
+ * process, not one per tab as in the seed. The room, the toasts and the
+ * WebSocket talk to the same `Hub` interface (lessons/hub.ts) and never know.
+ *
+ * Run it:    npx tsx server.ts --workers 2 --database postgres://user:password@localhost:5432/db
+ *            (needs the postgres package: npm ci)
+ * Then try:
+ *   - http://localhost:8000/room/ in two tabs served by different pids (the page
+ *     says which): a message posted in one shows in both, with the same id;
+ *   - Ctrl-C and start again: the room replays its history, with the same ids;
+ *   - stop PostgreSQL for a moment: countdowns go on, a post gets 503, and once
+ *     it is back every tab gets what was posted meanwhile, once and in order.
+ * You should see the banner say "The room and the toasts live in PostgreSQL at
+ * postgres://user:***@...": the password never appears in a log line. While the
+ * database is away, each process says so once, and once more when it is back:
+ *   [05:40:02] [5324] hub: lost the database connection; listening again as soon as it answers
+ *   [05:40:09] [5324] hub: listening again after 7.8 s; caught up from the table
+ */
+
+import { setTimeout as wait } from "node:timers/promises";
+// Types only: the postgres package itself is loaded with await import() when --database is given.
+import type { Sql } from "postgres";
+import { exitWith, RequestError, type FlagValues, type Lesson } from "../server.ts";
+import { chooseHub, HUB_KEEP, MemoryHub, type Hub, type HubEvent, type HubGap } from "./hub.ts";
+
+// ─── Settings ────────────────────────────────────────────────────────────────
+
+/** How long a connection attempt may take before the database counts as unreachable. */
+const DATABASE_CONNECT_TIMEOUT_S = 5;
+/** The channel every process LISTENs on. */
+const HUB_CHANNEL = "hub_events";
+/** NOTIFY refuses payloads of 8000 bytes or more: a larger event is announced by its id. */
+export const NOTIFY_MAX_BYTES = 7900;
+/** Reconnecting the listener waits this long at first, doubling up to the maximum. */
+const RECONNECT_FIRST_MS = 250;
+const RECONNECT_MAX_MS = 8000;
+
+/** What the driver and PostgreSQL say when the database is down or went away. */
+const CONNECTION_ERRORS = new Set([
+  "ECONNREFUSED", "ECONNRESET", "ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT",
+  "CONNECT_TIMEOUT", "CONNECTION_CLOSED", "CONNECTION_ENDED", "CONNECTION_DESTROYED",
+  "57P01", "57P02", "57P03", // admin_shutdown, crash_shutdown, cannot_connect_now
+]);
+
+// ─── Connecting ──────────────────────────────────────────────────────────────
+
+/** --database, else DATABASE_URL; "" when neither is given. */
+export function databaseUrl(flags: FlagValues): string {
+  return (flags.database as string | undefined) || process.env.DATABASE_URL || "";
+}
+
+/** The URL as a log line may show it: the password replaced by ***. */
+function redactUrl(url: string): string {
+  if (!URL.canParse(url)) return "(not a URL)";
+  const parsed = new URL(url);
+  if (parsed.password) parsed.password = "***";
+  return parsed.href;
+}
+
+/** Connects and checks the database answers, or exits with one sentence that says why not. */
+async function openDatabase(url: string): Promise<Sql> {
+  const parsed = URL.canParse(url) ? new URL(url) : undefined;
+  if (!parsed || !["postgres:", "postgresql:"].includes(parsed.protocol) || !parsed.hostname) {
+    const example = "postgres://user:password@localhost:5432/countdown";
+    exitWith(1, `--database must be a URL such as ${example}.`);
+  }
+  const { default: postgres } = await import("postgres").catch(() =>
+    exitWith(1, "--database needs the postgres package, which is not installed: run npm ci first."),
+  );
+  const sql = postgres(url, { connect_timeout: DATABASE_CONNECT_TIMEOUT_S, onnotice: () => {} });
+  try {
+    await sql`select 1`;
+    return sql;
+  } catch (error) {
+    await sql.end({ timeout: 0 });
+    exitWith(1, databaseErrorSentence(error as NodeJS.ErrnoException, parsed));
+  }
+}
+
+/** A URL part as a person typed it; left encoded when it is not valid percent-encoding. */
+function decodeSafely(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
+/** One sentence for what went wrong while connecting, never with the password in it. */
+function databaseErrorSentence(error: NodeJS.ErrnoException, url: URL): string {
+  const where = `${url.hostname}:${url.port || 5432}`;
+  const user = decodeSafely(url.username);
+  const database = decodeSafely(url.pathname.slice(1)) || user;
+  switch (error.code) {
+    case "ECONNREFUSED":
+      return `Cannot reach PostgreSQL at ${where}: the connection was refused. ` +
+        "Is the server running?";
+    case "ENOTFOUND":
+    case "EAI_AGAIN":
+      return `Cannot reach PostgreSQL at ${where}: there is no such host.`;
+    case "CONNECT_TIMEOUT":
+      return `Cannot reach PostgreSQL at ${where}: ` +
+        `no answer within ${DATABASE_CONNECT_TIMEOUT_S} seconds.`;
+    case "28P01":
+    case "28000":
+      return `PostgreSQL at ${where} refused the login of user "${user}": ` +
+        "check the user and password in --database.";
+    case "3D000":
+      return `PostgreSQL at ${where} has no database "${database}": ` +
+        "create it, or name another in --database.";
+    default:
+      return `Cannot use PostgreSQL at ${where}: ${error.message}.`;
+  }
+}
+
+// ─── The tables ──────────────────────────────────────────────────────────────
+
+/** The tables, created at start when missing: a second start changes nothing. */
+const SCHEMA = `
+  create table if not exists hub_topics (
+    topic text primary key,
+    last_id bigint not null
+  );
+  create table if not exists hub_events (
+    topic text not null,
+    id bigint not null,
+    type text not null,
+    data jsonb not null,
+    at timestamptz not null default now(),
+    primary key (topic, id)
+  );
+`;
+
+/**
+ * Creates the tables when missing, or exits with one sentence. The primary of
+ * --workers N does it before any worker starts, and every process does it
+ * again at its own start (a second time changes nothing). Processes that start
+ * together, on this machine or another, take turns under a lock: two running
+ * "create table if not exists" at the same moment can both try to create, and
+ * one of them would fail.
+ */
+async function createTables(sql: Sql, url: string): Promise<void> {
+  await sql
+    .begin(async (tx) => {
+      await tx`select pg_advisory_xact_lock(hashtext(${HUB_CHANNEL}))`;
+      await tx.unsafe(SCHEMA);
+    })
+    .catch((error: Error) =>
+      exitWith(1, `Cannot create the hub's tables in ${redactUrl(url)}: ${error.message}.`),
+    );
+}
+
+/** For the primary of --workers N: a database that cannot be used is one sentence, not N. */
+export async function probeDatabase(url: string): Promise<void> {
+  const sql = await openDatabase(url);
+  await createTables(sql, url);
+  await sql.end();
+}
+
+interface EventRow {
+  topic: string;
+  id: string | number; // bigint arrives as a string
+  type: string;
+  data: unknown;
+  at: Date | string;
+}
+
+function rowToEvent({ topic, id, type, data, at }: EventRow): HubEvent {
+  return { topic, id: Number(id), type, data, at: new Date(at).toISOString() };
+}
+
+// ─── The hub of every process ────────────────────────────────────────────────
+//
+// A publish is one transaction: the INSERT, and a NOTIFY that PostgreSQL
+// delivers only when it commits, to every listening session, in commit order.
+// A NOTIFY is not stored: a process whose connection was down misses it. That
+// is why the events are in a table: on reconnect, each process reads what was
+// committed meanwhile, and nothing is lost.
+
+/**
+ * The hub of every process at once. Events are stored in PostgreSQL; each
+ * process keeps the last few per topic in an in-memory hub of its own, which
+ * fans them out to its streams, so a thousand tabs cost one LISTEN, not a
+ * thousand connections (seed 003 opened one per tab).
+ */
+export class PostgresHub implements Hub {
+  private sql: Sql;
+  private listener: Sql;
+  /** This process's subscribers, and its copy of the last events of each topic it serves. */
+  private local: MemoryHub;
+  /** Topics whose recent events were read from the table; others' notifications are not needed. */
+  private loaded = new Map<string, Promise<void>>();
+  /** Notifications are handled one at a time, in the order they came. */
+  private queue: Promise<void> = Promise.resolve();
+  private log: (line: string) => void;
+  /** Aborted by close(): ends a reconnect's pause. */
+  private closing = new AbortController();
+  private reconnecting = false;
+
+  private constructor(sql: Sql, listener: Sql, log: (line: string) => void) {
+    this.sql = sql;
+    this.listener = listener;
+    this.log = log;
+    this.local = new MemoryHub({ log });
+  }
+
+  /** Creates the tables when missing, then LISTENs; a database that fails is one sentence. */
+  static async open(url: string, log: (line: string) => void): Promise<PostgresHub> {
+    const sql = await openDatabase(url);
+    await createTables(sql, url);
+    const { default: postgres } = await import("postgres");
+    let hub: PostgresHub | undefined;
+    // The listener's own connection: one per process, kept open, never recycled. The driver
+    // hands each NOTIFY on it to `onnotify` (its own listen() helper uses the same option).
+    const listenerOptions = {
+      max: 1,
+      idle_timeout: 0,
+      max_lifetime: null,
+      connect_timeout: DATABASE_CONNECT_TIMEOUT_S,
+      onnotice: () => {},
+      onclose: () => hub?.lost(),
+      onnotify: (_channel: string, payload: string) => hub?.notified(payload),
+    };
+    const listener = postgres(url, listenerOptions as Parameters<typeof postgres>[1]);
+    hub = new PostgresHub(sql, listener, log);
+    await hub.listen();
+    return hub;
+  }
+
+  async publish<Data>(topic: string, type: string, data: Data): Promise<HubEvent<Data>> {
+    return this.ask(() => this.sql.begin(async (tx) => {
+      // The topic's row stays locked until commit, so two processes publishing to one topic
+      // take ids in turn and commit in id order: NOTIFYs arrive in commit order.
+      const [row] = await tx<EventRow[]>`
+        with next as (
+          insert into hub_topics (topic, last_id) values (${topic}, 1)
+          on conflict (topic) do update set last_id = hub_topics.last_id + 1
+          returning last_id
+        )
+        insert into hub_events (topic, id, type, data)
+        select ${topic}, last_id, ${type}, ${tx.json(data as never)} from next
+        returning topic, id, type, data, at`;
+      const stored = rowToEvent(row!) as HubEvent<Data>;
+      const full = JSON.stringify(stored);
+      const small = Buffer.byteLength(full) < NOTIFY_MAX_BYTES;
+      const payload = small ? full : JSON.stringify({ topic, id: stored.id });
+      // A parameter, never SQL built from the text: pg_notify(channel, payload) is a function
+      // call. Listeners hear it when this transaction commits, and not if it rolls back.
+      await tx`select pg_notify(${HUB_CHANNEL}, ${payload})`;
+      return stored;
+    }));
+  }
+
+  async history(topic: string, options: { after?: number; limit?: number } = {}) {
+    const { after = 0, limit = HUB_KEEP } = options;
+    if (limit <= 0) return [];
+    const rows = await this.ask(() => this.sql<EventRow[]>`
+      select topic, id, type, data, at from hub_events
+      where topic = ${topic} and id > ${after}
+      order by id desc limit ${limit}`);
+    return rows.reverse().map(rowToEvent);
+  }
+
+  /**
+   * A database that does not answer is this server's trouble, not the request's:
+   * a 503 with one sentence (which the router logs).
+   */
+  private async ask<T>(query: () => Promise<T>): Promise<T> {
+    try {
+      return await query();
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code ?? "";
+      if (!CONNECTION_ERRORS.has(code)) throw error;
+      const sentence = "The database is not answering right now; try again in a moment.";
+      throw new RequestError(503, sentence);
+    }
+  }
+
+  /** The local hub's subscription, once this process holds the topic's recent events. */
+  async *subscribe(
+    topic: string,
+    options: { after?: number; signal: AbortSignal },
+  ): AsyncGenerator<HubEvent | HubGap> {
+    await this.load(topic);
+    // The same replay, gap and queue limit as a single process's hub.
+    yield* this.local.subscribe(topic, options);
+  }
+
+  subscribers(topic: string): number {
+    return this.local.subscribers(topic);
+  }
+
+  /** Deletes the topic's events; its row in hub_topics stays, so its ids never start again. */
+  async forget(topic: string): Promise<void> {
+    if (this.local.subscribers(topic) === 0) this.loaded.delete(topic);
+    await this.local.forget(topic);
+    await this.sql`delete from hub_events where topic = ${topic}`;
+  }
+
+  async close(): Promise<void> {
+    this.closing.abort();
+    await this.local.close();
+    await this.listener.end({ timeout: 0 });
+    await this.sql.end({ timeout: 1 });
+  }
+
+  /** Reads a topic's recent events into the local hub, once. Notifications for it wait. */
+  private load(topic: string): Promise<void> {
+    let loading = this.loaded.get(topic);
+    if (!loading) {
+      loading = this.serially(async () => {
+        for (const event of await this.history(topic)) this.local.relay(event);
+      });
+      this.loaded.set(topic, loading);
+    }
+    return loading;
+  }
+
+  /** Runs `work` after the notifications that came before it: the local hub gets ids in order. */
+  private serially(work: () => Promise<void>): Promise<void> {
+    const done = this.queue.then(work);
+    this.queue = done.catch((error) => this.log(`hub: ${(error as Error).message}`));
+    return done;
+  }
+
+  private async listen(): Promise<void> {
+    await this.listener.unsafe(`listen ${HUB_CHANNEL}`);
+  }
+
+  /** One session's notifications arrive in order; they are handled in that order, one at a time. */
+  private notified(payload: string): void {
+    void this.serially(() => this.heard(payload));
+  }
+
+  /**
+   * One notification: the event itself, or only its id when it was too large to
+   * carry. Anything skipped before it (missed while the connection was down) is
+   * read from the table.
+   */
+  private async heard(payload: string): Promise<void> {
+    const notified = JSON.parse(payload) as HubEvent;
+    if (!this.loaded.has(notified.topic)) return;
+    const lastId = this.local.lastId(notified.topic);
+    if (notified.id <= lastId) return;
+    if (notified.id > lastId + 1 || notified.data === undefined) {
+      const missed = { after: lastId, limit: notified.id - lastId };
+      for (const event of await this.history(notified.topic, missed)) this.local.relay(event);
+    } else {
+      this.local.relay(notified);
+    }
+  }
+
+  /** The listening connection closed: say so once, then try again, with pauses that grow. */
+  private lost(): void {
+    if (this.closing.signal.aborted || this.reconnecting) return;
+    this.reconnecting = true;
+    this.log("hub: lost the database connection; listening again as soon as it answers");
+    void this.relisten(performance.now());
+  }
+
+  private async relisten(since: number): Promise<void> {
+    for (let pauseMs = RECONNECT_FIRST_MS; ; pauseMs = Math.min(pauseMs * 2, RECONNECT_MAX_MS)) {
+      const stopped = await wait(pauseMs, false, { signal: this.closing.signal }).catch(() => true);
+      if (stopped) return;
+      try {
+        await this.listen();
+        // NOTIFYs sent while nobody here listened were dropped; their events are in the table.
+        await this.serially(() => this.catchUp());
+      } catch {
+        continue; // still down: the next pause is longer
+      }
+      this.reconnecting = false;
+      const seconds = ((performance.now() - since) / 1000).toFixed(1);
+      this.log(`hub: listening again after ${seconds} s; caught up from the table`);
+      return;
+    }
+  }
+
+  private async catchUp(): Promise<void> {
+    for (const topic of this.loaded.keys()) {
+      const missed = { after: this.local.lastId(topic), limit: Number.MAX_SAFE_INTEGER };
+      for (const event of await this.history(topic, missed)) this.local.relay(event);
+    }
+  }
+}
+
+// ─── The lesson ──────────────────────────────────────────────────────────────
+
+export const database: Lesson = {
+  flags: { database: { type: "string" } },
+  help: `  --database URL   Keeps the room and the toasts in PostgreSQL, shared by every process
+                   (env DATABASE_URL), e.g. postgres://user:password@localhost:5432/countdown.`,
+
+  banner(_url, flags) {
+    const url = databaseUrl(flags);
+    if (!url) return [];
+    return [
+      `  The room and the toasts live in PostgreSQL at ${redactUrl(url)}: ` +
+        "every process hears every message.",
+    ];
+  },
+
+  /** Installed after the room and the toasts, which ask for the hub only when they serve. */
+  async install(app) {
+    const url = databaseUrl(app.flags);
+    if (!url) return;
+    const hub = await PostgresHub.open(url, app.log);
+    chooseHub(app, hub);
+    app.onStop(() => void hub.close());
+  },
+};

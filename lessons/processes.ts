@@ -1,0 +1,190 @@
+/**
+ * lessons/processes.ts: lesson 3c, several processes on one port (--workers).
+ *
+ * One Node process uses one core. `--workers N` runs N copies of server.ts on
+ * one port, as uvicorn's and gunicorn's --workers do: node:cluster's primary
+ * accepts each connection and hands it to the next worker in turn. Countdowns
+ * need nothing more: each worker serves many tabs. The room and the toasts do:
+ * each process has its own in-memory hub (lessons/hub.ts), so a message posted
+ * to one worker reaches only that worker's tabs, until --database
+ * (lessons/postgres.ts) puts every process on one PostgreSQL.
+ *
+ * Run it:    npx tsx server.ts --workers 2
+ * Then try:
+ *   - open http://localhost:8000/ in several tabs: "served by pid" alternates
+ *     between the two workers, never the primary;
+ *   - http://localhost:8000/room/ in two tabs served by different pids: a message
+ *     posted in one never shows in the other, until you add --database URL;
+ *   - kill one worker (kill <pid>): the primary says so and starts another;
+ *   - Ctrl-C: every worker ends its streams, and no process stays behind.
+ * You should see the banner once, then one line per worker as it starts serving:
+ *   Countdown server (async, 2 worker processes, primary pid 17876) listening at ...
+ *   [05:21:56] [17876] primary: worker 17899 is serving
+ */
+
+import cluster, { type Worker } from "node:cluster";
+import net from "node:net";
+import {
+  flagNumber,
+  listen,
+  logLine,
+  SHUTDOWN_GRACE_MS,
+  type FlagValues,
+  type Lesson,
+  type Startup,
+} from "../server.ts";
+import { readPresenterLines, type PresenterLine } from "./toasts.ts";
+// The next lesson's: with --database, the primary tries the database once before forking.
+import { databaseUrl, probeDatabase } from "./postgres.ts";
+
+// ─── Settings ────────────────────────────────────────────────────────────────
+
+const DEFAULT_WORKERS = 1;
+const WORKERS_RANGE = { min: 1, max: 64 };
+
+/** How long the primary gives its workers to stop (each has its own grace) before it kills them. */
+const WORKERS_STOP_MS = SHUTDOWN_GRACE_MS * 1.5;
+
+/** --workers, else WEB_CONCURRENCY, else the default; a bad value exits with one sentence. */
+function workersOf({ workers }: FlagValues): number {
+  return flagNumber("workers", workers, "WEB_CONCURRENCY", DEFAULT_WORKERS, WORKERS_RANGE);
+}
+
+// ─── The primary ─────────────────────────────────────────────────────────────
+
+/**
+ * The primary of `--workers N` serves nothing itself. It forks N workers,
+ * prints the banner once the first one listens (on port 0 it learns the port
+ * only then), replaces any worker that dies, and on Ctrl-C asks each to stop
+ * and waits for them, never longer than WORKERS_STOP_MS.
+ */
+async function superviseWorkers(count: number, { flags, host, port, printBanner }: Startup) {
+  // Try the address and the database once here: a busy port or a database that is down
+  // is one sentence, not one per worker.
+  for (const probe of await listen(net.createServer(), host, port)) {
+    await new Promise((resolve) => probe.close(resolve));
+  }
+  const database = databaseUrl(flags);
+  if (database) await probeDatabase(database);
+
+  let stopping = false;
+  const listened = new Set<number>();
+  const alive = () => Object.values(cluster.workers ?? {}).filter((worker) => worker !== undefined);
+  const signalWorkers = (signal: NodeJS.Signals) => {
+    for (const worker of alive()) worker.process.kill(signal);
+  };
+
+  // A worker listens once per address (twice for localhost); the first time counts.
+  cluster.on("listening", (worker, address) => {
+    if (listened.has(worker.id)) return;
+    listened.add(worker.id);
+    if (listened.size === 1) {
+      printBanner(address.port, `async, ${count} worker processes, primary pid ${process.pid}`);
+      // Only now: a line typed before a worker serves waits in standard input until then.
+      forwardPresenterLines(() => alive().filter((serving) => listened.has(serving.id)));
+    }
+    logLine(`primary: worker ${worker.process.pid} is serving`);
+  });
+
+  cluster.on("exit", (worker, code, signal) => {
+    if (stopping) {
+      if (alive().length === 0) process.exit(0);
+      return;
+    }
+    if (!listened.has(worker.id)) {
+      // It never got to serve: it said why on stderr. Forking it again would fail the same way.
+      stopping = true;
+      signalWorkers("SIGKILL");
+      process.exit(code ?? 1);
+    }
+    logLine(`primary: worker ${worker.process.pid} exited (${signal ?? `code ${code}`}); ` +
+      "starting another");
+    cluster.fork();
+  });
+
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logLine(`primary: ${signal}: stopping ${alive().length} workers`);
+    // A terminal's Ctrl-C reaches every process of the group already;
+    // a signal sent to the primary alone does not.
+    signalWorkers("SIGTERM");
+    setTimeout(() => {
+      signalWorkers("SIGKILL");
+      process.exit(0);
+    }, WORKERS_STOP_MS).unref();
+    // A second Ctrl-C means "now".
+    process.once("SIGINT", () => {
+      signalWorkers("SIGKILL");
+      process.exit(130);
+    });
+  };
+  process.once("SIGINT", () => stop("SIGINT"));
+  process.once("SIGTERM", () => stop("SIGTERM"));
+
+  for (let i = 0; i < count; i++) cluster.fork();
+}
+
+/**
+ * Only the primary reads the terminal: each line goes to the next serving
+ * worker in turn, whose hub publishes it as a toast (to every process with
+ * --database, else to that worker's tabs). A worker that just died is skipped.
+ */
+function forwardPresenterLines(serving: () => Worker[]): void {
+  let next = 0;
+  readPresenterLines((line) => {
+    const connected = serving().filter((worker) => worker.isConnected());
+    const worker = connected[next++ % Math.max(1, connected.length)];
+    if (worker) worker.send({ presenterLine: line } satisfies PresenterLine);
+    else logLine("primary: no worker is serving, so that line made no toast");
+  });
+}
+
+// ─── A worker ────────────────────────────────────────────────────────────────
+
+/**
+ * A worker whose primary is gone would serve a port nobody hands connections
+ * to. Left alone, node:cluster exits it at once, cutting its streams; marked as
+ * a disconnect it expected, the worker stops as on SIGTERM instead: its
+ * streams end cleanly, and their browsers reconnect and resume.
+ */
+function stopWithPrimary(worker: Worker): void {
+  worker.once("disconnect", () => {
+    worker.exitedAfterDisconnect = true;
+    process.kill(process.pid, "SIGTERM");
+  });
+}
+
+// ─── The lesson ──────────────────────────────────────────────────────────────
+
+export const processes: Lesson = {
+  flags: { workers: { type: "string" } },
+  help: `  --workers N      Runs this many processes on the one port, each serving many tabs
+                   (env WEB_CONCURRENCY; default ${DEFAULT_WORKERS}).`,
+
+  banner(_url, flags) {
+    const workers = workersOf(flags);
+    if (workers === 1) return [];
+    const lines = [`  Here ${workers} worker processes share the port, each serving many tabs.`];
+    if (databaseUrl(flags)) return lines;
+    return [
+      ...lines,
+      "  The room and the toasts stay within each process: " +
+        "a message reaches only the tabs of the worker",
+      "  it was posted to. Add --database URL to share them through PostgreSQL.",
+    ];
+  },
+
+  async start(startup) {
+    if (cluster.worker) {
+      stopWithPrimary(cluster.worker);
+      return "serve quietly"; // the banner and the terminal are the primary's
+    }
+    const workers = workersOf(startup.flags);
+    if (workers === 1) return undefined;
+    await superviseWorkers(workers, startup);
+    return "taken over";
+  },
+
+  install() {},
+};

@@ -1,0 +1,260 @@
+/**
+ * lessons/room.ts: lesson 3, push, don't poll: a room where a posted message
+ * reaches every open tab at once.
+ *
+ * This ports seed 003 (../shared/seeds/003_*.txt, valberg/django-sse), whose
+ * first attempt asked the database for news once per tab every 5 seconds.
+ * Here a POST publishes the message to the hub (lessons/hub.ts), and every
+ * open stream is a subscriber the hub hands it to. Nothing happens between
+ * messages: no timer, no query, no request. The polling version is kept
+ * beside it, so a tab can count what each costs.
+ *
+ * Run it:    npx -y tsx server.ts       (the room is at /room/)
+ * Then try:
+ *   - http://localhost:8000/room/ in two tabs: post in one, the other shows it at once,
+ *     and its "requests for news" stays at 1;
+ *   - curl -N http://localhost:8000/room/stream, and post from another terminal:
+ *     curl -d name=Ada -d text=hello http://localhost:8000/room/messages
+ *     the stream prints `event: presence` (1 tab in the room), then, the moment the
+ *     POST answers, `event: message`, `id: 1`, `data: {"id":1,"name":"Ada",...}`;
+ *   - http://localhost:8000/room/?poll=5 asks every 5 seconds instead; each page
+ *     counts the requests it made, and the polling one shows a message up to 5 s late;
+ *   - press Ctrl-C and start the server again: an open tab reconnects, says some
+ *     messages were missed (this hub counts from 1 again), and goes on.
+ */
+
+import type { ServerResponse } from "node:http";
+import {
+  clientName,
+  formatEvent,
+  sendPage,
+  SSE_HEADERS,
+  wholeNumber,
+  type App,
+  type Handler,
+  type Lesson,
+  type Routes,
+} from "../server.ts";
+import { hubOf, isGap, OpenStreams, type Hub, type HubEvent, type HubGap } from "./hub.ts";
+import { checkField, checkOrigin, pageFile, readFields, readVisitor, sendJson } from "./http.ts";
+
+// ─── Settings ────────────────────────────────────────────────────────────────
+
+/** The one room there is. Topics name what they carry, so toasts can live beside it. */
+export const ROOM_TOPIC = "room:lobby";
+/** How many recent messages a fresh tab is shown. */
+export const ROOM_REPLAY = 20;
+export const NAME_MAX = 40;
+export const TEXT_MAX = 280;
+/** ?poll=SECONDS makes the page ask for news on a timer instead of opening a stream. */
+const POLL_RANGE_S = { min: 1, max: 60 };
+/** Message ids a request may name: ?after= and Last-Event-ID. */
+export const MESSAGE_ID_RANGE = { min: 0, max: 1_000_000_000_000 };
+/**
+ * Head counts are sent at most this often, so 10,000 tabs arriving cost a few
+ * rounds of writes, not 10,000.
+ */
+export const PRESENCE_DELAY_MS = 100;
+
+/** What the JSON body of a post looks like, for the sentences that refuse a bad one. */
+const MESSAGE_EXAMPLE = '{"name": "...", "text": "..."}';
+
+// ─── The room's stream ───────────────────────────────────────────────────────
+
+/**
+ * What a client sees of one event: its id, the fields of its data (an
+ * object), when it was published. The room's message is {"id", "name", "text", "poster", "at"}.
+ */
+export function eventJson({ id, data, at }: HubEvent): Record<string, unknown> {
+  return { id, ...(data as object), at };
+}
+
+/** Each event's wire text, made once however many streams send it. */
+const wireText = new WeakMap<HubEvent, string>();
+
+/** One hub event on the wire: `event: message`, `id: 42`, `data: {...}`; a gap has no id. */
+function hubEventToSse(event: HubEvent | HubGap): string {
+  if (isGap(event)) return formatEvent("gap", JSON.stringify({ after: event.after }));
+  let text = wireText.get(event);
+  if (text === undefined) {
+    text = formatEvent(event.type, JSON.stringify(eventJson(event)), event.id);
+    wireText.set(event, text);
+  }
+  return text;
+}
+
+/** How many tabs are in the room, as the page shows it. */
+export function presenceEvent(tabs: number): string {
+  // The pid tells tabs apart when --workers N runs several processes, each with a room of its own.
+  return formatEvent("presence", JSON.stringify({ tabs, pid: process.pid }));
+}
+
+/**
+ * The room's events for one reader: the last few (or, after a reconnect,
+ * exactly those after the last id it saw), then every event as it is
+ * published, until `signal` aborts. The countdown's generator awaited a timer;
+ * this one awaits the hub. The SSE stream and the WebSocket both read it.
+ */
+export async function* roomEvents(
+  hub: Hub,
+  lastEventId: number | undefined,
+  signal: AbortSignal,
+): AsyncGenerator<HubEvent | HubGap> {
+  let after = lastEventId;
+  if (after === undefined) {
+    const recent = await hub.history(ROOM_TOPIC, { limit: ROOM_REPLAY });
+    yield* recent;
+    // Anything published while those were written is replayed by the hub, from here.
+    after = recent.at(-1)?.id ?? 0;
+  }
+  yield* hub.subscribe(ROOM_TOPIC, { after, signal });
+}
+
+/** The SSE messages of one room stream: `message`, and lesson 4's `message_updated`, ... */
+async function* roomStream(hub: Hub, lastEventId: number | undefined, signal: AbortSignal) {
+  for await (const event of roomEvents(hub, lastEventId, signal)) yield hubEventToSse(event);
+}
+
+/**
+ * The room's open streams in this process. Presence is not stored in the hub:
+ * it is this process's head count, sent to every stream shortly after it
+ * changes, at most once per PRESENCE_DELAY_MS however many tabs arrive.
+ */
+class RoomStreams extends OpenStreams {
+  private presenceTimer: NodeJS.Timeout | undefined;
+
+  protected override open(res: ServerResponse) {
+    super.open(res);
+    this.presenceTimer ??= setTimeout(() => this.tellPresence(), PRESENCE_DELAY_MS);
+  }
+
+  protected override close(res: ServerResponse) {
+    super.close(res);
+    if (this.streams.size > 0) {
+      this.presenceTimer ??= setTimeout(() => this.tellPresence(), PRESENCE_DELAY_MS);
+      return;
+    }
+    // The last tab left: nobody is left to tell.
+    clearTimeout(this.presenceTimer);
+    this.presenceTimer = undefined;
+  }
+
+  private tellPresence() {
+    this.presenceTimer = undefined;
+    for (const [res, stream] of this.streams) {
+      if (stream.told === this.streams.size) continue;
+      stream.told = this.streams.size;
+      stream.wrote = true;
+      res.write(presenceEvent(this.streams.size));
+    }
+  }
+}
+
+/** Each app's room streams, made when the lesson installs. */
+const rooms = new WeakMap<App, RoomStreams>();
+
+// ─── The room's handlers ─────────────────────────────────────────────────────
+
+/** The room's page, from pages/room.html, read once. */
+const roomPage = pageFile("room.html");
+
+/** ?poll=SECONDS: 0 (stream) when absent. A bad one fails on the page, where the reader sees it. */
+function readPollSeconds(url: URL): number {
+  const poll = url.searchParams.get("poll");
+  return poll === null ? 0 : wholeNumber("poll", poll, POLL_RANGE_S);
+}
+
+const serveRoomPage: Handler = (_req, res, url) => {
+  readPollSeconds(url);
+  sendPage(res, roomPage());
+};
+
+/** A message id from ?after= or Last-Event-ID; undefined when absent or empty. */
+function readMessageId(
+  text: string | string[] | null | undefined,
+  name: string,
+): number | undefined {
+  if (typeof text !== "string" || text === "") return undefined;
+  return wholeNumber(name, text, MESSAGE_ID_RANGE);
+}
+
+/** Streams the room to one tab: recent messages, then every new one, until the tab closes. */
+const serveRoomStream: Handler = async (req, res, _url, app) => {
+  const { log, quiet } = app;
+  const room = rooms.get(app)!;
+  const hub = hubOf(app);
+  const lastEventId = readMessageId(req.headers["last-event-id"], "Last-Event-ID");
+  res.writeHead(200, SSE_HEADERS);
+  res.flushHeaders(); // so the browser's `open` fires now, not with the first message
+  const from = lastEventId === undefined
+    ? `with the last ${ROOM_REPLAY} messages`
+    : `after message ${lastEventId}`;
+  const client = clientName(req.socket);
+  const { sent, why } = await room.pump(
+    res,
+    (signal) => roomStream(hub, lastEventId, signal),
+    () => quiet || log(`room stream opened for ${client}, ${from} (${room.size} in the room)`),
+  );
+  if (!quiet) log(`room stream closed after ${sent} events: ${why} (${room.size} in the room)`);
+};
+
+/**
+ * The polling version, seed 003's first attempt: the page asks every few
+ * seconds what came after the last id it has. When that id is older than what
+ * is kept, or one this hub never issued (after a restart), it gets everything
+ * kept, and sees the gap from the ids.
+ */
+const listMessages: Handler = async (_req, res, url, app) => {
+  const hub = hubOf(app);
+  const after = readMessageId(url.searchParams.get("after"), "after");
+  const range = after === undefined ? { limit: ROOM_REPLAY } : { after };
+  let events = await hub.history(ROOM_TOPIC, range);
+  if (after !== undefined && events.length === 0) {
+    const [newest] = await hub.history(ROOM_TOPIC, { limit: 1 });
+    if (newest && newest.id < after) events = await hub.history(ROOM_TOPIC);
+  }
+  // Each with its type: lesson 4's changes and deletions come in the same list as the messages.
+  sendJson(res, 200, events.map((event) => ({ type: event.type, ...eventJson(event) })));
+};
+
+/** Posts one message: checks its origin, reads and checks it, publishes it, answers 201 with it. */
+const postMessage: Handler = async (req, res, _url, app) => {
+  checkOrigin(req);
+  const fields = await readFields(req, res, { what: "the message", example: MESSAGE_EXAMPLE });
+  const message = {
+    name: checkField(fields, "name", NAME_MAX),
+    text: checkField(fields, "text", TEXT_MAX),
+    // Lesson 4: the poster's public id, so that only this visitor may change or delete it later.
+    poster: readVisitor(req) ?? null,
+  };
+  const event = await hubOf(app).publish(ROOM_TOPIC, "message", message);
+  // Never the text itself: a log is no place for what people wrote.
+  const nameLength = [...message.name].length;
+  if (!app.quiet) app.log(`message ${event.id} posted (a name of ${nameLength} characters)`);
+  sendJson(res, 201, eventJson(event));
+};
+
+// ─── The lesson ──────────────────────────────────────────────────────────────
+
+const ROOM_ROUTES: Routes = {
+  "/room/": { GET: serveRoomPage, HEAD: serveRoomPage },
+  "/room/messages": { GET: listMessages, POST: postMessage },
+  "/room/stream": { GET: serveRoomStream },
+};
+
+export const room: Lesson = {
+  banner: (url) => [
+    `  Lesson 3, the room: ${url}room/ in two tabs (its stream: curl -N ${url}room/stream)`,
+  ],
+
+  install(app) {
+    const streams = new RoomStreams(app.heartbeat);
+    rooms.set(app, streams);
+    // Ended cleanly on Ctrl-C: each browser reconnects with the last id it saw.
+    app.onStop(() => {
+      const count = streams.endAll();
+      return count ? `${count} room streams` : undefined;
+    });
+    Object.assign(app.routes, ROOM_ROUTES);
+  },
+};

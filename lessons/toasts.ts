@@ -1,0 +1,447 @@
+/**
+ * lessons/toasts.ts: lesson 3, toasts that stay until acknowledged.
+ *
+ * A toast is a short message for one visitor, or for everyone, in a corner of
+ * every page that visitor has open. It stays across reloads and reconnects
+ * (and, with --database, restarts) until the visitor closes it, and closing
+ * it in one tab closes it in all of them. The pages know nothing of it: a
+ * page wrapper puts the toasts into every HTML answer, as seed 000's
+ * middleware does. Toasts and read marks are hub events (lessons/hub.ts),
+ * like the room's messages. This file ports seed 000 (massover's realtime
+ * toasts with ASGI and Django, ../shared/seeds/000_*.txt).
+ *
+ * Run it:    npx -y tsx server.ts       (lessons/ beside it installs this lesson)
+ * Then try:
+ *   - type a line where the server runs and press Enter: every open page shows
+ *     it in its corner, the countdown at http://localhost:8000/ and the room alike;
+ *   - close that toast in one tab: it goes from every other tab at once, and a
+ *     reload does not bring it back;
+ *   - http://localhost:8000/toasts/ is seed 000's demo: the form answers at once
+ *     with "Sleep running for at least N second(s)...", and a background task
+ *     sends your message N seconds later, to your tabs only;
+ *   - curl -N http://localhost:8000/toasts/stream answers 401: a stream belongs
+ *     to the visitor named by the cookie a page set, and curl has none.
+ */
+
+import cluster from "node:cluster";
+import { randomBytes } from "node:crypto";
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
+import { createInterface } from "node:readline";
+import { setTimeout as wait } from "node:timers/promises";
+import { formatEvent, logLine, RequestError, SSE_HEADERS, wholeNumber } from "../server.ts";
+import type { App, Handler, Lesson } from "../server.ts";
+import { hubOf, OpenStreams, type Hub, type HubEvent } from "./hub.ts";
+import { acknowledgedIn, merge, readMark, toastsIn } from "./toast-marks.ts";
+import type { Kept, ReadMark } from "./toast-marks.ts";
+import { checkField, checkOrigin, isObject, newVisitorCookie, pageFile } from "./http.ts";
+import { readFields, requireVisitor, sendJson, servePageFile, visitorSecret } from "./http.ts";
+
+// ─── Settings ────────────────────────────────────────────────────────────────
+
+export const TOAST_MESSAGE_MAX = 200;
+/** Unread toasts a visitor keeps: past this, the oldest go, as if closed. */
+export const TOASTS_UNREAD_MAX = 50;
+/** Visitors whose toasts this process remembers: past this, the least recently seen go. */
+export const VISITORS_MAX = 10_000;
+const TOAST_LEVELS = ["info", "success", "warning", "error"] as const;
+/** How long the demo's background task may sleep. */
+const DEMO_SECONDS_RANGE = { min: 0, max: 60 };
+
+/** Broadcasts are owned by "everyone"; a visitor's own toasts by its public id. */
+export const EVERYONE = "everyone";
+/** A toast id names its owner, then random bits: `everyone-3f2a...` or `<public id>-9c1d...`. */
+const TOAST_ID_RANDOM_BYTES = 8;
+const TOAST_ID = /^(everyone|[0-9a-f]{16})-[0-9a-f]{16}$/;
+
+// ─── Toasts and read marks ───────────────────────────────────────────────────
+//
+// There are no accounts: the first page a browser loads gives it a visitor
+// cookie (lessons/http.ts). Each visitor's stream follows two topics:
+// "toasts:everyone" (the broadcasts) and "toasts:<public visitor id>" (that
+// visitor's own toasts, and its read marks for both kinds).
+
+type ToastLevel = (typeof TOAST_LEVELS)[number];
+
+/** What a page receives, and what POST /toasts/<id>/read answers. */
+export interface Toast {
+  id: string;
+  message: string;
+  level: ToastLevel;
+  at: string;
+}
+
+/** What a visitor's tabs are told: a toast to show, or the id of one to remove. */
+export type ToastNews = { type: "toast"; toast: Toast } | { type: "read"; id: string };
+
+/** `visitor`: the public id of the visitor a toast is for; everyone when omitted. */
+type ToastOptions = { visitor?: string; level?: ToastLevel };
+
+export function toastTopic(owner: string): string {
+  return `toasts:${owner}`;
+}
+
+/** A message as a toast takes it: trimmed, 1 to the maximum characters, no control characters. */
+function checkToastMessage(message: string): string {
+  return checkField({ message }, "message", TOAST_MESSAGE_MAX);
+}
+
+// ─── The toasts of one server ────────────────────────────────────────────────
+
+/**
+ * Making toasts, acknowledging them, streaming them, and the demo's tasks.
+ * Each read mark carries every acknowledged id the hub still keeps, so that a
+ * read broadcast never comes back: lessons/toast-marks.ts says why.
+ */
+export class Toasts {
+  readonly streams: OpenStreams;
+  private hub: Hub;
+  private log: (line: string) => void;
+  /** Visitors, least recently seen first (a Set keeps insertion order). */
+  private visitors = new Set<string>();
+  private boundsSaid = new Set<string>();
+  /** Aborted on Ctrl-C: every demo task still sleeping stops, with no error and no timer left. */
+  private tasks = new AbortController();
+  private tasksPending = 0;
+
+  constructor(hub: Hub, log: (line: string) => void, heartbeat: number) {
+    this.hub = hub;
+    this.log = log;
+    this.streams = new OpenStreams(heartbeat);
+  }
+
+  /**
+   * Seed 000's create_toast, for code that cannot await: returns the toast at
+   * once. With the in-memory hub it is stored before this returns; with
+   * PostgreSQL a moment later (a failure is logged).
+   */
+  createToast(message: string, options: ToastOptions = {}): Toast {
+    const { toast, stored } = this.publishToast(message, options);
+    stored.catch((error: Error) => {
+      this.log(`toasts: toast ${toast.id} was not stored: ${error.message}`);
+    });
+    return toast;
+  }
+
+  /** Seed 000's async_create_toast: resolves once the toast is stored and on its way out. */
+  async createToastAsync(message: string, options: ToastOptions = {}): Promise<Toast> {
+    const { toast, stored } = this.publishToast(message, options);
+    await stored;
+    return toast;
+  }
+
+  private publishToast(message: string, { visitor, level = "info" }: ToastOptions) {
+    if (!TOAST_LEVELS.includes(level)) {
+      throw new RequestError(400, `level must be one of ${TOAST_LEVELS.join(", ")}.`);
+    }
+    const owner = visitor ?? EVERYONE;
+    const id = `${owner}-${randomBytes(TOAST_ID_RANDOM_BYTES).toString("hex")}`;
+    const at = new Date().toISOString();
+    const toast: Toast = { id, message: checkToastMessage(message), level, at };
+    if (visitor) this.seen(visitor);
+    const published = this.hub.publish(toastTopic(owner), "toast", toast);
+    const stored = published.then(() => (visitor ? this.keepUnreadBound(visitor) : undefined));
+    return { toast, stored };
+  }
+
+  /** A line from the server's terminal, as a toast for everyone; empty is skipped, long is cut. */
+  fromPresenter(line: string): Toast | undefined {
+    const characters = [...line.replace(/\p{Cc}/gu, " ").trim()];
+    if (characters.length === 0) return undefined;
+    if (characters.length > TOAST_MESSAGE_MAX) {
+      const cut = `a line over ${TOAST_MESSAGE_MAX} characters is cut to that length`;
+      this.sayOnce("message", `toasts: ${cut} (said once)`);
+    }
+    const toast = this.createToast(characters.slice(0, TOAST_MESSAGE_MAX).join(""));
+    this.log(`toast ${toast.id} for everyone, from the presenter`);
+    return toast;
+  }
+
+  /** Marks a toast read for this visitor, returns it: 404 when unknown, 403 when another's. */
+  async read(visitor: string, toastId: string): Promise<Toast> {
+    const owner = TOAST_ID.exec(toastId)?.[1];
+    if (!owner) throw new RequestError(404, "There is no toast with that id.");
+    const known = await this.known(visitor);
+    const events = owner === visitor ? known.own
+      : owner === EVERYONE ? known.everyone
+      : await this.hub.history(toastTopic(owner));
+    const toast = toastsIn<Toast>(events).find((candidate) => candidate.id === toastId);
+    if (!toast) throw new RequestError(404, "There is no toast with that id.");
+    // Seed 000's IsOwner: a visitor acknowledges its own toasts and the broadcasts, nobody else's.
+    if (owner !== visitor && owner !== EVERYONE) {
+      const sentence = "That toast is another visitor's: only its owner may mark it read.";
+      throw new RequestError(403, sentence);
+    }
+    if (!known.acknowledged.has(toastId)) await this.markRead(visitor, toastId, known);
+    return toast;
+  }
+
+  /** What the hub keeps for this visitor: its topic, the broadcasts, and what it acknowledged. */
+  private async known(visitor: string): Promise<Kept> {
+    const [own, everyone] = await Promise.all([
+      this.hub.history(toastTopic(visitor)),
+      this.hub.history(toastTopic(EVERYONE)),
+    ]);
+    return { own, everyone, acknowledged: acknowledgedIn(own) };
+  }
+
+  private async markRead(visitor: string, toastId: string, known: Kept) {
+    await this.hub.publish(toastTopic(visitor), "read", readMark(toastId, known));
+  }
+
+  /** Past TOASTS_UNREAD_MAX unread toasts of its own, a visitor's oldest are marked read. */
+  private async keepUnreadBound(visitor: string) {
+    const known = await this.known(visitor);
+    const unread = toastsIn<Toast>(known.own).filter((toast) => !known.acknowledged.has(toast.id));
+    if (unread.length <= TOASTS_UNREAD_MAX) return;
+    const bound = `a visitor has ${TOASTS_UNREAD_MAX} unread toasts; from now on the oldest go`;
+    this.sayOnce("unread", `toasts: ${bound} (said once)`);
+    for (const toast of unread.slice(0, unread.length - TOASTS_UNREAD_MAX)) {
+      await this.markRead(visitor, toast.id, known);
+    }
+  }
+
+  /** Remembers the visitor as the most recent; past VISITORS_MAX, the least recent is forgotten. */
+  seen(visitor: string): void {
+    this.visitors.delete(visitor);
+    this.visitors.add(visitor);
+    if (this.visitors.size <= VISITORS_MAX) return;
+    const [oldest = ""] = this.visitors;
+    this.visitors.delete(oldest);
+    const bound = `${VISITORS_MAX} visitors remembered; from now on the least recently seen`;
+    this.sayOnce("visitors", `toasts: ${bound} are forgotten (said once)`);
+    const forgotten = this.hub.forget(toastTopic(oldest));
+    forgotten.catch((error: Error) => this.log(`toasts: ${error.message}`));
+  }
+
+  private sayOnce(bound: string, line: string) {
+    if (this.boundsSaid.has(bound)) return;
+    this.boundsSaid.add(bound);
+    this.log(line);
+  }
+
+  /**
+   * What one visitor's tabs are told: first its unread toasts, own and
+   * broadcast, oldest first, at most TOASTS_UNREAD_MAX; then, live, each new
+   * toast and each read mark, so every tab removes a toast the moment another
+   * tab closes it. SSE frames it below; the WebSocket (lessons/ws.ts) too.
+   */
+  async *follow(visitor: string, signal: AbortSignal): AsyncGenerator<ToastNews> {
+    const { own, everyone, acknowledged } = await this.known(visitor);
+    const unread = [...toastsIn<Toast>(own), ...toastsIn<Toast>(everyone)]
+      .filter((toast) => !acknowledged.has(toast.id))
+      .sort((a, b) => a.at.localeCompare(b.at));
+    for (const toast of unread.slice(-TOASTS_UNREAD_MAX)) yield { type: "toast", toast };
+    // From the last event read above: whatever was published since is replayed by the hub.
+    const live = merge([
+      this.hub.subscribe(toastTopic(visitor), { after: own.at(-1)?.id ?? 0, signal }),
+      this.hub.subscribe(toastTopic(EVERYONE), { after: everyone.at(-1)?.id ?? 0, signal }),
+    ]);
+    for await (const event of live) {
+      // A gap is followed by everything kept; toasts a page already shows are known by their id.
+      if (event.type === "toast") yield { type: "toast", toast: (event as HubEvent<Toast>).data };
+      if (event.type === "read") yield { type: "read", id: (event as HubEvent<ReadMark>).data.id };
+    }
+  }
+
+  /** The same, as SSE: `event: toast` with the toast, `event: read` with its id. */
+  async *stream(visitor: string, signal: AbortSignal): AsyncGenerator<string> {
+    for await (const news of this.follow(visitor, signal)) {
+      yield news.type === "toast"
+        ? formatEvent("toast", JSON.stringify(news.toast), news.toast.id)
+        : formatEvent("read", JSON.stringify({ id: news.id }));
+    }
+  }
+
+  /**
+   * Seed 000's demo: "Sleep running for at least N second(s)..." now, the
+   * message after N seconds. The task outlives the request that started it.
+   */
+  async sleepTask(visitor: string, message: string, seconds: number): Promise<void> {
+    const { signal } = this.tasks;
+    if (signal.aborted) return;
+    this.tasksPending++;
+    try {
+      const sleeping = `Sleep running for at least ${seconds} second(s)...`;
+      await this.createToastAsync(sleeping, { visitor });
+      await wait(seconds * 1000, undefined, { signal });
+      await this.createToastAsync(message, { visitor, level: "success" });
+    } catch (error) {
+      if (!signal.aborted) this.log(`toasts: a demo task failed: ${(error as Error).message}`);
+    } finally {
+      this.tasksPending--;
+    }
+  }
+
+  /** Stops every demo task still sleeping (on Ctrl-C); returns how many there were. */
+  cancelTasks(): number {
+    this.tasks.abort();
+    return this.tasksPending;
+  }
+}
+
+const states = new WeakMap<App, Toasts>();
+
+/**
+ * The app's toasts, made at the first use: by then the PostgreSQL lesson,
+ * which installs after this one, has chosen the hub they live in.
+ */
+export function toastsOf(app: App): Toasts {
+  let toasts = states.get(app);
+  if (!toasts) states.set(app, (toasts = new Toasts(hubOf(app), app.log, app.heartbeat)));
+  return toasts;
+}
+
+// ─── The handlers ────────────────────────────────────────────────────────────
+
+/** Streams one visitor's toasts to one tab (or to the one shared worker of all its tabs). */
+const serveToastStream: Handler = async (req, res, _url, app) => {
+  const { log, quiet } = app;
+  const toasts = toastsOf(app);
+  const visitor = requireVisitor(req);
+  toasts.seen(visitor);
+  res.writeHead(200, SSE_HEADERS);
+  res.flushHeaders();
+  const { sent, why } = await toasts.streams.pump(
+    res,
+    (signal) => toasts.stream(visitor, signal),
+    () => quiet || log(`toast stream opened for visitor ${visitor} (${toasts.streams.size} open)`),
+  );
+  if (!quiet) log(`toast stream closed after ${sent} events: ${why} (${toasts.streams.size} open)`);
+};
+
+/** POST /toasts/<id>/read: the owner acknowledges a toast; 200 with the toast. */
+const readToast: Handler = async (req, res, url, app) => {
+  checkOrigin(req);
+  const toasts = toastsOf(app);
+  const visitor = requireVisitor(req);
+  toasts.seen(visitor);
+  // Left encoded: a toast id has only letters, digits and dashes, so nothing encoded is an id.
+  const toastId = url.pathname.split("/")[2] ?? "";
+  const toast = await toasts.read(visitor, toastId);
+  if (!app.quiet) app.log(`toast ${toast.id} read by visitor ${visitor}`);
+  sendJson(res, 200, toast);
+};
+
+/** Seed 000's demo page: a form that starts a background task. */
+const serveDemoPage = servePageFile("toasts.html");
+
+/** Seed 000's demo form: starts the background task, and answers at once with 303 to the page. */
+const startDemo: Handler = async (req, res, _url, app) => {
+  checkOrigin(req);
+  const visitor = requireVisitor(req);
+  const example = "message=Done&seconds=3";
+  const fields = await readFields(req, res, { what: "the demo", example, formOnly: true });
+  const text = (name: string) => (typeof fields[name] === "string" ? fields[name] : "");
+  const message = checkToastMessage(text("message"));
+  const seconds = wholeNumber("seconds", text("seconds"), DEMO_SECONDS_RANGE);
+  void toastsOf(app).sleepTask(visitor, message, seconds);
+  const later = `the second toast in ${seconds} s`;
+  if (!app.quiet) app.log(`toast demo started for visitor ${visitor}: ${later}`);
+  res.writeHead(303, { Location: "/toasts/" }).end();
+};
+
+// ─── The middleware: toasts on every page ────────────────────────────────────
+
+const toastsStyle = pageFile("toasts.css");
+const toastsScript = pageFile("toasts.js");
+
+/** The page with the toasts' style and script before </body> (else </html>, else at the end). */
+export function withToasts(page: string): string {
+  const snippet = `<style>\n${toastsStyle()}</style>\n`
+    + `<script type="module">\n${toastsScript()}</script>\n`;
+  const body = page.lastIndexOf("</body>");
+  const at = body !== -1 ? body : page.lastIndexOf("</html>");
+  return at === -1 ? page + snippet : page.slice(0, at) + snippet + page.slice(at);
+}
+
+/**
+ * Seed 000's middleware, the way django-debug-toolbar's works: every HTML
+ * answer gets the toasts inserted, and no page carries a copy of its own.
+ * It holds back writeHead until end(), where the whole page is known, puts
+ * the toasts in, fixes Content-Length, and gives a browser that has no visitor
+ * cookie yet a new one. Anything that is not HTML passes untouched.
+ */
+function addToasts(req: IncomingMessage, res: ServerResponse): void {
+  const writeHead = res.writeHead.bind(res);
+  const end = res.end.bind(res);
+  let held: { status: number; headers: OutgoingHttpHeaders } | undefined;
+  res.writeHead = ((status: number, ...rest: unknown[]) => {
+    const headers = (rest.find(isObject) ?? {}) as OutgoingHttpHeaders;
+    const isHtml = String(headers["Content-Type"] ?? "").startsWith("text/html");
+    if (!isHtml) return writeHead(status, ...(rest as []));
+    held = { status, headers: { ...headers } };
+    return res;
+  }) as typeof res.writeHead;
+  res.end = ((page?: unknown) => {
+    if (!held) return end(page as never);
+    const body = withToasts(Buffer.isBuffer(page) ? page.toString("utf8") : String(page ?? ""));
+    if (!visitorSecret(req)) held.headers["Set-Cookie"] = newVisitorCookie();
+    held.headers["Content-Length"] = Buffer.byteLength(body);
+    writeHead(held.status, held.headers);
+    return end(body);
+  }) as typeof res.end;
+}
+
+// ─── Toasts from the terminal ────────────────────────────────────────────────
+//
+// At a workshop the presenter types a line where the server runs, and every
+// screen shows it. With --workers N only the primary reads the terminal, and
+// hands each line to one worker, whose hub publishes it: with --database that
+// reaches every process; without, only that worker's tabs.
+
+/** A message over IPC from the primary to a worker: one line from the terminal. */
+export interface PresenterLine {
+  presenterLine: string;
+}
+
+/** Calls `onLine` for each line of standard input; when it ends, the server goes on serving. */
+export function readPresenterLines(onLine: (line: string) => void): void {
+  const lines = createInterface({ input: process.stdin });
+  lines.on("line", onLine);
+  lines.on("close", () => {
+    logLine("standard input closed: no more toasts from this terminal; still serving");
+  });
+}
+
+// ─── The lesson ──────────────────────────────────────────────────────────────
+
+export const toasts: Lesson = {
+  help: `
+Each line on standard input becomes a toast for everyone (with --workers, the primary
+reads it); when standard input ends or is /dev/null, the server goes on serving.`,
+  banner: (url) => [
+    `  Toasts: type a line here and press Enter: every open page shows it. Demo: ${url}toasts/`,
+    `  The toasts hold one more connection per host name, shared by all the tabs of that name:`,
+    `  that is why 5 countdown tabs per name, not 6.`,
+  ],
+  install(app) {
+    Object.assign(app.routes, {
+      "/toasts/": { GET: serveDemoPage, HEAD: serveDemoPage },
+      "/toasts/stream": { GET: serveToastStream },
+      "/toasts/demo": { POST: startDemo },
+      "/toasts/worker.js": { GET: servePageFile("toasts-worker.js", "text/javascript") },
+      "/toasts/:id/read": { POST: readToast },
+    });
+    app.wrapPages(addToasts);
+    // On Ctrl-C: the demo tasks still sleeping, then the streams (nothing, if never made).
+    app.onStop(() => {
+      const toasts = states.get(app);
+      const cancelled = toasts?.cancelTasks() ?? 0;
+      if (cancelled > 0) app.log(`cancelled ${cancelled} toast demo tasks still sleeping`);
+      const ended = toasts?.streams.endAll() ?? 0;
+      if (ended > 0) return `${ended} toast streams`;
+    });
+    // A worker hears the lines its primary forwards. In install, not in listening(): the
+    // primary sends a worker its first line once it listens, before listening() would run.
+    if (cluster.isWorker) {
+      process.on("message", (message: Partial<PresenterLine> | null) => {
+        const line = message?.presenterLine;
+        if (typeof line === "string") toastsOf(app).fromPresenter(line);
+      });
+    }
+  },
+  // Only in a process started from the command line: a test's terminal is not a presenter's.
+  listening(app) {
+    if (!cluster.isWorker) readPresenterLines((line) => void toastsOf(app).fromPresenter(line));
+  },
+};

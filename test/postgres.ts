@@ -1,0 +1,284 @@
+/**
+ * test/postgres.ts: lesson 3d, one hub for every process (lessons/postgres.ts).
+ * Against a real PostgreSQL at TEST_DATABASE_URL: `server.ts --database URL`,
+ * with one process or with --workers 2, keeps the room in a table and tells
+ * every process through LISTEN/NOTIFY, and loses nothing while the listening
+ * connection, or the whole database, is away.
+ */
+
+import net from "node:net";
+import { once } from "node:events";
+import * as assert from "uvu/assert";
+import postgres from "postgres";
+import {
+  BOOT_DEADLINE_MS,
+  Child,
+  databaseLesson,
+  request,
+  runner,
+  SseClient,
+  until,
+  within,
+} from "./helpers.ts";
+import { NOTIFY_MAX_BYTES, PostgresHub } from "../lessons/postgres.ts";
+
+/** Room streams, opened until each worker serves one; keyed by the pid their presence names. */
+async function roomStreamsOnEveryWorker(url: string, workers: number, clients: SseClient[]) {
+  const byPid = new Map<number, SseClient>();
+  for (let attempt = 0; attempt < 10 * workers && byPid.size < workers; attempt++) {
+    const stream = new SseClient(`${url}room/stream`);
+    clients.push(stream);
+    const { pid } = JSON.parse((await stream.next("presence")).data) as { pid: number };
+    if (byPid.has(pid)) stream.close();
+    else byPid.set(pid, stream);
+  }
+  assert.is(byPid.size, workers, `a room stream on each of the ${workers} workers`);
+  return byPid;
+}
+
+/** Posts a message to the room; its answer, as sent. */
+function post(url: string, text: string) {
+  const headers = { "Content-Type": "application/json" };
+  const body = JSON.stringify({ name: "ada", text });
+  return request(`${url}room/messages`, { method: "POST", headers }, body);
+}
+
+/** Posts a message to the room and returns it as stored. */
+async function postMessage(url: string, text: string): Promise<{ id: number; text: string }> {
+  const response = await post(url, text);
+  assert.is(response.status, 201, response.body);
+  return JSON.parse(response.body);
+}
+
+/** The texts of the messages a stream received, in order. */
+function texts(stream: SseClient): string[] {
+  const messages = stream.messages.filter((m) => m.event === "message");
+  return messages.map((m) => JSON.parse(m.data).text as string);
+}
+
+/**
+ * A TCP relay on loopback in front of PostgreSQL. `cut()` closes it and every
+ * connection through it, so for a server that reaches the database through
+ * the relay, the database is down (its connections refused); `open()` on the
+ * same port brings it back.
+ */
+class DatabaseRelay {
+  port = 0;
+  private listener: net.Server | undefined;
+  private sockets = new Set<net.Socket>();
+  private target: URL;
+
+  constructor(databaseUrl: string) {
+    this.target = new URL(databaseUrl);
+  }
+
+  /** The database URL as seen through the relay. */
+  get url(): string {
+    const through = new URL(this.target);
+    through.hostname = "127.0.0.1";
+    through.port = String(this.port);
+    return through.href;
+  }
+
+  async open(): Promise<void> {
+    this.listener = net.createServer((client) => {
+      const upstream = net.connect(Number(this.target.port || 5432), this.target.hostname);
+      for (const socket of [client, upstream]) {
+        this.sockets.add(socket);
+        socket.on("error", () => {});
+        socket.on("close", () => this.sockets.delete(socket));
+      }
+      client.pipe(upstream).pipe(client);
+    });
+    this.listener.listen(this.port, "127.0.0.1");
+    await within("the relay to listen", once(this.listener, "listening"));
+    this.port = (this.listener.address() as net.AddressInfo).port;
+  }
+
+  async cut(): Promise<void> {
+    const closed = new Promise((resolve) => this.listener?.close(resolve));
+    for (const socket of this.sockets) socket.destroy();
+    await within("the relay to close", closed);
+  }
+}
+
+databaseLesson("database: one room across processes through PostgreSQL", (test, database) => {
+  const children: Child[] = [];
+  const clients: SseClient[] = [];
+  test.after(() => {
+    for (const client of clients) client.close();
+    for (const child of children) child.kill();
+  });
+  const runServer = runner("server.ts", children);
+  const run = (args: string[]) => runServer(["--port", "0", "--host", "127.0.0.1", ...args]);
+  const listening = /listening at (http:\/\/127\.0\.0\.1:\d+\/)/;
+  const started = async (child: Child) => (await child.waitFor(listening, BOOT_DEADLINE_MS))[1]!;
+
+  test("tabs served by both workers receive one POST", async () => {
+    const databaseUrl = await database();
+    const child = run(["--workers", "2", "--database", databaseUrl]);
+    const url = await started(child);
+    const streams = await roomStreamsOnEveryWorker(url, 2, clients);
+    const posted = await postMessage(url, "one message, every tab");
+    for (const [pid, stream] of streams) {
+      const message = await stream.next("message");
+      assert.is(message.id, String(posted.id), `the tab on pid ${pid} got it, with its id`);
+      assert.is(JSON.parse(message.data).text, "one message, every tab");
+    }
+    await child.waitFor(/The room and the toasts live in PostgreSQL at postgres:\/\/postgres:\*\*\*@/);
+    assert.not.match(child.output, /stay within each process/, "the split is not announced");
+    assert.not.ok(child.output.includes(new URL(databaseUrl).password), "no line shows the password");
+  });
+
+  test("after a restart the history replays with the same ids, and the tables are not made again", async () => {
+    const databaseUrl = await database();
+    const first = run(["--database", databaseUrl]);
+    const firstUrl = await started(first);
+    for (const text of ["one", "two", "three"]) await postMessage(firstUrl, text);
+    assert.is(await first.stop("SIGINT"), 0);
+
+    const second = run(["--database", databaseUrl]);
+    const secondUrl = await started(second);
+    const replay = new SseClient(`${secondUrl}room/stream`);
+    clients.push(replay);
+    for (const [id, text] of [["1", "one"], ["2", "two"], ["3", "three"]]) {
+      const message = await replay.next("message");
+      assert.equal([message.id, JSON.parse(message.data).text], [id, text]);
+    }
+    const resumed = new SseClient(`${secondUrl}room/stream`, { "Last-Event-ID": "2" });
+    clients.push(resumed);
+    assert.is((await resumed.next("message")).id, "3", "a reconnect after 2 gets 3, with no gap");
+    assert.not.ok(resumed.messages.some((m) => m.event === "gap"));
+    await postMessage(secondUrl, "four");
+    assert.is((await resumed.next("message")).id, "4", "new messages carry on from the stored ids");
+  });
+
+  test("when the listening connection is cut mid-run, every message still arrives once and in order", async () => {
+    const databaseUrl = await database();
+    const child = run(["--workers", "2", "--database", databaseUrl]);
+    const url = await started(child);
+    const streams = await roomStreamsOnEveryWorker(url, 2, clients);
+    await postMessage(url, "before");
+    for (const stream of streams.values()) await stream.next("message");
+
+    // The listening connections are the ones whose last statement was LISTEN: one per worker.
+    const admin = postgres(databaseUrl, { max: 1, onnotice: () => {} });
+    try {
+      const cut = await admin`
+        select pg_terminate_backend(pid) as ended from pg_stat_activity
+        where datname = current_database() and query ilike 'listen %'`;
+      assert.is(cut.length, 2, "one listening connection per worker");
+    } finally {
+      await admin.end({ timeout: 1 });
+    }
+    // Posted while nobody listens: these NOTIFYs reach no one, and the table keeps them.
+    await postMessage(url, "while cut 1");
+    await postMessage(url, "while cut 2");
+    const relistened = () => child.output.match(/hub: listening again/g)?.length === 2;
+    await until("both workers to listen again", relistened, BOOT_DEADLINE_MS);
+    await postMessage(url, "after");
+
+    for (const [pid, stream] of streams) {
+      await until(`the tab on pid ${pid} to get all four`, () => texts(stream).length >= 4);
+      const all = ["before", "while cut 1", "while cut 2", "after"];
+      assert.equal(texts(stream), all, `pid ${pid}: each once, in order`);
+      const ids = stream.messages.filter((m) => m.event === "message").map((m) => Number(m.id));
+      assert.equal(ids, [1, 2, 3, 4]);
+    }
+    assert.match(child.output, /hub: lost the database connection/);
+    assert.not.ok(child.output.includes(new URL(databaseUrl).password), "no line shows the password");
+  });
+
+  test("while the database is down: countdowns go on, a POST gets 503, and afterwards every message arrives once, in order", async () => {
+    const databaseUrl = await database();
+    const relay = new DatabaseRelay(databaseUrl);
+    await relay.open();
+    try {
+      const cutOff = run(["--database", relay.url]);
+      const url = await started(cutOff);
+      // Another process on the same database, reached directly: it posts while the first
+      // one's database is down.
+      const other = run(["--database", databaseUrl]);
+      const otherUrl = await started(other);
+      const stream = new SseClient(`${url}room/stream`);
+      clients.push(stream);
+      await stream.next("presence");
+      await postMessage(url, "before");
+      await stream.next("message");
+
+      await relay.cut();
+      await cutOff.waitFor(/hub: lost the database connection/);
+      const refused = await post(url, "refused");
+      assert.is(refused.status, 503);
+      assert.is(refused.body, "The database is not answering right now; try again in a moment.\n");
+      await cutOff.waitFor(/The database is not answering right now/);
+      const countdown = new SseClient(`${url}sse/?from=2&interval=10`);
+      clients.push(countdown);
+      assert.is(await within("the countdown to end", countdown.ended), true, "a countdown needs no database");
+      assert.equal(countdown.numbers, [2, 1, 0]);
+      await postMessage(otherUrl, "while down");
+
+      await relay.open();
+      const caughtUp = /hub: listening again after [\d.]+ s; caught up from the table/;
+      await cutOff.waitFor(caughtUp, BOOT_DEADLINE_MS);
+      // Its NOTIFY went to nobody here: the message comes from the table, before anything else.
+      await until("the message posted while the database was down", () => texts(stream).includes("while down"));
+      await postMessage(url, "after");
+      await until("the stream to get all three", () => texts(stream).length >= 3, BOOT_DEADLINE_MS);
+      assert.equal(texts(stream), ["before", "while down", "after"]);
+      const ids = stream.messages.filter((m) => m.event === "message").map((m) => m.id);
+      assert.equal(ids, ["1", "2", "3"]);
+    } finally {
+      await relay.cut();
+    }
+  });
+
+  test("an event too large for a NOTIFY is announced by its id, and every process reads it whole from the table", async () => {
+    const databaseUrl = await database();
+    // Two hubs on one database, as two processes have.
+    const publisher = await PostgresHub.open(databaseUrl, () => {});
+    const listener = await PostgresHub.open(databaseUrl, () => {});
+    const left = new AbortController();
+    try {
+      const events = listener.subscribe("room:large", { signal: left.signal });
+      const first = events.next();
+      await until("the listener to subscribe", () => listener.subscribers("room:large") === 1);
+      const text = "x".repeat(2 * NOTIFY_MAX_BYTES);
+      const published = await publisher.publish("room:large", "message", { text });
+      const { value } = await within("the large event", first);
+      assert.equal(value, published, "the same event, data and all");
+    } finally {
+      left.abort();
+      await publisher.close();
+      await listener.close();
+    }
+  });
+
+  test("a database that cannot be used is one sentence and exit code 1", async () => {
+    const databaseUrl = new URL(await database());
+    const wrongPassword = new URL(databaseUrl);
+    wrongPassword.password = "not-the-password";
+    const refused = new URL(databaseUrl);
+    refused.port = "1";
+    const cases: [string, RegExp][] = [
+      ["not a url", /^--database must be a URL such as postgres:\/\/user:password@localhost:5432\/countdown\.$/],
+      [refused.href, /^Cannot reach PostgreSQL at 127\.0\.0\.1:1: the connection was refused\. Is the server running\?$/],
+      [wrongPassword.href, /^PostgreSQL at 127\.0\.0\.1:\d+ refused the login of user "postgres": check the user and password in --database\.$/],
+    ];
+    for (const [value, sentence] of cases) {
+      for (const args of [["--database", value], ["--workers", "2", "--database", value]]) {
+        const child = run(args);
+        assert.is(await within("the server to give up", child.exited), 1, args.join(" "));
+        assert.match(child.output.trim(), sentence);
+        assert.not.ok(child.output.includes("not-the-password"), "the password is not repeated");
+      }
+    }
+  });
+
+  test("DATABASE_URL stands for --database", async () => {
+    const databaseUrl = await database();
+    const child = runServer(["--port", "0", "--host", "127.0.0.1"], { DATABASE_URL: databaseUrl });
+    await started(child);
+    await child.waitFor(/The room and the toasts live in PostgreSQL at /);
+  });
+});
