@@ -6,7 +6,7 @@
  * its sleep, so while one tab's countdown waits for its next tick this process
  * is free to serve every other tab. Compare blocking-server.ts, where the same
  * countdown holds a whole worker process for as long as the tab stays open.
- * This file ports seed 001 (massover/sse-example) and needs nothing installed.
+ * It ports the post "Why I am excited about ASGI & Django"; it needs nothing installed.
  *
  * Run it:    npx -y tsx server.ts       (or: node server.ts on Node 22.18+ / 24)
  * Then try:
@@ -127,8 +127,9 @@ export function serverEvent(pid: number, streams: number, rss: number): string {
  * the wall (a later lesson) opens each tile's stream on a host name of its
  * own. Only the stream says so; no other route does.
  */
-export const allowEveryOrigin = (res: ServerResponse) =>
-  void res.setHeader("Access-Control-Allow-Origin", "*");
+export function allowEveryOrigin(res: ServerResponse) {
+  res.setHeader("Access-Control-Allow-Origin", "*");
+}
 
 /** A line starting with ":" is a comment: EventSource ignores it, proxies see traffic. */
 export const HEARTBEAT = ": still counting\n\n";
@@ -267,8 +268,10 @@ export const servePage: Handler = (req, res, url) => {
 const serveCountdown: Handler = async (req, res, url, { streams, log, quiet, heartbeat }) => {
   allowEveryOrigin(res);
   const { from, interval } = readCountdownOptions(req, url);
-  // The browser saw event 0 already; 204 is how SSE says "do not reconnect".
-  if (from < 0) return void res.writeHead(204).end();
+  if (from < 0) {
+    res.writeHead(204).end(); // the browser saw event 0 already: 204 says "do not reconnect"
+    return;
+  }
   res.writeHead(200, SSE_HEADERS);
   res.flushHeaders(); // so the browser's `open` fires now, not with the first tick
   streams.add(res);
@@ -280,11 +283,15 @@ const serveCountdown: Handler = async (req, res, url, { streams, log, quiet, hea
     for await (const message of countdown(from, interval, res, heartbeat)) {
       // Piggybacked on a tick, when the figure changed: how many streams this process
       // holds, and in how much memory.
-      const news = streams.size === streamsTold ? ""
-        : serverEvent(process.pid, (streamsTold = streams.size), process.memoryUsage.rss());
+      let serverNews = "";
+      if (streams.size !== streamsTold) {
+        streamsTold = streams.size;
+        serverNews = serverEvent(process.pid, streams.size, process.memoryUsage.rss());
+      }
       if (message !== HEARTBEAT) eventsSent++;
-      // A slow reader: wait until the socket drains (or closes) rather than buffer without bound.
-      if (!res.write(news + message)) await drainOrClose(res);
+      // write() says false when the client reads slower than we send: the bytes wait in
+      // memory. Wait until they drain (or the client leaves) rather than buffer without bound.
+      if (!res.write(serverNews + message)) await drainOrClose(res);
     }
   } finally {
     const why = res.writableEnded ? "the server is stopping"
@@ -323,6 +330,8 @@ export const ROUTES: Routes = {
   "/": { GET: servePage, HEAD: servePage },
   "/sse/": { GET: serveCountdown },
 };
+
+const PLAIN_TEXT = { "Content-Type": "text/plain; charset=utf-8" };
 
 /** The route for a path: its own line, else a line with a :placeholder for one segment. */
 function findRoute(routes: Routes, path: string): Routes[string] | undefined {
@@ -370,8 +379,6 @@ function router(app: App, wrappers: PageWrapper[], notHere: string): http.Reques
     }
   };
 }
-
-const PLAIN_TEXT = { "Content-Type": "text/plain; charset=utf-8" };
 
 /**
  * The request target as a URL of this server. A target that starts with "/"
@@ -452,15 +459,19 @@ export function createApp(options: AppOptions = {}): App {
   const wrappers: PageWrapper[] = [];
   const stops: (() => string | void)[] = [];
   const app: App = {
-    server: http.createServer((req, res) => listener(req, res)),
+    server: http.createServer(),
     routes: { ...ROUTES },
     flags: options.flags ?? {},
     streams: new Set(),
     log: options.log ?? logLine,
     quiet: options.quiet ?? false,
     heartbeat: options.heartbeat ?? HEARTBEAT_MS,
-    wrapPages: (wrap) => void wrappers.push(wrap),
-    onStop: (stop) => void stops.push(stop),
+    wrapPages(wrap) {
+      wrappers.push(wrap);
+    },
+    onStop(stop) {
+      stops.push(stop);
+    },
     endStreams() {
       const ended = [`${app.streams.size} open streams`];
       for (const res of app.streams) res.end();
@@ -470,7 +481,7 @@ export function createApp(options: AppOptions = {}): App {
   };
   const elsewhere = ", and the later lessons live in lessons/, not beside this copy";
   const notHere = `the countdown is at /${options.lessonsHere === false ? elsewhere : ""}`;
-  const listener = router(app, wrappers, notHere);
+  app.server.on("request", router(app, wrappers, notHere));
   return app;
 }
 
@@ -538,14 +549,18 @@ export async function listen(server: net.Server, host: string, port: number, pau
 function listenOne(server: net.Server, host: string, port: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = ({ code, message }: NodeJS.ErrnoException) => {
+      // No ::1 on this machine is no mistake of the user's: listen() goes on without it.
       if (host === "::1" && code !== "EADDRINUSE") return reject(new Error(message));
       if (code === "EADDRINUSE") exitWith(1, `port ${port} is in use; try --port ${port + 2}`);
-      const why = code === "EACCES" ? `needs more privileges; try --port ${DEFAULT_PORT}` : "";
-      if (why) exitWith(1, `port ${port} ${why}`);
+      const privileged = `port ${port} needs more privileges; try --port ${DEFAULT_PORT}`;
+      if (code === "EACCES") exitWith(1, privileged);
       exitWith(1, `cannot listen on ${host}:${port} (${code ?? message}); check --host`);
     };
     server.once("error", onError);
-    server.listen(port, host, () => resolve(void server.off("error", onError)));
+    server.listen(port, host, () => {
+      server.off("error", onError);
+      resolve();
+    });
   });
 }
 
@@ -583,13 +598,12 @@ Serves a countdown page and its event stream from one async process.
   --host H         Listens on this address (env HOST; default ${DEFAULT_HOST}, meaning
                    127.0.0.1 and ::1). Use 0.0.0.0 to share it on your LAN at a workshop.
   --quiet          Leaves out the line per stream opened and closed, and the later lessons'
-                   lines per request (for load tests).
-  --help           Shows this help.`;
+                   lines per request (for load tests).`;
 
 /** What a person reads first: where to point the browser, and what to try. */
 const bannerLines = ([url = "", ...more]: string[], who: string) => [
   `Countdown server (${who}) listening at ${[url, ...more].join(" and ")}`,
-  `  Open ${url} in a tab, then in more tabs: one process serves them all.`,
+  `  Open ${url} in a tab, then in more tabs: every one of them counts at once.`,
   `  A browser opens at most 6 connections per host name and each tab holds one: for more`,
   `  tabs, use the page's "Open another tab" link (tab2.localhost, ...: all lead here).`,
   `  Raw events: curl -N ${url}sse/   Short demo: ${url}?from=10&interval=200`,
@@ -601,7 +615,12 @@ const LESSONS_URL = new URL("./lessons/index.ts", import.meta.url);
 async function main() {
   // Loaded here, not imported above: a lesson imports this file, which must be done loading.
   const lessons: Lesson[] = existsSync(LESSONS_URL) ? (await import(LESSONS_URL.href)).LESSONS : [];
-  const help = [HELP, ...lessons.map((lesson) => lesson.help ?? "")].filter(Boolean).join("\n");
+  // A lesson's flag lines (indented) join lesson 1's; its other lines close the help.
+  const more = lessons.flatMap((lesson) => lesson.help?.split("\n") ?? []);
+  const flagLines = more.filter((line) => line.startsWith("  "));
+  const notes = more.filter((line) => line !== "" && !line.startsWith("  "));
+  const notesPart = notes.length > 0 ? ["", ...notes] : [];
+  const help = [HELP, ...flagLines, "  --help           Shows this help.", ...notesPart].join("\n");
   const options = Object.assign({}, FLAGS, ...lessons.map((lesson) => lesson.flags ?? {}));
   const flags = readFlags(options, help) as FlagValues;
   const port = flagNumber("port", flags.port, "PORT", DEFAULT_PORT, { min: 0, max: 65535 });
@@ -612,8 +631,9 @@ async function main() {
     console.log([...bannerLines(urls, who), ...extra].join("\n"));
   };
 
-  let decision: Awaited<ReturnType<NonNullable<Lesson["start"]>>>;
-  for (const lesson of lessons) decision ??= await lesson.start?.({ flags, host, port, printBanner });
+  let decision: "taken over" | "serve quietly" | undefined;
+  const startup: Startup = { flags, host, port, printBanner };
+  for (const lesson of lessons) decision ??= await lesson.start?.(startup);
   if (decision === "taken over") return;
   const app = createApp({ quiet: flags.quiet === true, flags, lessonsHere: lessons.length > 0 });
   await install(app, lessons);

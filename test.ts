@@ -1,8 +1,8 @@
 /**
  * test.ts: the lessons, as tests, in the order a reader meets them. Each
- * lesson's suites live in test/<lesson>.ts; this file imports them in order.
- * Real clients only: HTTP requests over loopback, child processes, and (when
- * Chromium is present) a real browser.
+ * lesson's suites live in test/<lesson>.ts, beside lessons/<lesson>.ts; this
+ * file imports them in order. Real clients only: HTTP requests over loopback,
+ * child processes, WebSockets, a real PostgreSQL and (when present) Chromium.
  *
  * Run:  npm test                     (every suite)
  *       SUITES=stream npm test       (only the suites whose name starts with "stream")
@@ -12,23 +12,32 @@
  * assertion fails: an open SSE request would otherwise keep the run alive.
  */
 
-// Lesson 1: the countdown. One process serves every tab; a blocking worker serves one.
+// Lesson 1 (server.ts): the countdown. One process serves every tab; a blocking worker one.
 import "./test/countdown.ts";
 
-// Lesson 2: fan-out. Awaiting ten calls at once, one after another, or blocking; a lone sync worker deadlocks on itself.
+// Lesson 2 (lessons/fanout.ts): ten calls awaited at once, one after another, or blocking.
 import "./test/fanout.ts";
 
-// Lesson 3: push, don't poll. A posted message reaches every open tab through the hub; polling is kept beside it.
+// Lesson 3 (lessons/hub.ts): publish and subscribe, the one interface every later lesson uses.
+import "./test/hub.ts";
+
+// Lesson 3 (lessons/room.ts): push, don't poll. A posted message reaches every open tab.
 import "./test/room.ts";
 
-// Lesson 3: toasts that stay until acknowledged. A per-visitor stream on the same hub, owner-only reads, the toasts on every page.
+// Lesson 3 (lessons/toasts.ts): toasts on every page until acknowledged, owner-only reads.
 import "./test/toasts.ts";
 
-// Lesson 3: several processes. --workers N on one port, one room through PostgreSQL.
+// Lesson 3 (lessons/processes.ts): --workers N on one port.
 import "./test/processes.ts";
 
-// Lesson 4: two-way. The same room over a WebSocket, with subscriptions, permissions, and REST edits that notify only on change.
+// Lesson 3 (lessons/postgres.ts): one room across processes through PostgreSQL.
+import "./test/postgres.ts";
+
+// Lesson 4 (lessons/edits.ts): REST edits of the room's messages that notify only on change.
+import "./test/edits.ts";
+
+// Lesson 4 (lessons/ws.ts): the same room over a WebSocket, with subscriptions and permissions.
 import "./test/ws.ts";
 
-// The wall: both servers on one screen for a workshop.
+// The wall (lessons/wall.ts): both servers on one screen for a workshop.
 import "./test/wall.ts";

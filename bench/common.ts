@@ -6,6 +6,7 @@
  *     print once they listen, the lines they print, stopping them, and no
  *     process left behind whatever happens;
  *   - a process's memory and CPU time, from /proc;
+ *   - where a screenshot goes: bench/results/, or docs/ when asked;
  *   - medians and percentiles, and how figures are written in the reports;
  *   - one reader of the SSE wire format, strict about what our servers send.
  *
@@ -44,7 +45,7 @@ export const TSX = process.execArgv.some((flag) => flag.includes("tsx"))
 /** How long a server may take to say it listens before the run gives up. */
 export const START_DEADLINE_MS = 30_000;
 /** How long a process gets to stop after its signal, before SIGKILL. */
-export const STOP_GRACE_MS = 5000;
+const STOP_GRACE_MS = 5000;
 
 /**
  * What every server prints once it listens, in its own words: "listening at
@@ -203,6 +204,8 @@ export async function runJson<Report>(
   return jsonLine<Report>(script, what);
 }
 
+// ─── Waits, addresses and errors ─────────────────────────────────────────────
+
 /** Polls `condition` every 20 ms until it holds, or fails after `ms`. */
 export async function waitUntil(what: string, condition: () => boolean, ms: number) {
   const deadline = Date.now() + ms;
@@ -218,6 +221,10 @@ export async function waitUntil(what: string, condition: () => boolean, ms: numb
  * after another never waits for the last one's TIME_WAIT to clear.
  */
 export const sourceAddress = (k: number) => `127.0.0.${2 + (k % 253)}`;
+
+/** What went wrong, in the words of the error (a thrown non-Error as text). */
+export const messageOf = (error: unknown) =>
+  error instanceof Error ? error.message : String(error);
 
 // ─── Pictures ────────────────────────────────────────────────────────────────
 
@@ -264,7 +271,7 @@ export function rssKB(pid: number): number {
 }
 
 /** Parent pid and CPU seconds (user + system) of a process, from /proc/PID/stat. */
-export function readStat(pid: number): { ppid: number; cpuSeconds: number } | undefined {
+function readStat(pid: number): { ppid: number; cpuSeconds: number } | undefined {
   let stat: string;
   try {
     stat = readFileSync(`/proc/${pid}/stat`, "utf8");
@@ -302,7 +309,7 @@ export interface Percentiles {
 }
 
 /** Milliseconds to 0.1 ms, as every report shows them. */
-export const toTenths = (ms: number) => Math.round(ms * 10) / 10;
+export const toTenths = (value: number) => Math.round(value * 10) / 10;
 
 /** Nearest-rank percentiles, in milliseconds to 0.1 ms; NaN for no values. */
 export function percentiles(values: number[]): Percentiles {
@@ -336,6 +343,15 @@ export const mbFromKB = (kbValue: number) => `${fixed(kbValue / 1024)} MB`;
 export const count = (value: number) => value.toLocaleString("en");
 /** "1 run", "3 runs". */
 export const plural = (n: number, noun: string) => `${n} ${noun}${n === 1 ? "" : "s"}`;
+
+/** One row of a Markdown table. */
+export const tableRow = (...cells: (string | number)[]) => `| ${cells.join(" | ")} |`;
+
+/** A Markdown table's header: its titles, then the line under them. */
+export const tableHead = (...titles: string[]) => [
+  tableRow(...titles),
+  `|${"---|".repeat(titles.length)}`,
+];
 
 // ─── The SSE wire format, read strictly ──────────────────────────────────────
 

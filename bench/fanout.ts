@@ -13,7 +13,8 @@
  *     runs again and again, and while /api/aggregated/?via=blocking does (the
  *     views start once the countdowns have ticked twice, so every stream is open).
  *
- * Run:  npx tsx bench/fanout.ts [--n 10] [--delay 1000] [--runs 3] [--streams 200] [--seconds 20] [--interval 1000] [--json]
+ * Run:  npx tsx bench/fanout.ts [--n 10] [--delay 1000] [--runs 3] [--streams 200]
+ *                               [--seconds 20] [--interval 1000] [--json]
  *       (npm run bench runs it after the soak; npm run bench -- --fanout runs only this)
  *
  * It asserts nothing about speed; it exits 1 when a server does not start.
@@ -27,9 +28,13 @@ import {
   killEverything,
   linesMatching,
   median,
+  messageOf,
+  plural,
   startFile,
   startServer,
   stop,
+  tableHead,
+  tableRow,
   waitForLines,
   type Server,
 } from "./common.ts";
@@ -96,12 +101,13 @@ async function timeView(url: string): Promise<{ status: number; seconds: number 
   return { status: answer.status, seconds: (performance.now() - startedAt) / 1000 };
 }
 
-/** Two calls at once before any timing: every worker has booted, and the first call's one-off costs are paid. */
+/**
+ * Two calls at once before any timing: every worker has booted, and the first
+ * call's one-off costs are paid.
+ */
 async function warmUp(origin: string) {
-  await Promise.all([
-    timeView(`${origin}/api/?delay=${WARM_UP_DELAY_MS}`),
-    timeView(`${origin}/api/?delay=${WARM_UP_DELAY_MS}`),
-  ]);
+  const call = `${origin}/api/?delay=${WARM_UP_DELAY_MS}`;
+  await Promise.all([timeView(call), timeView(call)]);
 }
 
 async function latency(options: FanOutOptions): Promise<LatencyRow[]> {
@@ -114,19 +120,16 @@ async function latency(options: FanOutOptions): Promise<LatencyRow[]> {
       await between();
     }
     rows.push(row);
-    console.error(
-      `fan-out: ${label}: ${row.runs.map((r) => `${r.status} in ${r.seconds.toFixed(2)} s`).join(", ")}`,
-    );
+    const answers = row.runs.map((r) => `${r.status} in ${r.seconds.toFixed(2)} s`);
+    console.error(`fan-out: ${label}: ${answers.join(", ")}`);
   };
 
   const server = await startAsync();
   const { url } = server;
   try {
     await timeRuns("server.ts, awaited at once", `${url}/api/aggregated/?${query}`);
-    await timeRuns(
-      "server.ts, awaited one after another",
-      `${url}/api/aggregated/sequential/?${query}`,
-    );
+    const sequential = `${url}/api/aggregated/sequential/?${query}`;
+    await timeRuns("server.ts, awaited one after another", sequential);
     const viaBlocking = "server.ts, ?via=blocking (a sync sleep per call)";
     await timeRuns(viaBlocking, `${url}/api/aggregated/?${query}&via=blocking`);
   } finally {
@@ -145,19 +148,12 @@ async function latency(options: FanOutOptions): Promise<LatencyRow[]> {
     // After its 504 the worker still serves the call that timed out: wait for that,
     // so each run starts idle.
     const answered = /: answered$/;
-    const orphanServed = () =>
-      waitForLines(
-        one,
-        answered,
-        "the orphaned call",
-        linesMatching(one, answered) + 1,
-        VIEW_DEADLINE_MS,
-      );
-    await timeRuns(
-      "blocking-server.ts --workers 1",
-      `${one.url}/api/aggregated/?${query}`,
-      orphanServed,
-    );
+    const orphanServed = () => {
+      const times = linesMatching(one, answered) + 1;
+      return waitForLines(one, answered, "the orphaned call", times, VIEW_DEADLINE_MS);
+    };
+    const aggregated = `${one.url}/api/aggregated/?${query}`;
+    await timeRuns("blocking-server.ts --workers 1", aggregated, orphanServed);
   } finally {
     await stop(one);
   }
@@ -183,7 +179,8 @@ async function latenessBeside(
   ]);
   let running = true;
   client.exited.then(() => (running = false));
-  // The views start once the countdowns run, so they measure ticks on schedule, not connections waiting to be accepted.
+  // The views start once the countdowns run, so they measure ticks on schedule, not
+  // connections waiting to be accepted.
   await Promise.race([delay(RAMP_INTERVALS * options.interval), client.exited]);
   let views = 0;
   while (running && view) {
@@ -192,16 +189,12 @@ async function latenessBeside(
   }
   await client.closed;
   const report = jsonLine<ClientReport>(client, "the load client");
+  const { lateness, eventsReceived, eventsExpected } = report;
   console.error(
-    `fan-out: countdowns ${label}: lateness p99 ${report.lateness.p99} ms, max ${report.lateness.max} ms, ${views} views`,
+    `fan-out: countdowns ${label}: lateness p99 ${lateness.p99} ms, max ${lateness.max} ms, ` +
+      `${views} views`,
   );
-  return {
-    label,
-    views,
-    lateness: report.lateness,
-    eventsReceived: report.eventsReceived,
-    eventsExpected: report.eventsExpected,
-  };
+  return { label, views, lateness, eventsReceived, eventsExpected };
 }
 
 async function lateness(options: FanOutOptions): Promise<LatenessRow[]> {
@@ -233,29 +226,34 @@ export async function runFanOut(options: FanOutOptions): Promise<FanOutReport> {
 export function fanOutSection({ options, latency, lateness }: FanOutReport): string {
   const { n, delay: delayMs, runs, streams, seconds, interval } = options;
   const lines = [
-    `**Fan-out** (lesson 2): \`/api/aggregated/?n=${n}&delay=${delayMs}\`, timed from the client, median of ${runs} run${runs === 1 ? "" : "s"} (bench/fanout.ts).`,
+    `**Fan-out** (lesson 2): \`/api/aggregated/?n=${n}&delay=${delayMs}\`, timed from the ` +
+      `client, median of ${plural(runs, "run")} (bench/fanout.ts).`,
     "",
-    "| view | answer | median | every run |",
-    "|---|---|---|---|",
+    ...tableHead("view", "answer", "median", "every run"),
   ];
+  const toHundredths = (value: number) => `${value.toFixed(2)} s`;
   for (const row of latency) {
     const statuses = [...new Set(row.runs.map((run) => run.status))].join(", ");
-    lines.push(
-      `| ${row.label} | ${statuses} | **${median(row.runs.map((run) => run.seconds)).toFixed(2)} s** | ${row.runs.map((run) => `${run.seconds.toFixed(2)} s`).join(" · ")} |`,
-    );
+    const times = row.runs.map((run) => run.seconds);
+    const middle = `**${toHundredths(median(times))}**`;
+    lines.push(tableRow(row.label, statuses, middle, times.map(toHundredths).join(" · ")));
   }
   lines.push(
     "",
-    `${streams} countdowns on one server.ts (one tick every ${interval} ms for ${seconds} s), beside the view requested again and again:`,
+    `${streams} countdowns on one server.ts (one tick every ${interval} ms for ${seconds} s), ` +
+      `beside the view requested again and again:`,
     "",
-    "| countdowns | views answered meanwhile | events received / expected | tick lateness p50 · p99 · max |",
-    "|---|---|---|---|",
+    ...tableHead(
+      "countdowns",
+      "views answered meanwhile",
+      "events received / expected",
+      "tick lateness p50 · p99 · max",
+    ),
   );
   for (const row of lateness) {
     const { p50, p99, max } = row.lateness;
-    lines.push(
-      `| ${row.label} | ${row.views} | ${row.eventsReceived} / ${row.eventsExpected} | ${p50} ms · **${p99} ms** · ${max} ms |`,
-    );
+    const events = `${row.eventsReceived} / ${row.eventsExpected}`;
+    lines.push(tableRow(row.label, row.views, events, `${p50} ms · **${p99} ms** · ${max} ms`));
   }
   return lines.join("\n");
 }
@@ -304,7 +302,7 @@ if (isMain(import.meta.url)) {
     });
     console.log(flags.json ? JSON.stringify(report) : fanOutSection(report));
   } catch (error) {
-    console.error(`fan-out: ${error instanceof Error ? error.message : String(error)}`);
+    console.error(`fan-out: ${messageOf(error)}`);
     process.exitCode = 1;
   } finally {
     killEverything();

@@ -41,7 +41,7 @@ import {
   kb,
   killEverything,
   mbFromKB,
-  mean,
+  messageOf,
   ms,
   percentiles,
   ROOT,
@@ -49,6 +49,8 @@ import {
   startServer,
   stop,
   sum,
+  tableHead,
+  tableRow,
   track,
   TSX,
   waitForLines,
@@ -60,6 +62,8 @@ import {
 // and the two-process figures compare.
 import {
   BETWEEN_POSTS_MS,
+  deliveryCells,
+  deliveryOf,
   DELIVERY_DEADLINE_MS,
   OPENING_AT_ONCE,
   openStreams,
@@ -73,11 +77,13 @@ import {
 
 const HELP = `Usage: npx tsx bench/processes.ts [flags]
 
-  --subscribers N  Opens this many room streams, and then as many countdown streams, over two workers (default 20000).
+  --subscribers N  Opens this many room streams, and then as many countdown streams, over two
+                   workers (default 20000).
   --posts P        POSTs this many messages to the room, a second apart (default 5).
   --seconds S      Makes each countdown last this long (default 20).
   --interval MS    One tick every MS milliseconds (default 1000).
-  --database URL   A PostgreSQL where this user may create a database (default: env TEST_DATABASE_URL).
+  --database URL   A PostgreSQL where this user may create a database
+                   (default: env TEST_DATABASE_URL).
   --json           Prints the report as one line of JSON.`;
 
 export interface ProcessesOptions {
@@ -106,7 +112,7 @@ type ClientRequest =
   | { kind: "close room" }
   | { kind: "countdowns"; options: ClientOptions };
 
-/** What a load client found about one POST: each subscriber's delay after the 201, by the pid serving it. */
+/** What a load client found about one POST: each subscriber's delay after the 201, by pid. */
 interface Arrivals {
   delaysByPid: Record<number, number[]>;
   lost: number;
@@ -126,35 +132,26 @@ function serveParent() {
       case "open room": {
         streams = await openStreams(request.url, request.count, request.firstIndex);
         // A presence event names the worker: the stream is in that worker's room.
-        await waitUntil(
-          "every room stream to be told its worker",
-          () => streams.every((s) => s.failed || s.pid > 0),
-          60_000 + request.count * 5,
-        );
+        const told = () => streams.every((s) => s.failed || s.pid > 0);
+        const patience = 60_000 + request.count * 5;
+        await waitUntil("every room stream to be told its worker", told, patience);
         const byPid: Record<number, number> = {};
         for (const stream of live()) byPid[stream.pid] = (byPid[stream.pid] ?? 0) + 1;
-        return {
-          opened: live().length,
-          failed: streams.length - live().length,
-          byPid,
-        } satisfies Opened;
+        const opened = live().length;
+        return { opened, failed: streams.length - opened, byPid } satisfies Opened;
       }
       case "wait for": {
-        await waitUntil(
-          `message ${request.id}`,
-          () => live().every((s) => s.arrivals.has(request.id)),
-          DELIVERY_DEADLINE_MS,
-        ).catch(() => {});
+        const { id, postedAt } = request;
+        const everyone = () => live().every((s) => s.arrivals.has(id));
+        // Past the deadline, the subscribers still without it count as lost.
+        await waitUntil(`message ${id}`, everyone, DELIVERY_DEADLINE_MS).catch(() => {});
         const delaysByPid: Record<number, number[]> = {};
-        for (const stream of live().filter((s) => s.arrivals.has(request.id))) {
-          (delaysByPid[stream.pid] ??= []).push(
-            performance.timeOrigin + stream.arrivals.get(request.id)! - request.postedAt,
-          );
+        for (const stream of live().filter((s) => s.arrivals.has(id))) {
+          const arrivedAt = performance.timeOrigin + stream.arrivals.get(id)!;
+          (delaysByPid[stream.pid] ??= []).push(arrivedAt - postedAt);
         }
-        return {
-          delaysByPid,
-          lost: live().filter((s) => !s.arrivals.has(request.id)).length,
-        } satisfies Arrivals;
+        const lost = live().filter((s) => !s.arrivals.has(id)).length;
+        return { delaysByPid, lost } satisfies Arrivals;
       }
       case "close room": {
         const duplicates = sum(streams.map((stream) => stream.duplicates));
@@ -193,11 +190,8 @@ async function interrupted(signal: string) {
 
 function startLoadClient(): ChildProcess {
   const stdio = ["ignore", "inherit", "inherit", "ipc"] as const;
-  const child = fork(fileURLToPath(import.meta.url), ["--client"], {
-    cwd: ROOT,
-    execArgv: TSX,
-    stdio: [...stdio],
-  });
+  const options = { cwd: ROOT, execArgv: TSX, stdio: [...stdio] };
+  const child = fork(fileURLToPath(import.meta.url), ["--client"], options);
   track(child);
   return child;
 }
@@ -223,19 +217,15 @@ const SERVING = /primary: worker (\d+) is serving/;
 /** `server.ts --workers 2`; ready once every worker says it serves. */
 async function startWorkers(databaseUrl?: string): Promise<Workers> {
   const database = databaseUrl ? ["--database", databaseUrl] : [];
-  const server = await startServer("server.ts", [
-    "--workers",
-    String(WORKERS),
-    "--quiet",
-    ...database,
-  ]);
+  const args = ["--workers", String(WORKERS), "--quiet", ...database];
+  const server = await startServer("server.ts", args);
   await waitForLines(server, SERVING, `server.ts --workers ${WORKERS}`, WORKERS);
   const lines = server.output().split("\n");
   const workers = lines.flatMap((line) => SERVING.exec(line)?.[1] ?? []).map(Number);
   return Object.assign(server, { workers });
 }
 
-/** SIGTERM to the primary, which stops its workers; SIGKILL to all of them if that takes too long. */
+/** SIGTERM to the primary, which stops its workers; SIGKILL to them all if that takes too long. */
 async function stopWorkers(server: Workers) {
   await stop(server);
   for (const pid of server.workers) {
@@ -284,14 +274,16 @@ const halves = (total: number) =>
 
 function sumByPid(parts: Record<number, number>[]): Record<number, number> {
   const total: Record<number, number> = {};
-  for (const part of parts)
+  for (const part of parts) {
     for (const [pid, n] of Object.entries(part)) total[Number(pid)] = (total[Number(pid)] ?? 0) + n;
+  }
   return total;
 }
 
 /**
- * One POST's delivery, from the 201 (an arrival before the bench read the 201 counts 0) and,
- * as an upper bound, from the moment the bench sent the POST: the 201 comes late when the bench waits for a core.
+ * One POST's delivery, from the 201 (an arrival before the bench read the 201
+ * counts 0) and, as an upper bound, from the moment the bench sent the POST:
+ * the 201 comes late when the bench waits for a core.
  */
 interface PostDelivery extends Delivery {
   p99ByPid: Record<number, number>;
@@ -302,7 +294,8 @@ interface PostDelivery extends Delivery {
 async function roomAcross(options: ProcessesOptions, databaseUrl: string, clients: ChildProcess[]) {
   const server = await startWorkers(databaseUrl);
   try {
-    // One message first, so that neither this process's fetch nor the workers' first INSERT is timed cold.
+    // One message first, so that neither this process's fetch nor the workers' first
+    // INSERT is timed cold.
     await post(server.url, "warming up");
     await delay(SETTLE_MS);
     const idleKB = workersRssKB(server);
@@ -331,29 +324,19 @@ async function roomAcross(options: ProcessesOptions, databaseUrl: string, client
         clients.map((client) => ask<Arrivals>(client, { kind: "wait for", id, postedAt })),
       );
       const delaysByPid: Record<number, number[]> = {};
-      for (const part of arrivals)
-        for (const [pid, delays] of Object.entries(part.delaysByPid))
+      for (const part of arrivals) {
+        for (const [pid, delays] of Object.entries(part.delaysByPid)) {
           (delaysByPid[Number(pid)] ??= []).push(...delays);
-      const times = Object.values(delaysByPid).flat();
-      const fromThe201 = times.map((t) => Math.max(0, t));
+        }
+      }
+      const delays = Object.values(delaysByPid).flat();
+      const p99Of = (times: number[]) => percentiles(times.map((t) => Math.max(0, t))).p99;
       const p99ByPid = Object.fromEntries(
-        Object.entries(delaysByPid).map(([pid, delays]) => [
-          pid,
-          percentiles(delays.map((t) => Math.max(0, t))).p99,
-        ]),
+        Object.entries(delaysByPid).map(([pid, times]) => [pid, p99Of(times)]),
       );
-      const fromTheRequest = percentiles(times.map((t) => t + at - sentAt));
-      deliveries.push({
-        id,
-        delivered: times.length,
-        lost: live - times.length,
-        beforeThe201: times.filter((t) => t < 0).length,
-        mean: mean(fromThe201),
-        ...percentiles(fromThe201),
-        p99ByPid,
-        roundTrip: at - sentAt,
-        fromTheRequest,
-      });
+      const fromTheRequest = percentiles(delays.map((t) => t + at - sentAt));
+      const roundTrip = at - sentAt;
+      deliveries.push({ ...deliveryOf(id, delays, live), p99ByPid, roundTrip, fromTheRequest });
       await delay(BETWEEN_POSTS_MS);
     }
     const closed = await Promise.all(
@@ -383,10 +366,8 @@ async function countdownsAcross(options: ProcessesOptions, clients: ChildProcess
     await delay(SETTLE_MS);
     const idleByWorker = server.workers.map(rssKB);
     const samples: { at: number; byWorker: number[] }[] = [];
-    const sampler = setInterval(
-      () => samples.push({ at: Date.now(), byWorker: server.workers.map(rssKB) }),
-      SAMPLE_EVERY_MS,
-    );
+    const read = () => samples.push({ at: Date.now(), byWorker: server.workers.map(rssKB) });
+    const sampler = setInterval(read, SAMPLE_EVERY_MS);
     let reports: ClientReport[];
     try {
       const sizes = halves(options.subscribers);
@@ -408,7 +389,8 @@ async function countdownsAcross(options: ProcessesOptions, clients: ChildProcess
     } finally {
       clearInterval(sampler);
     }
-    // The peak while both load clients had their most streams live together; else the peak of the run.
+    // The peak while both load clients had their most streams live together; else the
+    // peak of the run.
     const from = Math.max(...reports.map((r) => r.plateau?.from ?? 0));
     const to = Math.min(...reports.map((r) => r.plateau?.to ?? Infinity));
     const during = samples.filter((s) => s.at >= from && s.at <= to);
@@ -452,13 +434,13 @@ export async function runProcessesBench(options: ProcessesOptions, adminUrl: str
       const database = await freshDatabase(adminUrl);
       dropDatabase = database.drop;
       try {
+        const over = `over ${WORKERS} workers and PostgreSQL`;
         console.error(
-          `processes: ${options.subscribers} room subscribers over ${WORKERS} workers and PostgreSQL, ${options.posts} POSTs`,
+          `processes: ${options.subscribers} room subscribers ${over}, ${options.posts} POSTs`,
         );
         room = await roomAcross(options, database.url, clients);
-        console.error(
-          `processes: delivery p99 ${room.deliveries.map((d) => ms(d.p99)).join(", ")}`,
-        );
+        const p99s = room.deliveries.map((d) => ms(d.p99)).join(", ");
+        console.error(`processes: delivery p99 ${p99s}`);
       } finally {
         dropDatabase = undefined;
         await database.drop();
@@ -470,9 +452,8 @@ export async function runProcessesBench(options: ProcessesOptions, adminUrl: str
     }
     console.error(`processes: ${options.subscribers} countdown streams over ${WORKERS} workers`);
     const countdowns = await countdownsAcross(options, clients);
-    console.error(
-      `processes: ${kb(countdowns.perStreamKB)} per countdown stream, ${countdowns.lost} events lost`,
-    );
+    const perStream = kb(countdowns.perStreamKB);
+    console.error(`processes: ${perStream} per countdown stream, ${countdowns.lost} events lost`);
     return { options, room, roomSkipped, countdowns };
   } finally {
     for (const client of clients) client.disconnect();
@@ -489,47 +470,86 @@ export function processesBroken({ room, countdowns }: ProcessesReport): boolean 
 // ─── The report ──────────────────────────────────────────────────────────────
 
 function roomLines(room: NonNullable<ProcessesReport["room"]>): string[] {
-  const split = room.workers
-    .map((pid) => `${count(room.byPid[pid] ?? 0)} on pid ${pid}`)
-    .join(", ");
+  const onPid = (pid: number) => `${count(room.byPid[pid] ?? 0)} on pid ${pid}`;
+  const split = room.workers.map(onPid).join(", ");
   const worstP99 = Math.max(...room.deliveries.map((d) => d.p99));
   const lost = sum(room.deliveries.map((d) => d.lost));
-  const perWorker = (d: (typeof room.deliveries)[number]) =>
+  const perWorker = (d: PostDelivery) =>
     room.workers.map((pid) => ms(d.p99ByPid[pid] ?? NaN)).join(" · ");
+  const posts = room.deliveries.length;
+  const posted = posts === 1 ? "one POST" : `${posts} POSTs a second apart`;
   return [
-    `Room: ${count(room.live)} subscribers (${split}, as their presence events said; ${room.failed} failed to open), ${room.deliveries.length === 1 ? "one POST" : `${room.deliveries.length} POSTs a second apart`}. Delivery runs from the 201 the bench read to each subscriber's arrival, on one clock for all three processes (an arrival before the bench read the 201 counts 0); from sending the POST, it includes the POST's round trip, an upper bound.`,
+    `Room: ${count(room.live)} subscribers (${split}, as their presence events said; ` +
+      `${room.failed} failed to open), ${posted}. ` +
+      `Delivery runs from the 201 the bench read to each subscriber's arrival, on one clock for ` +
+      `all three processes (an arrival before the bench read the 201 counts 0); from sending ` +
+      `the POST, it includes the POST's round trip, an upper bound.`,
     ``,
-    `| POST | delivered | lost | had it before the 201 | from the 201: p50 | p99 | max | p99 per worker | POST round trip | from sending the POST: p99 · max |`,
-    `|---|---|---|---|---|---|---|---|---|---|`,
-    ...room.deliveries.map(
-      (d) =>
-        `| message ${d.id} | ${count(d.delivered)} of ${count(d.delivered + d.lost)} | ${d.lost} | ${count(d.beforeThe201)} | ${ms(d.p50)} | ${ms(d.p99)} | ${ms(d.max)} | ${perWorker(d)} | ${ms(d.roundTrip)} | ${ms(d.fromTheRequest.p99)} · ${ms(d.fromTheRequest.max)} |`,
+    ...tableHead(
+      "POST",
+      "delivered",
+      "lost",
+      "had it before the 201",
+      "from the 201: p50",
+      "p99",
+      "max",
+      "p99 per worker",
+      "POST round trip",
+      "from sending the POST: p99 · max",
+    ),
+    ...room.deliveries.map((d) =>
+      tableRow(
+        ...deliveryCells(d),
+        perWorker(d),
+        ms(d.roundTrip),
+        `${ms(d.fromTheRequest.p99)} · ${ms(d.fromTheRequest.max)}`,
+      ),
     ),
     ``,
-    `Workers' RSS ${mbFromKB(room.idleKB)} → ${mbFromKB(room.loadedKB)} with every subscriber open: ${kb(room.perSubscriberKB)} per subscriber. ` +
-      `Against the target (p99 at most 200 ms, nothing lost): worst p99 ${ms(worstP99)} ${worstP99 <= 200 ? "meets it" : "misses it"}; ${lost} lost, ${room.duplicates} duplicated.`,
+    `Workers' RSS ${mbFromKB(room.idleKB)} → ${mbFromKB(room.loadedKB)} with every subscriber ` +
+      `open: ${kb(room.perSubscriberKB)} per subscriber. ` +
+      `Against the target (p99 at most 200 ms, nothing lost): worst p99 ${ms(worstP99)} ` +
+      `${worstP99 <= 200 ? "meets it" : "misses it"}; ${lost} lost, ${room.duplicates} duplicated.`,
   ];
 }
 
 export function processesSection(report: ProcessesReport): string {
-  const { countdowns: c } = report;
+  const { countdowns: c, options } = report;
   const workerRss = c.workers
     .map((pid, k) => `pid ${pid} ${mbFromKB(c.idleByWorker[k]!)} → ${mbFromKB(c.peakByWorker[k]!)}`)
     .join(", ");
+  const countdowns = `${options.seconds} s, one tick every ${options.interval} ms`;
   return [
     `### Lesson 3: several processes, one room (bench/processes.ts)`,
     ``,
-    `\`server.ts --workers ${WORKERS}\`, driven by two load-client processes, each opening half the streams.`,
+    `\`server.ts --workers ${WORKERS}\`, driven by two load-client processes, ` +
+      `each opening half the streams.`,
     ``,
     ...(report.room
       ? roomLines(report.room)
       : [`Room across processes: left out, ${report.roomSkipped}.`]),
     ``,
-    `| ${count(c.streams)} countdowns (${report.options.seconds} s, one tick every ${report.options.interval} ms), no database | live at once | events received / expected | lost · dup · malformed | tick lateness p99 (worst client) | workers' RSS idle → peak | per stream |`,
-    `|---|---|---|---|---|---|---|`,
-    `| **--workers ${WORKERS}** | ${count(c.live)} of ${count(c.streams)} | ${count(c.eventsReceived)} / ${count(c.eventsExpected)} | ${c.lost} · ${c.duplicated} · ${c.malformed} | ${ms(c.latenessP99)} | ${workerRss} | **${kb(c.perStreamKB)}** |`,
+    ...tableHead(
+      `${count(c.streams)} countdowns (${countdowns}), no database`,
+      "live at once",
+      "events received / expected",
+      "lost · dup · malformed",
+      "tick lateness p99 (worst client)",
+      "workers' RSS idle → peak",
+      "per stream",
+    ),
+    tableRow(
+      `**--workers ${WORKERS}**`,
+      `${count(c.live)} of ${count(c.streams)}`,
+      `${count(c.eventsReceived)} / ${count(c.eventsExpected)}`,
+      `${c.lost} · ${c.duplicated} · ${c.malformed}`,
+      ms(c.latenessP99),
+      workerRss,
+      `**${kb(c.perStreamKB)}**`,
+    ),
     ``,
-    `Per stream = (both workers' RSS at their highest while every stream was live - their RSS idle) / streams live at once.`,
+    `Per stream = (both workers' RSS at their highest while every stream was live - ` +
+      `their RSS idle) / streams live at once.`,
   ].join("\n");
 }
 
@@ -575,7 +595,7 @@ async function main() {
     console.log(flags.json ? JSON.stringify(report) : processesSection(report));
     process.exitCode = processesBroken(report) ? 1 : 0;
   } catch (error) {
-    console.error(`bench/processes.ts: ${error instanceof Error ? error.message : String(error)}`);
+    console.error(`bench/processes.ts: ${messageOf(error)}`);
     process.exitCode = 1;
   }
 }

@@ -29,7 +29,7 @@ const streams = new Set<ServerResponse>();
 let lastId = 0;
 let presenceTimer: NodeJS.Timeout | undefined;
 
-/** The head count, coalesced as server.ts does it, so the load client knows when every stream is in. */
+/** The head count, coalesced as the room does it, so the load client knows when everyone is in. */
 function tellPresence() {
   presenceTimer = undefined;
   for (const res of streams) res.write(presenceEvent(streams.size));

@@ -44,6 +44,9 @@ import {
   SseReader,
   startServer,
   stop,
+  sum,
+  tableHead,
+  tableRow,
   waitUntil,
   type Percentiles,
   type Server,
@@ -53,7 +56,8 @@ import {
 
 const HELP = `Usage: npx tsx bench/room.ts [flags]
 
-  --subscribers N   Opens this many room streams, and as many countdown streams for reference (default 10000).
+  --subscribers N   Opens this many room streams, and as many countdown streams for
+                    reference (default 10000).
   --posts P         POSTs this many messages to the room, a second apart (default 5).
   --poll S          Each polling tab asks every S seconds, as /room/?poll=S does (default 5).
   --poll-seconds T  Polls for this long (default 30).
@@ -73,7 +77,7 @@ export const SETTLE_MS = 2000;
 /** How long a POST's message may take to reach every subscriber before the rest count as lost. */
 export const DELIVERY_DEADLINE_MS = 30_000;
 export const BETWEEN_POSTS_MS = 1000;
-/** How long the room sits quiet, every stream open and nothing posted, while the server's CPU is read. */
+/** How long the room sits quiet (all streams open, nothing posted) while its CPU is read. */
 const QUIET_WINDOW_MS = 5000;
 
 // ─── The server ──────────────────────────────────────────────────────────────
@@ -92,7 +96,7 @@ interface Presence {
   pid: number;
 }
 
-/** One open SSE stream: when each message id arrived, and the last head count it was told, by which process. */
+/** One open SSE stream: when each message arrived, the last head count it was told, and by whom. */
 export class Stream {
   req?: http.ClientRequest;
   arrivals = new Map<number, number>();
@@ -100,7 +104,7 @@ export class Stream {
   /** Messages of any kind read so far. */
   events = 0;
   tabs = 0;
-  /** The pid of the process serving this stream, from its presence events (bench/processes.ts counts them). */
+  /** The pid serving this stream, from its presence events (bench/processes.ts counts them). */
   pid = 0;
   failed = false;
   private reader = new SseReader();
@@ -136,7 +140,10 @@ export class Stream {
   }
 }
 
-/** Opens `count` streams, at most OPENING_AT_ONCE waiting for headers at a time; the first takes source address `firstIndex`. */
+/**
+ * Opens `count` streams, at most OPENING_AT_ONCE waiting for headers at a time;
+ * the first takes source address `firstIndex`.
+ */
 export async function openStreams(url: string, count: number, firstIndex = 0): Promise<Stream[]> {
   const streams: Stream[] = [];
   let waiting = 0;
@@ -157,8 +164,9 @@ export async function post(url: string, text: string): Promise<{ id: number; at:
     body: JSON.stringify({ name: "bench", text }),
   });
   const at = performance.now();
-  if (answer.status !== 201)
+  if (answer.status !== 201) {
     throw new Error(`POST answered ${answer.status}: ${await answer.text()}`);
+  }
   return { id: ((await answer.json()) as { id: number }).id, at };
 }
 
@@ -181,23 +189,16 @@ async function memoryPerStream(
   return { streams, idleKB, loadedKB, perStreamKB: (loadedKB - idleKB) / (count - failed), failed };
 }
 
+/** A countdown that sits between ticks, as a room stream sits between messages. */
+const SLOW_COUNTDOWN = "/sse/?from=1000&interval=60000";
+
 async function countdownReference(count: number) {
   const server = await startQuiet("server.ts");
   try {
-    // A long interval: the streams sit between ticks, as room streams sit between messages.
-    const measured = await memoryPerStream(
-      server,
-      "/sse/?from=1000&interval=60000",
-      count,
-      (streams) => streams.every((s) => s.failed || s.events > 0),
-    );
-    for (const stream of measured.streams) stream.close();
-    return {
-      idleKB: measured.idleKB,
-      loadedKB: measured.loadedKB,
-      perStreamKB: measured.perStreamKB,
-      failed: measured.failed,
-    };
+    const ticked = (streams: Stream[]) => streams.every((s) => s.failed || s.events > 0);
+    const { streams, ...measured } = await memoryPerStream(server, SLOW_COUNTDOWN, count, ticked);
+    for (const stream of streams) stream.close();
+    return measured;
   } finally {
     await stopNow(server);
   }
@@ -214,55 +215,45 @@ export interface Delivery extends Percentiles {
   mean: number;
 }
 
+/** One POST's delivery, from each subscriber's delay after the 201 (below 0: before it). */
+export function deliveryOf(id: number, delays: number[], subscribers: number): Delivery {
+  const fromThe201 = delays.map((t) => Math.max(0, t));
+  const beforeThe201 = delays.filter((t) => t < 0).length;
+  const delivered = delays.length;
+  const lost = subscribers - delivered;
+  return { id, delivered, lost, beforeThe201, mean: mean(fromThe201), ...percentiles(fromThe201) };
+}
+
 async function push(options: RoomBenchOptions, file: string) {
   const server = await startQuiet(file);
   try {
     const count = options.subscribers;
-    const measured = await memoryPerStream(server, "/room/stream", count, (streams) =>
-      streams.every((s) => s.failed || s.tabs === count),
-    );
-    const live = measured.streams.filter((stream) => !stream.failed);
-    const quietCpuBefore = cpuSeconds(server.child.pid!);
+    const everyoneIn = (streams: Stream[]) => streams.every((s) => s.failed || s.tabs === count);
+    const opened = await memoryPerStream(server, "/room/stream", count, everyoneIn);
+    const { streams, ...measured } = opened;
+    const live = streams.filter((stream) => !stream.failed);
+    const pid = server.child.pid!;
+    const quietCpuBefore = cpuSeconds(pid);
     await delay(QUIET_WINDOW_MS);
-    const quietCpuPercent =
-      ((cpuSeconds(server.child.pid!) - quietCpuBefore) / (QUIET_WINDOW_MS / 1000)) * 100;
-    const cpuBefore = cpuSeconds(server.child.pid!);
+    const quietCpuPercent = ((cpuSeconds(pid) - quietCpuBefore) / (QUIET_WINDOW_MS / 1000)) * 100;
+    const cpuBefore = cpuSeconds(pid);
     const startedAt = performance.now();
     const deliveries: Delivery[] = [];
     for (let k = 0; k < options.posts; k++) {
       const { id, at } = await post(server.url, `message ${k + 1}`);
-      await waitUntil(
-        `message ${id} to reach every subscriber`,
-        () => live.every((s) => s.arrivals.has(id)),
-        DELIVERY_DEADLINE_MS,
-      ).catch(() => {});
-      const times = live.filter((s) => s.arrivals.has(id)).map((s) => s.arrivals.get(id)! - at);
-      const fromThe201 = times.map((t) => Math.max(0, t));
-      deliveries.push({
-        id,
-        delivered: times.length,
-        lost: live.length - times.length,
-        beforeThe201: times.filter((t) => t < 0).length,
-        mean: mean(fromThe201),
-        ...percentiles(fromThe201),
-      });
+      const everyone = () => live.every((s) => s.arrivals.has(id));
+      // Past the deadline, the subscribers still without it count as lost.
+      const what = `message ${id} to reach every subscriber`;
+      await waitUntil(what, everyone, DELIVERY_DEADLINE_MS).catch(() => {});
+      const delays = live.filter((s) => s.arrivals.has(id)).map((s) => s.arrivals.get(id)! - at);
+      deliveries.push(deliveryOf(id, delays, live.length));
       await delay(BETWEEN_POSTS_MS);
     }
     const windowSeconds = (performance.now() - startedAt) / 1000;
-    const cpuPercent = ((cpuSeconds(server.child.pid!) - cpuBefore) / windowSeconds) * 100;
-    const duplicates = live.reduce((sum, stream) => sum + stream.duplicates, 0);
-    for (const stream of measured.streams) stream.close();
-    return {
-      idleKB: measured.idleKB,
-      loadedKB: measured.loadedKB,
-      perStreamKB: measured.perStreamKB,
-      failed: measured.failed,
-      deliveries,
-      duplicates,
-      quietCpuPercent,
-      cpuPercent,
-      windowSeconds,
-    };
+    const cpuPercent = ((cpuSeconds(pid) - cpuBefore) / windowSeconds) * 100;
+    const duplicates = sum(live.map((stream) => stream.duplicates));
+    for (const stream of streams) stream.close();
+    return { ...measured, deliveries, duplicates, quietCpuPercent, cpuPercent, windowSeconds };
   } finally {
     await stopNow(server);
   }
@@ -281,11 +272,8 @@ class Poller {
   private stopped = false;
 
   constructor(index: number) {
-    this.agent = new http.Agent({
-      keepAlive: true,
-      maxSockets: 1,
-      localAddress: sourceAddress(index),
-    } as http.AgentOptions);
+    const options = { keepAlive: true, maxSockets: 1, localAddress: sourceAddress(index) };
+    this.agent = new http.Agent(options as http.AgentOptions);
   }
 
   async run(url: string, periodMs: number, offsetMs: number, watched: () => number) {
@@ -299,24 +287,22 @@ class Poller {
 
   private ask(url: string, watched: () => number): Promise<void> {
     return new Promise((resolve) => {
-      const req = http.get(
-        `${url}/room/messages?after=${this.lastId}`,
-        { agent: this.agent },
-        (res) => {
-          let body = "";
-          res.setEncoding("utf8").on("data", (text: string) => (body += text));
-          res.on("end", () => {
-            this.answers++;
-            const list = JSON.parse(body) as { id: number }[];
-            // Read the watched id now, not when asking: the POST may land while this request is on its way.
-            const watchedId = watched();
-            if (watchedId && !this.gotWatchedAt && list.some((message) => message.id === watchedId))
-              this.gotWatchedAt = performance.now();
-            this.lastId = list.at(-1)?.id ?? this.lastId;
-            resolve();
-          });
-        },
-      );
+      const asking = `${url}/room/messages?after=${this.lastId}`;
+      const req = http.get(asking, { agent: this.agent }, (res) => {
+        let body = "";
+        res.setEncoding("utf8").on("data", (text: string) => (body += text));
+        res.on("end", () => {
+          this.answers++;
+          const list = JSON.parse(body) as { id: number }[];
+          // Read the watched id now, not when asking: the POST may land while this
+          // request is on its way.
+          const watchedId = watched();
+          const gotIt = watchedId && list.some((message) => message.id === watchedId);
+          if (gotIt && !this.gotWatchedAt) this.gotWatchedAt = performance.now();
+          this.lastId = list.at(-1)?.id ?? this.lastId;
+          resolve();
+        });
+      });
       req.on("error", () => {
         if (!this.stopped) this.errors++; // a request cut by stop() is not the server's error
         resolve();
@@ -371,65 +357,119 @@ async function poll(options: RoomBenchOptions) {
 export type RoomReport = Awaited<ReturnType<typeof runRoomBench>>;
 
 export async function runRoomBench(options: RoomBenchOptions) {
-  console.error(`room: ${options.subscribers} countdown streams for reference`);
-  const reference = await countdownReference(options.subscribers);
-  console.error(
-    `room: ${options.subscribers} streams on the floor (bench/room-floor.ts), ${options.posts} POSTs`,
-  );
+  const { subscribers, posts } = options;
+  const p99s = (deliveries: Delivery[]) => deliveries.map((d) => ms(d.p99)).join(", ");
+  console.error(`room: ${subscribers} countdown streams for reference`);
+  const reference = await countdownReference(subscribers);
+  console.error(`room: ${subscribers} streams on the floor (bench/room-floor.ts), ${posts} POSTs`);
   const floor = await push(options, "bench/room-floor.ts");
-  console.error(
-    `room: floor delivery p99 ${floor.deliveries.map((delivery) => ms(delivery.p99)).join(", ")}`,
-  );
-  console.error(`room: ${options.subscribers} room subscribers, ${options.posts} POSTs`);
+  console.error(`room: floor delivery p99 ${p99s(floor.deliveries)}`);
+  console.error(`room: ${subscribers} room subscribers, ${posts} POSTs`);
   const pushed = await push(options, "server.ts");
-  const p99s = pushed.deliveries.map((delivery) => ms(delivery.p99)).join(", ");
   console.error(
-    `room: delivery p99 ${p99s}; ${kb(pushed.perStreamKB)} per subscriber, ${kb(reference.perStreamKB)} per countdown stream`,
+    `room: delivery p99 ${p99s(pushed.deliveries)}; ${kb(pushed.perStreamKB)} per subscriber, ` +
+      `${kb(reference.perStreamKB)} per countdown stream`,
   );
-  console.error(
-    `room: ${options.subscribers} tabs polling every ${options.poll} s for ${options.pollSeconds} s`,
-  );
+  const { poll: period, pollSeconds } = options;
+  console.error(`room: ${subscribers} tabs polling every ${period} s for ${pollSeconds} s`);
   const polled = await poll(options);
   return { options, reference, floor, pushed, polled };
 }
+
+/** One POST's cells in a table: which message, how many had it, and when. */
+export const deliveryCells = (d: Delivery) => [
+  `message ${d.id}`,
+  `${count(d.delivered)} of ${count(d.delivered + d.lost)}`,
+  d.lost,
+  count(d.beforeThe201),
+  ms(d.p50),
+  ms(d.p99),
+  ms(d.max),
+];
+
+const deliveryRow = (server: string, d: Delivery) => tableRow(server, ...deliveryCells(d));
+
+const P50_P99_MAX = ["p50", "p99", "max"];
+const meetsIt = (ok: boolean) => (ok ? "meets it" : "misses it");
 
 export function roomSection({ options, reference, floor, pushed, polled }: RoomReport): string {
   const ratio = pushed.perStreamKB / reference.perStreamKB;
   const worstP99 = Math.max(...pushed.deliveries.map((d) => d.p99));
   const floorP99 = Math.max(...floor.deliveries.map((d) => d.p99));
-  const lost = pushed.deliveries.reduce((sum, d) => sum + d.lost, 0);
+  const lost = sum(pushed.deliveries.map((d) => d.lost));
+  const memory = (streams: string, of: typeof reference, times: string) =>
+    tableRow(
+      streams,
+      of.failed,
+      `${mbFromKB(of.idleKB)} → ${mbFromKB(of.loadedKB)}`,
+      kb(of.perStreamKB),
+      times,
+    );
+  const posting = `${options.posts} POSTs in ${pushed.windowSeconds.toFixed(0)} s`;
   return [
     `### Lesson 3: the room (bench/room.ts)`,
     ``,
-    `Push: ${count(options.subscribers)} room streams on one process, then ${options.posts} POSTs a second apart, first on the floor (bench/room-floor.ts: one loop of writes, no hub, no generator), then on server.ts. Delivery is the time from the 201 (as this load client read it) until a subscriber had the message.`,
+    `Push: ${count(options.subscribers)} room streams on one process, ` +
+      `then ${options.posts} POSTs ` +
+      `a second apart, first on the floor (bench/room-floor.ts: one loop of writes, no hub, ` +
+      `no generator), then on server.ts. Delivery is the time from the 201 (as this load client ` +
+      `read it) until a subscriber had the message.`,
     ``,
-    `| server | POST | delivered | lost | had it before the 201 | p50 | p99 | max |`,
-    `|---|---|---|---|---|---|---|---|`,
-    ...floor.deliveries.map(
-      (d) =>
-        `| floor | message ${d.id} | ${count(d.delivered)} of ${count(d.delivered + d.lost)} | ${d.lost} | ${count(d.beforeThe201)} | ${ms(d.p50)} | ${ms(d.p99)} | ${ms(d.max)} |`,
+    ...tableHead("server", "POST", "delivered", "lost", "had it before the 201", ...P50_P99_MAX),
+    ...floor.deliveries.map((d) => deliveryRow("floor", d)),
+    ...pushed.deliveries.map((d) => deliveryRow("**server.ts**", d)),
+    ``,
+    ...tableHead(
+      "streams",
+      "failed to open",
+      "RSS idle → all open",
+      "per stream",
+      "× a countdown stream",
     ),
-    ...pushed.deliveries.map(
-      (d) =>
-        `| **server.ts** | message ${d.id} | ${count(d.delivered)} of ${count(d.delivered + d.lost)} | ${d.lost} | ${count(d.beforeThe201)} | ${ms(d.p50)} | ${ms(d.p99)} | ${ms(d.max)} |`,
+    memory("countdown (between ticks)", reference, "1×"),
+    memory("room subscriber", pushed, `${ratio.toFixed(2)}×`),
+    ``,
+    `Against the target (p99 at most 100 ms after the 201, at most 1.5× a countdown stream's ` +
+      `memory): worst p99 ${ms(worstP99)} ${meetsIt(worstP99 <= 100)} (the floor's worst, in the ` +
+      `same run: ${ms(floorP99)}); memory ${ratio.toFixed(2)}× ${meetsIt(ratio <= 1.5)}; ` +
+      `${lost} lost, ${pushed.duplicates} duplicated.`,
+    ``,
+    ...tableHead(
+      `${count(options.subscribers)} tabs`,
+      "requests answered per second",
+      "server CPU (% of one core)",
+      "delay from the 201 to the tab: mean · p99",
+      "tabs that got it",
+      "errors",
     ),
-    ``,
-    `| streams | failed to open | RSS idle → all open | per stream | × a countdown stream |`,
-    `|---|---|---|---|---|`,
-    `| countdown (between ticks) | ${reference.failed} | ${mbFromKB(reference.idleKB)} → ${mbFromKB(reference.loadedKB)} | ${kb(reference.perStreamKB)} | 1× |`,
-    `| room subscriber | ${pushed.failed} | ${mbFromKB(pushed.idleKB)} → ${mbFromKB(pushed.loadedKB)} | ${kb(pushed.perStreamKB)} | ${ratio.toFixed(2)}× |`,
-    ``,
-    `Against the target (p99 at most 100 ms after the 201, at most 1.5× a countdown stream's memory): worst p99 ${ms(worstP99)} ${worstP99 <= 100 ? "meets it" : "misses it"} (the floor's worst, in the same run: ${ms(floorP99)}); memory ${ratio.toFixed(2)}× ${ratio <= 1.5 ? "meets it" : "misses it"}; ${lost} lost, ${pushed.duplicates} duplicated.`,
-    ``,
-    `| ${count(options.subscribers)} tabs | requests answered per second | server CPU (% of one core) | delay from the 201 to the tab: mean · p99 | tabs that got it | errors |`,
-    `|---|---|---|---|---|---|`,
-    `| push, a quiet room (one stream each, nothing posted for ${QUIET_WINDOW_MS / 1000} s) | 0 | ${pushed.quietCpuPercent.toFixed(0)}% | (nothing to deliver) | | ${pushed.failed} |`,
-    `| push, a busy room (one stream each, ${options.posts} POSTs in ${pushed.windowSeconds.toFixed(0)} s) | ${(options.posts / pushed.windowSeconds).toFixed(1)} (the POSTs) | ${pushed.cpuPercent.toFixed(0)}% | ${ms(mean(pushed.deliveries.map((d) => d.mean)))} · ${ms(worstP99)} (worst POST) | ${count(pushed.deliveries[0]?.delivered ?? 0)} | ${pushed.failed} |`,
-    `| poll every ${options.poll} s (${polled.seconds.toFixed(0)} s, one POST halfway) | ${polled.requestsPerSecond.toFixed(0)} | ${polled.cpuPercent.toFixed(0)}% | ${ms(polled.meanDelayMs)} · ${ms(polled.delay.p99)} | ${count(polled.gotIt)} | ${polled.errors} |`,
+    tableRow(
+      `push, a quiet room (one stream each, nothing posted for ${QUIET_WINDOW_MS / 1000} s)`,
+      0,
+      `${pushed.quietCpuPercent.toFixed(0)}%`,
+      "(nothing to deliver)",
+      "",
+      pushed.failed,
+    ),
+    tableRow(
+      `push, a busy room (one stream each, ${posting})`,
+      `${(options.posts / pushed.windowSeconds).toFixed(1)} (the POSTs)`,
+      `${pushed.cpuPercent.toFixed(0)}%`,
+      `${ms(mean(pushed.deliveries.map((d) => d.mean)))} · ${ms(worstP99)} (worst POST)`,
+      count(pushed.deliveries[0]?.delivered ?? 0),
+      pushed.failed,
+    ),
+    tableRow(
+      `poll every ${options.poll} s (${polled.seconds.toFixed(0)} s, one POST halfway)`,
+      polled.requestsPerSecond.toFixed(0),
+      `${polled.cpuPercent.toFixed(0)}%`,
+      `${ms(polled.meanDelayMs)} · ${ms(polled.delay.p99)}`,
+      count(polled.gotIt),
+      polled.errors,
+    ),
   ].join("\n");
 }
 
-/** A whole number of at least 1 from a flag, or one sentence and exit code 2, in server.ts's words. */
+/** A whole number of at least 1 from a flag, else one sentence and exit code 2 (as server.ts). */
 function wholeFlag(name: string, text: string): number {
   try {
     return wholeNumber(`--${name}`, text, FLAG_RANGE);

@@ -26,10 +26,10 @@
  * bench/ws.ts puts --streams subscribers on the room, over WebSocket and then
  * over SSE, and times one POST's delivery (lesson 4).
  *
- * Run:   npm run bench                                             (10,000 streams for 20 s, 3 runs)
- *        npm run bench -- --streams 200 --seconds 3 --runs 1       (the tiny one, for CI)
- *        npm run bench -- --soak                                   (only the soak)
- *        npm run bench -- --fanout                                 (only the fan-out, full size)
+ * Run:   npm run bench                                        (10,000 streams for 20 s, 3 runs)
+ *        npm run bench -- --streams 200 --seconds 3 --runs 1  (the tiny one, for CI)
+ *        npm run bench -- --soak                              (only the soak)
+ *        npm run bench -- --fanout                            (only the fan-out, full size)
  *
  * It asserts nothing about speed. It exits 1 when it cannot run (a server that
  * does not start) or when an async server loses, duplicates or garbles events.
@@ -57,10 +57,13 @@ import {
   cpuSeconds,
   fixed,
   jsonLine,
+  kb,
   killEverything,
   mbFromKB,
   median,
+  messageOf,
   ms,
+  plural,
   processTree,
   ROOT,
   rssKB,
@@ -69,7 +72,10 @@ import {
   start,
   stop,
   sum,
+  tableHead,
+  tableRow,
   TSX,
+  type Percentiles,
   waitForLines,
   waitForUrl,
 } from "./common.ts";
@@ -84,12 +90,16 @@ const HELP = `Usage: npm run bench -- [flags]
   --runs R        Runs every configuration R times and reports the median (default 3).
   --workers W     Starts the blocking server with W workers, and sends it W + 6 streams (default 4).
   --cycles C      Open-then-abort cycles of the soak (default: --streams).
-  --node24 X      "auto" finds Node 24 with npx, "off" skips its rows, or a path to a node binary (default auto).
-  --also FILE     Measures another server file too (may be repeated): a .ts file under tsx like server.ts, a .js or .mjs on plain Node.
-  --only TEXT     Measures only the configurations whose label contains TEXT (may be repeated); skips the soak.
+  --node24 X      "auto" finds Node 24 with npx, "off" skips its rows, or a path to a node
+                  binary (default auto).
+  --also FILE     Measures another server file too (may be repeated): a .ts file under tsx
+                  like server.ts, a .js or .mjs on plain Node.
+  --only TEXT     Measures only the configurations whose label contains TEXT (may be
+                  repeated); skips the soak.
   --soak          Runs only the soak.
   --fanout        Runs only lesson 2's fan-out measurements (bench/fanout.ts), full size.
-  --database URL  A PostgreSQL for the room across processes (bench/processes.ts; default: env TEST_DATABASE_URL).`;
+  --database URL  A PostgreSQL for the room across processes (bench/processes.ts; default:
+                  env TEST_DATABASE_URL).`;
 
 const flags = readFlags(
   {
@@ -186,7 +196,7 @@ interface Config {
   streams: number;
   /** Seconds past the last stream's due end before the client gives up. */
   grace: number;
-  /** Lines the server prints once it can serve, and how many of them (the blocking server's workers each print one). */
+  /** The line it prints once it can serve, and how many (each blocking worker prints one). */
   ready: RegExp;
   readyLines: number;
 }
@@ -297,9 +307,16 @@ function nodeVersion(node: string): string {
   return execFileSync(node, ["--version"], { encoding: "utf8" }).trim();
 }
 
+/** Where every server of the table listens: a port of its own on loopback. */
+const loopback = (port: number) => ["--port", String(port), "--host", "127.0.0.1"];
+
 function configurations(node24: string | undefined): Config[] {
   const node20 = process.execPath;
   const tsxOn = `tsx, Node ${nodeVersion(node20)}`;
+  const floorFile = path.join(BENCH, "floor.ts");
+  const serverFile = path.join(ROOT, "server.ts");
+  const blockingFile = path.join(ROOT, "blocking-server.ts");
+  /** An async server, set beside `floor` (a floor itself when `floor` is ""). */
   const async = (
     label: string,
     file: string,
@@ -308,66 +325,42 @@ function configurations(node24: string | undefined): Config[] {
     floor: string,
   ): Config => ({
     label,
-    kind: file.endsWith("floor.ts") ? "floor" : "async",
-    floor: file.endsWith("floor.ts") ? undefined : floor,
+    kind: floor ? "async" : "floor",
+    floor: floor || undefined,
     node,
     file,
-    args: (port) => [...loader, file, "--port", String(port), "--host", "127.0.0.1", "--quiet"],
+    args: (port) => [...loader, file, ...loopback(port), "--quiet"],
     streams: STREAMS,
     grace: 10,
     ready: /listening at/i,
     readyLines: 1,
   });
-  const floorFile = path.join(BENCH, "floor.ts");
   const list: Config[] = [
     async(`floor (${tsxOn})`, floorFile, node20, TSX, ""),
-    async(`server.ts (${tsxOn})`, path.join(ROOT, "server.ts"), node20, TSX, `floor (${tsxOn})`),
+    async(`server.ts (${tsxOn})`, serverFile, node20, TSX, `floor (${tsxOn})`),
   ];
   if (node24) {
     const stripping = `type stripping, Node ${nodeVersion(node24)}`;
     list.push(
       async(`floor (${stripping})`, floorFile, node24, [], ""),
-      async(
-        `server.ts (${stripping})`,
-        path.join(ROOT, "server.ts"),
-        node24,
-        [],
-        `floor (${stripping})`,
-      ),
+      async(`server.ts (${stripping})`, serverFile, node24, [], `floor (${stripping})`),
     );
   }
   for (const file of flags.also) {
     // A .ts file runs under tsx, like server.ts; a .js or .mjs file runs on plain Node.
     const plain = /\.m?js$/.test(file);
     const on = plain ? `plain Node ${nodeVersion(node20)}` : tsxOn;
-    list.push(
-      async(
-        `${path.relative(ROOT, path.resolve(file))} (${on})`,
-        path.resolve(file),
-        node20,
-        plain ? [] : TSX,
-        `floor (${tsxOn})`,
-      ),
-    );
+    const label = `${path.relative(ROOT, path.resolve(file))} (${on})`;
+    list.push(async(label, path.resolve(file), node20, plain ? [] : TSX, `floor (${tsxOn})`));
   }
+  // --timeout 0: a worker busy with a stream is not killed, so the queue stays a queue.
+  const blockingFlags = ["--workers", String(WORKERS), "--timeout", "0"];
   const blocking = (on: string, node: string, loader: string[]): Config => ({
     label: `blocking-server.ts --workers ${WORKERS} (${on})`,
     kind: "blocking",
     node,
-    file: path.join(ROOT, "blocking-server.ts"),
-    // --timeout 0: a worker busy with a stream is not killed, so the queue stays a queue.
-    args: (port) => [
-      ...loader,
-      path.join(ROOT, "blocking-server.ts"),
-      "--port",
-      String(port),
-      "--host",
-      "127.0.0.1",
-      "--workers",
-      String(WORKERS),
-      "--timeout",
-      "0",
-    ],
+    file: blockingFile,
+    args: (port) => [...loader, blockingFile, ...loopback(port), ...blockingFlags],
     streams: WORKERS + EXTRA_CLIENTS,
     grace: 2,
     ready: /Booting worker with pid: \d+/,
@@ -378,7 +371,7 @@ function configurations(node24: string | undefined): Config[] {
   return list;
 }
 
-// ─── The soak ────────────────────────────────────────────────────────────────
+// ─── The later benchmarks, each its own process ──────────────────────────────
 
 /** Lesson 3: as many room subscribers as countdown streams, then as many polling tabs. */
 function runRoom(): Promise<RoomReport> {
@@ -389,18 +382,12 @@ function runRoom(): Promise<RoomReport> {
 /** Two polling periods at least, so every tab asks more than once. */
 const ROOM_POLL_SECONDS_MIN = 10;
 
-/** Lesson 3 across processes: twice as many subscribers, half on each of two workers (bench/processes.ts). */
+/** Lesson 3 across processes: twice the subscribers, half on each of two workers. */
 function runProcesses(): Promise<ProcessesReport> {
-  const args = [
-    "--subscribers",
-    String(STREAMS * 2),
-    "--seconds",
-    String(SECONDS),
-    "--interval",
-    String(INTERVAL),
-  ];
+  const args = ["--subscribers", String(STREAMS * 2), "--seconds", String(SECONDS)];
   const database = flags.database ? ["--database", flags.database] : [];
-  return runJson("the processes bench", "bench/processes.ts", [...args, ...database]);
+  const all = [...args, "--interval", String(INTERVAL), ...database];
+  return runJson("the processes bench", "bench/processes.ts", all);
 }
 
 function runSoak(): Promise<SoakReport> {
@@ -412,7 +399,7 @@ function runSoak(): Promise<SoakReport> {
 /** Countdowns open beside the aggregated view: a classroom's worth, not a load test. */
 const FAN_OUT_STREAMS = 200;
 
-/** The fan-out in its own process (bench/fanout.ts), full size for an official run or with --fanout. */
+/** The fan-out (bench/fanout.ts), full size for an official run or with --fanout. */
 async function runFanOutProcess(): Promise<FanOutReport> {
   const full = FULL_SIZE || flags.fanout;
   const options: FanOutOptions = {
@@ -427,30 +414,40 @@ async function runFanOutProcess(): Promise<FanOutReport> {
   return runJson("the fan-out", "bench/fanout.ts", args);
 }
 
+// ─── The soak's section ──────────────────────────────────────────────────────
+
+const mb = (bytes: number) => mbFromKB(bytes / 1024);
+const signed = (value: number) => `${value >= 0 ? "+" : ""}${value.toFixed(1)}`;
+
 function soakSection(soak: SoakReport): string {
   const handles = (counts: Record<string, number>) =>
     Object.entries(counts)
       .sort(([a], [b]) => a.localeCompare(b))
       .map(([kind, n]) => `${kind} ${n}`)
       .join(", ") || "none";
+  const { before, after } = soak;
+  const perCycle = signed((after.heapUsed - before.heapUsed) / soak.cycles);
   return [
-    `**Soak:** ${soak.cycles.toLocaleString("en")} open-then-abort cycles against one in-process server.ts (bench/soak.ts).`,
+    `**Soak:** ${count(soak.cycles)} open-then-abort cycles against one in-process server.ts ` +
+      `(bench/soak.ts).`,
     "",
-    "| | before | after |",
-    "|---|---|---|",
-    `| active handles and requests | ${handles(soak.before.resources)} | ${handles(soak.after.resources)} |`,
-    `| open streams | ${soak.before.streams} | ${soak.after.streams} |`,
-    `| open connections | ${soak.before.connections} | ${soak.after.connections} |`,
-    `| heap used after GC | ${mb(soak.before.heapUsed)} | ${mb(soak.after.heapUsed)} (${signed((soak.after.heapUsed - soak.before.heapUsed) / soak.cycles)} bytes per cycle) |`,
+    ...tableHead("", "before", "after"),
+    tableRow("active handles and requests", handles(before.resources), handles(after.resources)),
+    tableRow("open streams", before.streams, after.streams),
+    tableRow("open connections", before.connections, after.connections),
+    tableRow(
+      "heap used after GC",
+      mb(before.heapUsed),
+      `${mb(after.heapUsed)} (${perCycle} bytes per cycle)`,
+    ),
     "",
-    `${soak.matches ? "They match" : "**They do not match**"}: ${soak.verdict} (${soak.aborted.toLocaleString("en")} streams aborted mid-countdown, ${soak.early.toLocaleString("en")} before their first event; ${(soak.durationMs / 1000).toFixed(1)} s).`,
+    `${soak.matches ? "They match" : "**They do not match**"}: ${soak.verdict} ` +
+      `(${count(soak.aborted)} streams aborted mid-countdown, ${count(soak.early)} before their ` +
+      `first event; ${(soak.durationMs / 1000).toFixed(1)} s).`,
   ].join("\n");
 }
 
 // ─── The table ───────────────────────────────────────────────────────────────
-
-const mb = (bytes: number) => mbFromKB(bytes / 1024);
-const signed = (value: number) => `${value >= 0 ? "+" : ""}${value.toFixed(1)}`;
 
 /** Per-run ratio of a row's figure to its floor's figure in the same run, then the median. */
 function ratioToFloor(
@@ -470,12 +467,201 @@ function ratioToFloor(
 
 /** When and where: the first line of every report. */
 function machine(): string {
+  const when = new Date().toISOString().slice(0, 16).replace("T", " ");
+  const cpu = os.cpus()[0]?.model.trim() ?? "unknown CPU";
+  const memory = `${(os.totalmem() / 1024 ** 3).toFixed(0)} GiB`;
   return (
-    `**${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC** · Node ${process.version} (runner) · ` +
-    `${os.cpus().length} cores (${os.cpus()[0]?.model.trim() ?? "unknown CPU"}), ${(os.totalmem() / 1024 ** 3).toFixed(0)} GiB · ` +
-    `${os.type()} ${os.release()} · loopback only`
+    `**${when} UTC** · Node ${process.version} (runner) · ` +
+    `${os.cpus().length} cores (${cpu}), ${memory} · ${os.type()} ${os.release()} · loopback only`
   );
 }
+
+/** "p50 · p99 · max" of a lateness. */
+const spread = ({ p50, p99, max }: Percentiles) => `${ms(p50)} · ${ms(p99)} · ${ms(max)}`;
+/** "lost · dup · malformed" of one run. */
+const broken = ({ client }: Measurement) =>
+  `${client.lost} · ${client.duplicated} · ${client.malformed}`;
+const firstEvents = (m: Measurement) => m.client.allFirstEventsMs ?? NaN;
+
+/** The async servers' table: the floors, server.ts, and any --also file. */
+function asyncTable(configs: Config[], results: Measurement[][], of: Of): string[] {
+  const lines = tableHead(
+    "server",
+    "streams live at once",
+    "events received / expected",
+    "lost · dup · malformed",
+    "every first event by",
+    "× floor",
+    "tick lateness p50 · p99 · max",
+    "p99 once all open",
+    "RSS idle → peak under load",
+    "per stream",
+    "× floor",
+    "lowest per stream",
+    "server CPU",
+    "× floor",
+  );
+  for (const config of configs.filter((c) => c.kind !== "blocking")) {
+    const rows = of(config.label);
+    if (!rows.length) continue;
+    const c = (pick: (m: Measurement) => number) => median(rows.map(pick));
+    const total = (pick: (m: Measurement) => number) => sum(rows.map(pick));
+    const floorRatio = (figure: (m: Measurement) => number) =>
+      config.floor
+        ? `${fixed(ratioToFloor(results, config.label, config.floor, figure), 2)}×`
+        : "1×";
+    const received = total((m) => m.client.eventsReceived);
+    const expected = total((m) => m.client.eventsExpected);
+    const lost = total((m) => m.client.lost);
+    const duplicated = total((m) => m.client.duplicated);
+    const malformed = total((m) => m.client.malformed);
+    const lateness = (p: keyof Percentiles) => c((m) => m.client.lateness[p]);
+    lines.push(
+      tableRow(
+        `**${config.label}**`,
+        `${count(c((m) => m.client.servedAtOnce))} of ${count(config.streams)}`,
+        `${count(received)} / ${count(expected)}`,
+        `${lost} · ${duplicated} · ${malformed}`,
+        ms(c(firstEvents)),
+        floorRatio(firstEvents),
+        spread({ p50: lateness("p50"), p99: lateness("p99"), max: lateness("max") }),
+        ms(c((m) => m.client.latenessAfterRamp.p99)),
+        `${mbFromKB(c((m) => m.idleKB))} → ${mbFromKB(c((m) => m.loadKB))}`,
+        `**${kb(c((m) => m.perStreamKB))}**`,
+        floorRatio((m) => m.perStreamKB),
+        kb(c((m) => m.lowPerStreamKB)),
+        `${fixed(c((m) => m.cpuSeconds))} s`,
+        floorRatio((m) => m.cpuSeconds),
+      ),
+    );
+  }
+  return lines;
+}
+
+/** The blocking server's table: streams served and starved, and a worker's memory. */
+function blockingTable(configs: Config[], of: Of, serverLabel: string | undefined): string[] {
+  const serverPerStream = median((serverLabel ? of(serverLabel) : []).map((m) => m.perStreamKB));
+  const lines = [
+    "",
+    `The blocking server, with ${WORKERS} workers and ${WORKERS} + ${EXTRA_CLIENTS} = ` +
+      `${WORKERS + EXTRA_CLIENTS} streams at once:`,
+    "",
+    ...tableHead(
+      "server",
+      "streams served at once",
+      "streams starved",
+      "RSS per worker = memory per concurrent stream",
+      "arbiter RSS",
+      "× server.ts per stream",
+      "every first event by",
+      "server CPU",
+    ),
+  ];
+  for (const blocking of configs) {
+    const c = (pick: (m: Measurement) => number) => median(of(blocking.label).map(pick));
+    const perWorkerKB = c((m) => m.workersLoadKB / WORKERS);
+    const first = c(firstEvents);
+    lines.push(
+      tableRow(
+        `**${blocking.label}**`,
+        `${c((m) => m.client.servedAtOnce)} of ${blocking.streams}`,
+        c((m) => m.client.starved),
+        `**${mbFromKB(perWorkerKB)}**`,
+        mbFromKB(c((m) => m.loadKB - m.workersLoadKB)),
+        `**${count(Math.round(perWorkerKB / serverPerStream))}×**`,
+        Number.isFinite(first) ? ms(first) : "never, for the starved",
+        `${fixed(c((m) => m.cpuSeconds))} s`,
+      ),
+    );
+  }
+  lines.push(
+    "",
+    `A starved stream got no event within one interval of its request: it waits in the ` +
+      `arbiter's queue until a worker is free, that is until a whole countdown (${SECONDS} s) ` +
+      `has ended. × server.ts compares with ${serverLabel ?? "server.ts"} per stream.`,
+  );
+  return lines;
+}
+
+/** The targets server.ts is held to, each met or missed. */
+function targets(results: Measurement[][], serverLabel: string, floorLabel: string, of: Of) {
+  const rows = of(serverLabel);
+  const toFloor = (figure: (m: Measurement) => number) =>
+    ratioToFloor(results, serverLabel, floorLabel, figure);
+  const perStream = median(rows.map((m) => m.perStreamKB));
+  const memoryRatio = toFloor((m) => m.perStreamKB);
+  const lowest = median(rows.map((m) => m.lowPerStreamKB));
+  const lowestRatio = toFloor((m) => m.lowPerStreamKB);
+  const firstRatio = toFloor(firstEvents);
+  const p99 = median(rows.map((m) => m.client.lateness.p99));
+  const badEvents = sum(
+    rows.map(({ client }) => client.lost + client.duplicated + client.malformed + client.failed),
+  );
+  const live = median(rows.map((m) => m.client.servedAtOnce));
+  const mark = (ok: boolean) => (ok ? "met" : "**missed**");
+  return [
+    "",
+    `Targets for ${serverLabel}, medians above:`,
+    "",
+    `- ${count(live)} streams at once with no event lost, duplicated or malformed: ` +
+      `${mark(live >= STREAMS && badEvents === 0)} ` +
+      `(${badEvents} bad over ${plural(rows.length, "run")})`,
+    `- at most 15 KB per stream and at most 1.2× the floor: ` +
+      `${mark(perStream <= 15 && memoryRatio <= 1.2)} (${fixed(perStream)} KB at the peak, ` +
+      `${fixed(memoryRatio, 2)}×; ${fixed(lowest)} KB at the lowest, ${fixed(lowestRatio, 2)}×)`,
+    `- p99 tick lateness at most 50 ms: ${mark(p99 <= 50)} (${ms(p99)})`,
+    `- every first event within 1.3× the floor's time: ${mark(firstRatio <= 1.3)} ` +
+      `(${fixed(firstRatio, 2)}×)`,
+  ];
+}
+
+/** Every run of every configuration, folded away under the tables. */
+function everyRun(results: Measurement[][]): string[] {
+  const perStreamCell = (m: Measurement) =>
+    m.config.kind === "blocking"
+      ? `${mbFromKB(m.workersLoadKB / WORKERS)} per worker`
+      : `${kb(m.perStreamKB)} (${kb(m.lowPerStreamKB)})`;
+  const lines = [
+    "",
+    "<details><summary>Every run</summary>",
+    "",
+    ...tableHead(
+      "run",
+      "server",
+      "live",
+      "lost · dup · malformed",
+      "first events by",
+      "lateness p50 · p99 · max",
+      "idle → peak",
+      "per stream (lowest)",
+      "CPU",
+      "client sockets left open",
+    ),
+  ];
+  results.forEach((run, index) => {
+    for (const m of run) {
+      lines.push(
+        tableRow(
+          index + 1,
+          m.config.label,
+          m.client.servedAtOnce,
+          broken(m),
+          ms(firstEvents(m)),
+          spread(m.client.lateness),
+          `${mbFromKB(m.idleKB)} → ${mbFromKB(m.loadKB)}`,
+          perStreamCell(m),
+          `${fixed(m.cpuSeconds)} s`,
+          m.client.socketsLeftOpen,
+        ),
+      );
+    }
+  });
+  lines.push("", "</details>");
+  return lines;
+}
+
+/** Every run of one configuration. */
+type Of = (label: string) => Measurement[];
 
 /** The report: the countdown's tables, the soak, then each later lesson's section as it came. */
 function table(
@@ -485,155 +671,41 @@ function table(
   notes: string[],
   sections: string[],
 ): string {
-  const of = (label: string) =>
-    results.flatMap((run) => run.filter((m) => m.config.label === label));
-  const firstEvents = (m: Measurement) => m.client.allFirstEventsMs ?? NaN;
-  const lines: string[] = [];
-  lines.push(machine());
-  lines.push("");
-  lines.push(
-    `${count(STREAMS)} streams per async server, each a countdown of ${SECONDS} s with one tick every ${INTERVAL} ms; ` +
-      `median of ${RUNS} run${RUNS === 1 ? "" : "s"}, ratios to the floor taken within each run; events summed over all runs. ` +
-      `KB = 1024 bytes of resident memory (VmRSS); per stream = (highest RSS while every stream was open - RSS idle) / streams live at once; ` +
-      `"lowest per stream" uses the lowest RSS of that window instead: the gap between the two is garbage waiting for the next full collection.`,
-  );
-  lines.push("");
-  lines.push(
-    "| server | streams live at once | events received / expected | lost · dup · malformed | every first event by | × floor | tick lateness p50 · p99 · max | p99 once all open | RSS idle → peak under load | per stream | × floor | lowest per stream | server CPU | × floor |",
-  );
-  lines.push("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-  for (const config of configs.filter((c) => c.kind !== "blocking")) {
-    const rows = of(config.label);
-    if (!rows.length) continue;
-    const c = (pick: (m: Measurement) => number) => median(rows.map(pick));
-    const floorRatio = (figure: (m: Measurement) => number) =>
-      config.floor
-        ? `${fixed(ratioToFloor(results, config.label, config.floor, figure), 2)}×`
-        : "1×";
-    lines.push(
-      [
-        `**${config.label}**`,
-        `${count(c((m) => m.client.servedAtOnce))} of ${count(config.streams)}`,
-        `${count(sum(rows.map((m) => m.client.eventsReceived)))} / ${count(sum(rows.map((m) => m.client.eventsExpected)))}`,
-        `${sum(rows.map((m) => m.client.lost))} · ${sum(rows.map((m) => m.client.duplicated))} · ${sum(rows.map((m) => m.client.malformed))}`,
-        ms(c(firstEvents)),
-        floorRatio(firstEvents),
-        `${ms(c((m) => m.client.lateness.p50))} · ${ms(c((m) => m.client.lateness.p99))} · ${ms(c((m) => m.client.lateness.max))}`,
-        ms(c((m) => m.client.latenessAfterRamp.p99)),
-        `${mbFromKB(c((m) => m.idleKB))} → ${mbFromKB(c((m) => m.loadKB))}`,
-        `**${fixed(c((m) => m.perStreamKB))} KB**`,
-        floorRatio((m) => m.perStreamKB),
-        `${fixed(c((m) => m.lowPerStreamKB))} KB`,
-        `${fixed(c((m) => m.cpuSeconds))} s`,
-        floorRatio((m) => m.cpuSeconds),
-      ]
-        .join(" | ")
-        .replace(/^/, "| ") + " |",
-    );
-  }
-
+  const of: Of = (label) => results.flatMap((run) => run.filter((m) => m.config.label === label));
+  const lines = [
+    machine(),
+    "",
+    `${count(STREAMS)} streams per async server, each a countdown of ${SECONDS} s with one tick ` +
+      `every ${INTERVAL} ms; median of ${plural(RUNS, "run")}, ratios to the floor taken within ` +
+      `each run; events summed over all runs. KB = 1024 bytes of resident memory (VmRSS); ` +
+      `per stream = (highest RSS while every stream was open - RSS idle) / streams live at once; ` +
+      `"lowest per stream" uses the lowest RSS of that window instead: the gap between the two ` +
+      `is garbage waiting for the next full collection.`,
+    "",
+    ...asyncTable(configs, results, of),
+  ];
   const serverLabel = configs.find((c) => c.kind === "async")?.label;
-  const serverRows = serverLabel ? of(serverLabel) : [];
   const blockingConfigs = configs.filter((c) => c.kind === "blocking" && of(c.label).length);
-  if (blockingConfigs.length) {
-    const serverPerStream = median(serverRows.map((m) => m.perStreamKB));
-    lines.push("");
-    lines.push(
-      `The blocking server, with ${WORKERS} workers and ${WORKERS} + ${EXTRA_CLIENTS} = ${WORKERS + EXTRA_CLIENTS} streams at once:`,
-    );
-    lines.push("");
-    lines.push(
-      "| server | streams served at once | streams starved | RSS per worker = memory per concurrent stream | arbiter RSS | × server.ts per stream | every first event by | server CPU |",
-    );
-    lines.push("|---|---|---|---|---|---|---|---|");
-    for (const blocking of blockingConfigs) {
-      const rows = of(blocking.label);
-      const c = (pick: (m: Measurement) => number) => median(rows.map(pick));
-      const perWorkerKB = c((m) => m.workersLoadKB / WORKERS);
-      lines.push(
-        `| **${blocking.label}** | ${c((m) => m.client.servedAtOnce)} of ${blocking.streams} | ${c((m) => m.client.starved)} | **${mbFromKB(perWorkerKB)}** | ${mbFromKB(c((m) => m.loadKB - m.workersLoadKB))} | ` +
-          `**${count(Math.round(perWorkerKB / serverPerStream))}×** | ${Number.isFinite(c(firstEvents)) ? ms(c(firstEvents)) : "never, for the starved"} | ${fixed(c((m) => m.cpuSeconds))} s |`,
-      );
-    }
-    lines.push("");
-    lines.push(
-      `A starved stream got no event within one interval of its request: it waits in the arbiter's queue until a worker is free, ` +
-        `that is until a whole countdown (${SECONDS} s) has ended. × server.ts compares with ${serverLabel ?? "server.ts"} per stream.`,
-    );
-  }
-
-  if (serverLabel && serverRows.length) {
+  if (blockingConfigs.length) lines.push(...blockingTable(blockingConfigs, of, serverLabel));
+  if (serverLabel && of(serverLabel).length) {
     const floorLabel = configs.find((c) => c.label === serverLabel)!.floor!;
-    const perStream = median(serverRows.map((m) => m.perStreamKB));
-    const memoryRatio = ratioToFloor(results, serverLabel, floorLabel, (m) => m.perStreamKB);
-    const firstRatio = ratioToFloor(results, serverLabel, floorLabel, firstEvents);
-    const p99 = median(serverRows.map((m) => m.client.lateness.p99));
-    const broken = sum(
-      serverRows.map(
-        (m) => m.client.lost + m.client.duplicated + m.client.malformed + m.client.failed,
-      ),
-    );
-    const live = median(serverRows.map((m) => m.client.servedAtOnce));
-    const mark = (ok: boolean) => (ok ? "met" : "**missed**");
-    lines.push("");
-    lines.push(`Targets for ${serverLabel}, medians above:`);
-    lines.push("");
-    lines.push(
-      `- ${count(live)} streams at once with no event lost, duplicated or malformed: ${mark(live >= STREAMS && broken === 0)} (${broken} bad over ${serverRows.length} run${serverRows.length === 1 ? "" : "s"})`,
-    );
-    const lowest = median(serverRows.map((m) => m.lowPerStreamKB));
-    const lowestRatio = ratioToFloor(results, serverLabel, floorLabel, (m) => m.lowPerStreamKB);
-    lines.push(
-      `- at most 15 KB per stream and at most 1.2× the floor: ${mark(perStream <= 15 && memoryRatio <= 1.2)} ` +
-        `(${fixed(perStream)} KB at the peak, ${fixed(memoryRatio, 2)}×; ${fixed(lowest)} KB at the lowest, ${fixed(lowestRatio, 2)}×)`,
-    );
-    lines.push(`- p99 tick lateness at most 50 ms: ${mark(p99 <= 50)} (${ms(p99)})`);
-    lines.push(
-      `- every first event within 1.3× the floor's time: ${mark(firstRatio <= 1.3)} (${fixed(firstRatio, 2)}×)`,
-    );
+    lines.push(...targets(results, serverLabel, floorLabel, of));
   }
-
-  lines.push("");
-  lines.push("<details><summary>Every run</summary>");
-  lines.push("");
+  lines.push(...everyRun(results));
+  for (const section of [...(soak ? [soakSection(soak)] : []), ...sections]) {
+    lines.push("", section);
+  }
+  if (notes.length) lines.push("", ...notes.map((note) => `Note: ${note}`));
+  const given = process.argv.slice(2);
   lines.push(
-    "| run | server | live | lost · dup · malformed | first events by | lateness p50 · p99 · max | idle → peak | per stream (lowest) | CPU | client sockets left open |",
-  );
-  lines.push("|---|---|---|---|---|---|---|---|---|---|");
-  const perStreamCell = (m: Measurement) =>
-    m.config.kind === "blocking"
-      ? `${mbFromKB(m.workersLoadKB / WORKERS)} per worker`
-      : `${fixed(m.perStreamKB)} KB (${fixed(m.lowPerStreamKB)} KB)`;
-  results.forEach((run, index) => {
-    for (const m of run) {
-      lines.push(
-        `| ${index + 1} | ${m.config.label} | ${m.client.servedAtOnce} | ${m.client.lost} · ${m.client.duplicated} · ${m.client.malformed} | ${ms(firstEvents(m))} | ` +
-          `${ms(m.client.lateness.p50)} · ${ms(m.client.lateness.p99)} · ${ms(m.client.lateness.max)} | ${mbFromKB(m.idleKB)} → ${mbFromKB(m.loadKB)} | ${perStreamCell(m)} | ${fixed(m.cpuSeconds)} s | ${m.client.socketsLeftOpen} |`,
-      );
-    }
-  });
-  lines.push("");
-  lines.push("</details>");
-
-  if (soak) {
-    lines.push("");
-    lines.push(soakSection(soak));
-  }
-  for (const section of sections) {
-    lines.push("");
-    lines.push(section);
-  }
-  if (notes.length) {
-    lines.push("");
-    for (const note of notes) lines.push(`Note: ${note}`);
-  }
-  lines.push("");
-  lines.push(
-    `How: \`npm run bench${process.argv.slice(2).length ? ` -- ${process.argv.slice(2).join(" ")}` : ""}\`. ` +
-      "Tick lateness is the arrival of tick k against start + k × interval, where start is the earliest that agrees with every arrival of that stream " +
-      '(so the client\'s own delays cannot make ticks look early); "once all open" counts only ticks due after the last stream opened. ' +
-      "\"Every first event by\" runs from the client's first request. Server CPU is user + system time of the server's processes while the client ran; " +
-      "its × floor is the ratio to the floor's CPU time in the same run.",
+    "",
+    `How: \`npm run bench${given.length ? ` -- ${given.join(" ")}` : ""}\`. ` +
+      "Tick lateness is the arrival of tick k against start + k × interval, where start is the " +
+      "earliest that agrees with every arrival of that stream (so the client's own delays " +
+      'cannot make ticks look early); "once all open" counts only ticks due after the last ' +
+      'stream opened. "Every first event by" runs from the client\'s first request. Server CPU ' +
+      "is user + system time of the server's processes while the client ran; its × floor is " +
+      "the ratio to the floor's CPU time in the same run.",
   );
   return lines.join("\n") + "\n";
 }
@@ -644,8 +716,8 @@ function write(report: string) {
   mkdirSync(SCRATCH, { recursive: true });
   const name = flags.soak ? "soak.md" : flags.fanout ? "fanout.md" : "latest.md";
   writeFileSync(path.join(SCRATCH, name), report);
-  if (OFFICIAL && !flags.soak && !flags.fanout)
-    writeFileSync(path.join(BENCH, "results.md"), report);
+  const official = OFFICIAL && !flags.soak && !flags.fanout;
+  if (official) writeFileSync(path.join(BENCH, "results.md"), report);
 }
 
 async function main(): Promise<number> {
@@ -665,14 +737,13 @@ async function main(): Promise<number> {
 
   const notes: string[] = [];
   const node24 = findNode24();
-  if (!node24 && flags.node24 !== "off")
+  if (!node24 && flags.node24 !== "off") {
     notes.push("Node 24 was not found (npx -y node@24), so its rows are missing.");
-  const configs = configurations(node24).filter(
-    (c) => !flags.only.length || flags.only.some((text) => c.label.includes(text)),
-  );
-  console.error(
-    `bench: ${configs.map((c) => c.label).join("; ")}; ${RUNS} run${RUNS === 1 ? "" : "s"}`,
-  );
+  }
+  const chosen = (c: Config) =>
+    !flags.only.length || flags.only.some((text) => c.label.includes(text));
+  const configs = configurations(node24).filter(chosen);
+  console.error(`bench: ${configs.map((c) => c.label).join("; ")}; ${plural(RUNS, "run")}`);
 
   const results: Measurement[][] = [];
   for (let run = 0; run < RUNS; run++) {
@@ -681,10 +752,12 @@ async function main(): Promise<number> {
     for (const config of order) {
       const m = await measure(config);
       measured.push(m);
-      const r = m.client;
+      const { client } = m;
       console.error(
-        `run ${run + 1}/${RUNS} ${config.label}: ${r.servedAtOnce} live, ${r.lost} lost, ${r.duplicated} dup, ${r.malformed} malformed, ` +
-          `first events by ${ms(r.allFirstEventsMs ?? NaN)}, lateness p99 ${ms(r.lateness.p99)}, ${fixed(m.perStreamKB)} KB/stream (lowest ${fixed(m.lowPerStreamKB)}), ` +
+        `run ${run + 1}/${RUNS} ${config.label}: ${client.servedAtOnce} live, ` +
+          `${client.lost} lost, ${client.duplicated} dup, ${client.malformed} malformed, ` +
+          `first events by ${ms(firstEvents(m))}, lateness p99 ${ms(client.lateness.p99)}, ` +
+          `${fixed(m.perStreamKB)} KB/stream (lowest ${fixed(m.lowPerStreamKB)}), ` +
           `RSS ${mbFromKB(m.idleKB)} → ${mbFromKB(m.loadKB)}, CPU ${fixed(m.cpuSeconds)} s`,
       );
     }
@@ -706,8 +779,9 @@ async function main(): Promise<number> {
   }
   let processes: ProcessesReport | undefined;
   if (!flags.only.length) {
+    const twice = count(STREAMS * 2);
     console.error(
-      `processes: ${count(STREAMS * 2)} room subscribers and ${count(STREAMS * 2)} countdowns over server.ts --workers 2`,
+      `processes: ${twice} room subscribers and ${twice} countdowns over server.ts --workers 2`,
     );
     processes = await runProcesses();
     sections.push(processesSection(processes));
@@ -725,43 +799,39 @@ async function main(): Promise<number> {
   console.log(report);
   write(report);
 
-  const asyncBroken = results
-    .flat()
-    .filter(
-      (m) =>
-        m.config.kind !== "blocking" &&
-        (m.client.lost || m.client.duplicated || m.client.malformed || m.client.failed),
-    );
-  for (const m of asyncBroken)
+  const isBroken = ({ config, client }: Measurement) =>
+    config.kind !== "blocking" &&
+    (client.lost || client.duplicated || client.malformed || client.failed);
+  const asyncBroken = results.flat().filter(isBroken);
+  for (const { config, client } of asyncBroken) {
     console.error(
-      `${m.config.label}: ${m.client.lost} events lost, ${m.client.duplicated} duplicated, ${m.client.malformed} malformed, ${m.client.failed} streams failed`,
+      `${config.label}: ${client.lost} events lost, ${client.duplicated} duplicated, ` +
+        `${client.malformed} malformed, ${client.failed} streams failed`,
     );
-  if (soak && !soak.matches) console.error(`soak: ${soak.verdict}`);
+  }
+  const soakBroken = soak !== undefined && !soak.matches;
+  if (soakBroken) console.error(`soak: ${soak.verdict}`);
   const roomBroken =
-    room &&
+    room !== undefined &&
     (room.pushed.duplicates > 0 || room.pushed.deliveries.some((delivery) => delivery.lost > 0));
   if (roomBroken) console.error("room: a subscriber lost a message or got one twice");
   const processesLost = processes !== undefined && processesBroken(processes);
-  if (processesLost)
-    console.error(
-      "several processes: a message or a countdown event was lost or duplicated (see the table)",
-    );
+  if (processesLost) {
+    const lost = "a message or a countdown event was lost or duplicated";
+    console.error(`several processes: ${lost} (see the table)`);
+  }
   const socketsBroken = sockets !== undefined && wsBroken(sockets);
-  if (socketsBroken)
+  if (socketsBroken) {
     console.error("room over WebSocket: a message was lost or duplicated (see the table)");
-  return asyncBroken.length ||
-    (soak && !soak.matches) ||
-    roomBroken ||
-    processesLost ||
-    socketsBroken
-    ? 1
-    : 0;
+  }
+  const anyBroken = asyncBroken.length > 0 || soakBroken || roomBroken || processesLost;
+  return anyBroken || socketsBroken ? 1 : 0;
 }
 
 try {
   process.exitCode = await main();
 } catch (error) {
-  console.error(`bench: ${error instanceof Error ? error.message : String(error)}`);
+  console.error(`bench: ${messageOf(error)}`);
   process.exitCode = 1;
 } finally {
   killEverything();

@@ -17,7 +17,7 @@ import { dirname, relative } from "node:path";
 import type net from "node:net";
 import type { Browser } from "playwright-core";
 import { chromiumMissing, launchChromium } from "./chromium.ts";
-import { picturePath } from "./common.ts";
+import { messageOf, picturePath } from "./common.ts";
 import { createApp, exitWith, install, listen } from "../server.ts";
 import { LESSONS } from "../lessons/index.ts";
 
@@ -67,9 +67,8 @@ try {
   console.log(`Saved ${relative(process.cwd(), OUTPUT)}: the page at ${size}, mid-countdown.`);
 } catch (error) {
   process.exitCode = 1;
-  console.error(
-    `No screenshot: ${error instanceof Error ? error.message.split("\n")[0] : String(error)}`,
-  );
+  // Playwright's messages go on with a call log; the first line says what failed.
+  console.error(`No screenshot: ${messageOf(error).split("\n")[0]}`);
 } finally {
   // Whatever happened, leave no browser and no listening socket behind.
   await browser?.close();

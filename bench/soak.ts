@@ -21,7 +21,7 @@ import { parseArgs } from "node:util";
 import { setImmediate as nextTurn, setTimeout as delay } from "node:timers/promises";
 import { createApp, install, isMain, type App } from "../server.ts";
 import { LESSONS } from "../lessons/index.ts";
-import { sourceAddress, SseReader } from "./common.ts";
+import { messageOf, sourceAddress, SseReader } from "./common.ts";
 
 /** Cycles in flight at once. */
 const PARALLEL = 100;
@@ -153,33 +153,24 @@ export async function soak(total: number): Promise<SoakReport> {
     const after = await snapshot(app);
 
     const problems: string[] = [];
+    const streamsLeft = after.streams - before.streams;
+    const connectionsLeft = after.connections - before.connections;
     if (stuck) problems.push(`${stuck} cycles got no answer in time`);
-    if (JSON.stringify(sorted(before.resources)) !== JSON.stringify(sorted(after.resources)))
-      problems.push("the active handles differ");
-    if (after.streams !== before.streams)
-      problems.push(`${after.streams - before.streams} streams are still open`);
-    if (after.connections !== before.connections)
-      problems.push(`${after.connections - before.connections} connections are still open`);
+    if (handles(before) !== handles(after)) problems.push("the active handles differ");
+    if (streamsLeft) problems.push(`${streamsLeft} streams are still open`);
+    if (connectionsLeft) problems.push(`${connectionsLeft} connections are still open`);
     const allowance = HEAP_ALLOWANCE.fixed + HEAP_ALLOWANCE.perCycle * total;
     const growth = after.heapUsed - before.heapUsed;
-    if (growth > allowance)
-      problems.push(
-        `the heap grew by ${(growth / 1024).toFixed(0)} KB, more than the ${(allowance / 1024).toFixed(0)} KB allowed`,
-      );
+    const kb = (bytes: number) => `${(bytes / 1024).toFixed(0)} KB`;
+    if (growth > allowance) {
+      problems.push(`the heap grew by ${kb(growth)}, more than the ${kb(allowance)} allowed`);
+    }
     const verdict = problems.length
       ? problems.join("; ")
-      : `same handles, no stream or connection left, heap within ${(allowance / 1024).toFixed(0)} KB of where it was`;
-    return {
-      cycles: total,
-      aborted: total - early,
-      early,
-      stuck,
-      before,
-      after,
-      matches: !problems.length,
-      verdict,
-      durationMs,
-    };
+      : `same handles, no stream or connection left, heap within ${kb(allowance)} of where it was`;
+    const matches = !problems.length;
+    const aborted = total - early;
+    return { cycles: total, aborted, early, stuck, before, after, matches, verdict, durationMs };
   } finally {
     server.closeAllConnections();
     app.endStreams();
@@ -190,6 +181,9 @@ export async function soak(total: number): Promise<SoakReport> {
 function sorted(record: Record<string, number>) {
   return Object.fromEntries(Object.entries(record).sort(([a], [b]) => a.localeCompare(b)));
 }
+
+/** The active handles and requests of a snapshot, in a fixed order, as one string. */
+const handles = (snap: Snapshot) => JSON.stringify(sorted(snap.resources));
 
 if (isMain(import.meta.url)) {
   const { values } = parseArgs({
@@ -208,24 +202,21 @@ if (isMain(import.meta.url)) {
     if (values.json) console.log(JSON.stringify(report));
     else {
       const kb = (bytes: number) => `${(bytes / 1024).toFixed(0)} KB`;
+      const { before, after } = report;
+      const seconds = (report.durationMs / 1000).toFixed(1);
       console.log(
-        `cycles:       ${report.cycles} (${report.early} abandoned before their first event, ${report.stuck} stuck) in ${(report.durationMs / 1000).toFixed(1)} s`,
+        `cycles:       ${report.cycles} (${report.early} abandoned before their first event, ` +
+          `${report.stuck} stuck) in ${seconds} s`,
       );
-      console.log(
-        `handles:      before ${JSON.stringify(sorted(report.before.resources))}, after ${JSON.stringify(sorted(report.after.resources))}`,
-      );
-      console.log(`streams:      before ${report.before.streams}, after ${report.after.streams}`);
-      console.log(
-        `connections:  before ${report.before.connections}, after ${report.after.connections}`,
-      );
-      console.log(
-        `heap after GC: before ${kb(report.before.heapUsed)}, after ${kb(report.after.heapUsed)}`,
-      );
+      console.log(`handles:      before ${handles(before)}, after ${handles(after)}`);
+      console.log(`streams:      before ${before.streams}, after ${after.streams}`);
+      console.log(`connections:  before ${before.connections}, after ${after.connections}`);
+      console.log(`heap after GC: before ${kb(before.heapUsed)}, after ${kb(after.heapUsed)}`);
       console.log(`${report.matches ? "match" : "NO MATCH"}: ${report.verdict}`);
     }
     process.exitCode = report.matches ? 0 : 1;
   } catch (error) {
-    console.error(`soak: ${error instanceof Error ? error.message : String(error)}`);
+    console.error(`soak: ${messageOf(error)}`);
     process.exitCode = 1;
   }
 }

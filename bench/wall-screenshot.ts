@@ -17,6 +17,7 @@ import { dirname, relative } from "node:path";
 import type { Browser } from "playwright-core";
 import { chromiumMissing, launchChromium } from "./chromium.ts";
 import {
+  messageOf,
   picturePath,
   START_DEADLINE_MS,
   startFile,
@@ -87,7 +88,8 @@ try {
   );
 } catch (error) {
   process.exitCode = 1;
-  console.error(`No screenshot: ${error instanceof Error ? error.message.split("\n")[0] : String(error)}`);
+  // Playwright's messages go on with a call log; the first line says what failed.
+  console.error(`No screenshot: ${messageOf(error).split("\n")[0]}`);
 } finally {
   // Whatever happened, leave no browser and no process behind.
   await browser?.close();

@@ -23,6 +23,7 @@ import {
   count,
   kb,
   mbFromKB,
+  messageOf,
   ms,
   percentiles,
   rssKB,
@@ -30,10 +31,12 @@ import {
   SseReader,
   startServer,
   stop,
+  tableHead,
+  tableRow,
   type Percentiles,
 } from "./common.ts";
 
-/** Subscribers connecting at once: enough to be quick, few enough not to overrun the listen backlog. */
+/** Subscribers connecting at once: enough to be quick, too few to overrun the listen backlog. */
 const CONNECT_BATCH = 500;
 /** How long after the POST the last arrival may come before the rest count as lost. */
 const DELIVERY_DEADLINE_MS = 30_000;
@@ -60,7 +63,7 @@ export interface WsBenchReport {
 
 // ─── Subscribers ─────────────────────────────────────────────────────────────
 
-/** One subscriber of either kind: resolves `ready` once subscribed, calls `arrived` for each room message. */
+/** A subscriber of either kind: `ready` once subscribed; it calls `arrived` for each message. */
 interface Subscriber {
   ready: Promise<void>;
   close(): void;
@@ -111,7 +114,10 @@ async function postMessage(url: string, text: string): Promise<number> {
   return ((await answer.json()) as { id: number }).id;
 }
 
-/** Opens `count` subscribers of one kind, reads the server's RSS, POSTs one message, and times its arrival at each. */
+/**
+ * Opens `count` subscribers of one kind, reads the server's RSS, POSTs one
+ * message, and times its arrival at each.
+ */
 async function measure(
   transport: TransportReport["transport"],
   count: number,
@@ -173,30 +179,36 @@ async function measure(
 
 // ─── The report ──────────────────────────────────────────────────────────────
 
-/** The run whose p99 delivery is the median one (the higher middle of an even count), per transport. */
+/** Per transport, the run whose p99 delivery is the median one (of an even count, the higher). */
 function medianRun(runs: TransportReport[][], index: number): TransportReport {
   const rows = runs.map((run) => run[index]!).sort((a, b) => a.delivery.p99 - b.delivery.p99);
   return rows[rows.length >> 1]!;
 }
 
+const TRANSPORTS: TransportReport["transport"][] = ["WebSocket", "SSE"];
+
+const spread = ({ p50, p99, max }: Percentiles, between: string) =>
+  [ms(p50), ms(p99), ms(max)].join(between);
+
 export async function runWsBench(sockets: number, runs: number): Promise<WsBenchReport> {
   const all: TransportReport[][] = [];
   for (let run = 0; run < runs; run++) {
-    const order: TransportReport["transport"][] =
-      run % 2 === 0 ? ["WebSocket", "SSE"] : ["SSE", "WebSocket"];
+    // Every other run in the other order, so neither transport always goes first.
+    const order = run % 2 === 0 ? TRANSPORTS : [...TRANSPORTS].reverse();
     const measured: TransportReport[] = [];
     for (const transport of order) {
       const report = await measure(transport, sockets);
+      const { p50, p99, max } = report.delivery;
+      const received = `${report.received} of ${report.subscribers} received`;
       console.error(
-        `run ${run + 1}/${runs} ${transport}: ${report.received} of ${report.subscribers} received, delivery p50 ${ms(report.delivery.p50)} p99 ${ms(report.delivery.p99)} max ${ms(report.delivery.max)}, ${kb(report.perSubscriberKB)} per subscriber`,
+        `run ${run + 1}/${runs} ${transport}: ${received}, ` +
+          `delivery p50 ${ms(p50)} p99 ${ms(p99)} max ${ms(max)}, ` +
+          `${kb(report.perSubscriberKB)} per subscriber`,
       );
       measured.push(report);
     }
-    all.push(
-      ["WebSocket", "SSE"].map((transport) =>
-        measured.find((report) => report.transport === transport)!,
-      ),
-    );
+    const byTransport = (transport: string) => measured.find((r) => r.transport === transport)!;
+    all.push(TRANSPORTS.map(byTransport));
   }
   return { sockets, runs: all, median: [medianRun(all, 0), medianRun(all, 1)] };
 }
@@ -204,19 +216,37 @@ export async function runWsBench(sockets: number, runs: number): Promise<WsBench
 export function wsSection(report: WsBenchReport): string {
   const runs = report.runs.length;
   const lines = [
-    `**The room over both transports** (bench/ws.ts): ${count(report.sockets)} subscribers of the room on one server.ts process, one POST; ${runs === 1 ? "one run" : `the run with the median p99 of ${runs}`}. Delivery is from just before the POST to each arrival, on one clock; per subscriber = (RSS with all subscribed - RSS idle) / subscribers.`,
+    `**The room over both transports** (bench/ws.ts): ${count(report.sockets)} subscribers of ` +
+      `the room on one server.ts process, one POST; ` +
+      `${runs === 1 ? "one run" : `the run with the median p99 of ${runs}`}. Delivery is from ` +
+      `just before the POST to each arrival, on one clock; per subscriber = (RSS with all ` +
+      `subscribed - RSS idle) / subscribers.`,
     "",
-    "| transport | received | lost · dup | delivery p50 · p99 · max | RSS idle → subscribed | per subscriber |",
-    "|---|---|---|---|---|---|",
-    ...report.median.map(
-      (row) =>
-        `| **${row.transport}** | ${count(row.received)} of ${count(row.subscribers)} | ${row.lost} · ${row.duplicated} | ${ms(row.delivery.p50)} · ${ms(row.delivery.p99)} · ${ms(row.delivery.max)} | ${mbFromKB(row.idleKB)} → ${mbFromKB(row.loadedKB)} | **${kb(row.perSubscriberKB)}** |`,
+    ...tableHead(
+      "transport",
+      "received",
+      "lost · dup",
+      "delivery p50 · p99 · max",
+      "RSS idle → subscribed",
+      "per subscriber",
+    ),
+    ...report.median.map((row) =>
+      tableRow(
+        `**${row.transport}**`,
+        `${count(row.received)} of ${count(row.subscribers)}`,
+        `${row.lost} · ${row.duplicated}`,
+        spread(row.delivery, " · "),
+        `${mbFromKB(row.idleKB)} → ${mbFromKB(row.loadedKB)}`,
+        `**${kb(row.perSubscriberKB)}**`,
+      ),
     ),
   ];
   const [socket] = report.median;
+  const met = socket!.delivery.p99 <= 100 && socket!.lost === 0;
   lines.push(
     "",
-    `Target for WebSocket: p99 at most 100 ms, nothing lost: ${socket!.delivery.p99 <= 100 && socket!.lost === 0 ? "met" : "**missed**"} (${ms(socket!.delivery.p99)}, ${socket!.lost} lost).`,
+    `Target for WebSocket: p99 at most 100 ms, nothing lost: ${met ? "met" : "**missed**"} ` +
+      `(${ms(socket!.delivery.p99)}, ${socket!.lost} lost).`,
   );
   return lines.join("\n");
 }
@@ -226,6 +256,11 @@ export function wsBroken(report: WsBenchReport): boolean {
   return report.runs.flat().some((row) => row.lost > 0 || row.duplicated > 0);
 }
 
+const HELP = `Usage: npx tsx bench/ws.ts [--sockets N] [--runs R]
+
+  --sockets N   Subscribers of each transport (default 10000).
+  --runs R      Runs of each, the median reported (default 3).`;
+
 if (isMain(import.meta.url)) {
   const flags = readFlags(
     {
@@ -233,7 +268,7 @@ if (isMain(import.meta.url)) {
       runs: { type: "string", default: "3" },
       help: { type: "boolean", default: false },
     },
-    "Usage: npx tsx bench/ws.ts [--sockets N] [--runs R]\n\n  --sockets N   Subscribers of each transport (default 10000).\n  --runs R      Runs of each, the median reported (default 3).",
+    HELP,
   );
   const sockets = Number(flags.sockets);
   const runs = Number(flags.runs);
@@ -246,7 +281,7 @@ if (isMain(import.meta.url)) {
     console.log(wsSection(report));
     process.exitCode = wsBroken(report) ? 1 : 0;
   } catch (error) {
-    console.error(`bench/ws.ts: ${error instanceof Error ? error.message : String(error)}`);
+    console.error(`bench/ws.ts: ${messageOf(error)}`);
     process.exitCode = 1;
   }
 }

@@ -15,14 +15,12 @@ import path from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import * as assert from "uvu/assert";
-import { COUNTDOWN_FROM, countdownEvent, drainOrClose, formatEvent, listen, PAGE, serverEvent, type App } from "../server.ts";
+import { COUNTDOWN_FROM, countdownEvent, drainOrClose, formatEvent, PAGE, serverEvent, type App } from "../server.ts";
 import {
   activeResources,
   BOOT_DEADLINE_MS,
   browserLesson,
   Child,
-  closeListener,
-  createTestApp,
   CONNECTIONS_PER_HOST,
   DEADLINE_MS,
   isAlive,
@@ -33,9 +31,11 @@ import {
   refusesBadFlags,
   refusesBusyPort,
   request,
+  restartLoopbackServer,
   runner,
   SseClient,
   startBlocking,
+  startLoopbackServer,
   startServer,
   STILL_WAITING_MS,
   stopBlocking,
@@ -647,24 +647,6 @@ lesson("blocking command line: blocking-server.ts", (test) => {
 
 // ─── Tabs in a real browser ──────────────────────────────────────────────────
 
-/** Lesson 1 alone on both loopback addresses, as `npm start` listens, so *.localhost names reach it. */
-async function startLessonOne(port = 0): Promise<LoopbackServer> {
-  const lines: string[] = [];
-  const app = await createTestApp(LESSON_ONE, lines);
-  const listeners = await within("the server to listen", listen(app.server, "localhost", port));
-  return { app, listeners, lines, port: (app.server.address() as net.AddressInfo).port };
-}
-
-/** Stops it the way Ctrl-C does, its streams ended cleanly so browsers reconnect, and starts it again on the same port. */
-async function restartLessonOne(running: LoopbackServer): Promise<LoopbackServer> {
-  const closed = Promise.all(running.listeners.map(closeListener));
-  running.app.endStreams();
-  await until("the ended streams to close", () => running.app.streams.size === 0);
-  running.app.server.closeIdleConnections();
-  await within("the old server to close", closed);
-  return startLessonOne(running.port);
-}
-
 browserLesson("browser: every tab streams from the async server", (test, browser) => {
   let running: LoopbackServer | undefined;
   let profile: Profile | undefined;
@@ -672,7 +654,7 @@ browserLesson("browser: every tab streams from the async server", (test, browser
   const url = (host: string, query: string) => `http://${host}:${running!.port}/${query}`;
 
   test.before(async () => {
-    running = await startLessonOne();
+    running = await startLoopbackServer(0, LESSON_ONE);
   });
   test.before.each(async () => {
     await until("the last test's streams to close", () => streams() === 0);
@@ -768,7 +750,7 @@ browserLesson("browser: every tab streams from the async server", (test, browser
   test("after a server restart mid-countdown the tab reconnects and carries on at the next number", async () => {
     const tab = await profile!.open(url("localhost", "?from=100&interval=200"));
     await until("a few numbers", () => tab.numbers.length >= 3);
-    running = await restartLessonOne(running!);
+    running = await restartLoopbackServer(running!);
     await until("the page to say reconnecting", () => tab.state === "reconnecting");
     await until(
       "the page to reconnect and show 3 more numbers",

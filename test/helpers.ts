@@ -21,6 +21,10 @@ import { chooseHub, type Hub } from "../lessons/hub.ts";
 
 // ─── Helpers ─────────────────────────────────────────────────────────────────
 
+// The suites choose each server's port, host, processes and database themselves: a reader's own
+// environment (say DATABASE_URL exported for the PostgreSQL lesson) must not choose for them.
+for (const name of ["PORT", "HOST", "WEB_CONCURRENCY", "DATABASE_URL"]) delete process.env[name];
+
 /** How long any single wait may take before the test fails with a message. */
 export const DEADLINE_MS = 5000;
 
@@ -578,17 +582,20 @@ export function browserLesson(name: string, build: (test: Test, browser: () => B
 /** A countdown server in this process, on both loopback addresses like `npm start`, so *.localhost names reach it. */
 export interface LoopbackServer {
   app: App;
+  /** What it was started with, so a restart makes the same server again. */
+  options: TestServerOptions;
   listeners: net.Server[];
   lines: string[];
   port: number;
 }
 
-/** Starts one; `hub`, when given, is kept from a server before it, as --database keeps the room across a restart. */
-export async function startLoopbackServer(port = 0, hub?: Hub): Promise<LoopbackServer> {
+/** Starts one; `hub`, when given, is kept from a server before it, as --database keeps the room. */
+export async function startLoopbackServer(port = 0, options: TestServerOptions = {}) {
   const lines: string[] = [];
-  const app = await createTestApp({ hub }, lines);
+  const app = await createTestApp(options, lines);
   const listeners = await within("the server to listen", listen(app.server, "localhost", port));
-  return { app, listeners, lines, port: (app.server.address() as net.AddressInfo).port };
+  const running: LoopbackServer = { app, listeners, lines, port: (app.server.address() as net.AddressInfo).port, options };
+  return running;
 }
 
 export function closeListener(listener: net.Server): Promise<void> {
@@ -607,13 +614,13 @@ export async function stopLoopbackServer(running: LoopbackServer | undefined) {
  * Stops a server the way Ctrl-C does, its streams ended cleanly so browsers
  * reconnect, then starts a new one on the same port.
  */
-export async function restartLoopbackServer(running: LoopbackServer, hub?: Hub): Promise<LoopbackServer> {
+export async function restartLoopbackServer(running: LoopbackServer): Promise<LoopbackServer> {
   const closed = Promise.all(running.listeners.map(closeListener));
   running.app.endStreams();
   await until("the ended streams to close", () => running.app.streams.size === 0);
   running.app.server.closeIdleConnections();
   await within("the old server to close", closed);
-  return startLoopbackServer(running.port, hub);
+  return startLoopbackServer(running.port, running.options);
 }
 
 // ─── A real PostgreSQL ───────────────────────────────────────────────────────

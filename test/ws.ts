@@ -398,7 +398,7 @@ browserLesson("browser: the room over a WebSocket", (test, browser) => {
   };
 
   test.before(async () => {
-    running = await startLoopbackServer(0, hub);
+    running = await startLoopbackServer(0, { hub });
   });
   test.before.each(async () => {
     profile = await Profile.open(browser());
@@ -443,7 +443,7 @@ browserLesson("browser: the room over a WebSocket", (test, browser) => {
     const shownBefore = await shownIds(tab);
 
     // The hub outlives the process, as PostgreSQL's does with --database: ids go on where they were.
-    running = await restartLoopbackServer(running!, hub);
+    running = await restartLoopbackServer(running!);
     const whileAway = await hub.publish(ROOM_TOPIC, "message", { name: "Bo", text: "while it was away", poster: null });
     await until("the page to reconnect and subscribe", () => follows(running!.lines) === 1, BOOT_DEADLINE_MS);
     const after = await post(base(), "after the restart");
