@@ -1,13 +1,17 @@
 /**
- * blocking-server.ts: the same countdown, served the way gunicorn's sync workers serve it.
+ * blocking-server.ts: lesson 1's twin, the same countdown served the way gunicorn's
+ * sync workers serve it, as in the WSGI half of the post "Why I am excited about
+ * ASGI & Django" (seed 001); its log writes the lines of the post's gunicorn log.
  *
- * An arbiter process owns the port and hands each connection, one at a time, to
- * a worker process. A worker serves one request from its first byte to its last,
- * and the countdown's sleep blocks its whole thread, like Python's time.sleep(1):
- * while one tab counts, that worker does nothing else, not even tell the arbiter
- * it is alive. After --timeout seconds of silence the arbiter kills it, the
- * stream is cut, and a fresh worker serves whoever was waiting. Compare
- * server.ts, where one process serves every tab.
+ * This file runs as two programs. Run plainly, it is the arbiter: the process that
+ * owns the port. The arbiter runs this same file again with --worker for each
+ * worker process, and hands each connection, one at a time, to an idle worker.
+ * A worker serves one request from its first byte to its last, and the
+ * countdown's sleep blocks its whole thread, like Python's time.sleep(1): while
+ * one tab counts, that worker does nothing else, not even tell the arbiter it is
+ * alive. After --timeout seconds of silence the arbiter kills it, the stream is
+ * cut, and a fresh worker serves whoever was waiting. Compare server.ts, where
+ * one process serves every tab.
  *
  * Run it:    npx -y tsx blocking-server.ts   (or: node blocking-server.ts on Node 22.18+ / 24)
  * Then try:
@@ -20,14 +24,11 @@
  *   - --workers 2 lets two tabs count at once; a third tab waits;
  *   - --timeout 0 lets one tab count down to "Blastoff!" while every other tab waits.
  *
- * Lesson 2's blocking twin is served here too (lessons/fanout.ts says what to try):
- * curl http://localhost:8001/api/aggregated/ deadlocks the only worker until a 504.
- *
- * Lesson 3's room has no blocking twin: a worker blocked in one stream hears
- * nothing of a message posted to another worker, so /room/ answers 404 here
- * (the README's lesson 3 says why). Nor do the toasts: its pages are served
- * without them. Lesson 4's WebSockets have none either: each socket would
- * hold a whole worker for as long as it stays open.
+ * The later lessons: lesson 2's blocking twin is served here too (lessons/fanout.ts
+ * says what to try). Lessons 3 and 4 have none: a worker blocked in one stream hears
+ * nothing of a message posted to another, and a WebSocket would hold a worker for as
+ * long as it stays open, so their paths answer 404 (see docs/room.md and docs/ws.md).
+ * The pages come without the toasts.
  */
 
 import type { ServerResponse } from "node:http";
@@ -53,7 +54,10 @@ const WORKERS_RANGE = { min: 1, max: 64 };
 const DEFAULT_TIMEOUT_S = 30;
 const TIMEOUT_RANGE_S = { min: 0.1, max: 86_400 };
 
-/** How long the arbiter's loop sleeps between looks at its workers, as gunicorn's does. */
+/**
+ * How long the arbiter's loop sleeps between looks at its workers, as gunicorn's does, or a
+ * quarter of --timeout when that is shorter. Idle workers say "alive" as often.
+ */
 const ARBITER_SLEEP_MS = 1000;
 /**
  * Until its first message a worker gets at least this long: starting Node and
@@ -61,7 +65,7 @@ const ARBITER_SLEEP_MS = 1000;
  */
 const BOOT_ALLOWANCE_MS = 10_000;
 
-/** The argument that makes this file run as a worker; `ps` shows the workers with it. */
+/** The argument with which the arbiter runs this file as a worker; `ps` shows it too. */
 const WORKER_FLAG = "--worker";
 const THIS_FILE = fileURLToPath(import.meta.url);
 
@@ -70,7 +74,8 @@ const THIS_FILE = fileURLToPath(import.meta.url);
 // The sync twin of server.ts's `countdown`: the same schedule and the same
 // events, but a plain generator whose sleep holds the thread. While it sleeps,
 // this process runs nothing else: no other request, no timer, no heartbeat.
-// (`sleepSync` lives in lessons/fanout.ts, whose lesson 2 makes the same mistake on purpose.)
+// `sleepSync(ms)` (lesson 2, lessons/fanout.ts) is Atomics.wait on an integer that nobody
+// changes: the thread stops for `ms` and runs nothing meanwhile.
 
 /**
  * Yields the SSE messages of one countdown: `from`, `from - 1`, ... 0.
@@ -100,9 +105,9 @@ function sendNow(res: ServerResponse, message: string): boolean {
   res.write(message);
   const socket = res.socket;
   if (!socket) return false;
-  // node:http corks the socket on write and uncorks it on process.nextTick, which never comes
-  // while this thread sleeps. The socket's uncork, not res.uncork(): on Node 22+ that one
-  // would hold back every later chunk.
+  // node:http holds writes back (corks the socket) until the next tick, which never comes
+  // while this thread sleeps, so we send them now; the socket's own uncork, since on Node 22+
+  // res.uncork() would hold back every later chunk.
   socket.uncork();
   return !socket.destroyed && socket.errored === null;
 }
@@ -113,22 +118,19 @@ function sendNow(res: ServerResponse, message: string): boolean {
 const serveCountdown: Handler = (req, res, url, { heartbeat }) => {
   allowEveryOrigin(res);
   const { from, interval } = readCountdownOptions(req, url);
-  if (from < 0) {
-    // The browser saw event 0 already; 204 is how SSE says "do not reconnect".
-    res.writeHead(204).end();
-    return;
-  }
+  if (from < 0) return void res.writeHead(204).end(); // over already, as in server.ts
   res.writeHead(200, SSE_HEADERS);
-  // The page shows which process serves it. A sync worker never holds more than this one stream.
-  let status = serverEvent(process.pid, 1, process.memoryUsage.rss());
+  // Sent with the first message: the `server` event, whose pid the page shows, and its one
+  // stream, since a sync worker never holds more.
+  let serverNews = serverEvent(process.pid, 1, process.memoryUsage.rss());
   let eventsSent = 0;
   for (const message of countdown(from, interval, heartbeat)) {
-    if (!sendNow(res, status + message)) {
+    if (!sendNow(res, serverNews + message)) {
       const why = "the client left, so a write failed; this worker is free";
       log("INFO", `Stream stopped after ${eventsSent} events: ${why}`);
       return;
     }
-    status = "";
+    serverNews = "";
     if (message !== HEARTBEAT) eventsSent++;
   }
   res.end();
@@ -139,13 +141,14 @@ const noTwin = (sentence: string): Handler => () => {
   throw new RequestError(404, sentence);
 };
 const noRoom = noTwin("The room is served by server.ts only: a blocking worker cannot push" +
-  " (see lesson 3 in the README).");
+  " (see docs/room.md).");
 const noWebSocket = noTwin("WebSockets are served by server.ts only: each one would hold a" +
-  " blocking worker for as long as it stays open (see lesson 4 in the README).");
+  " blocking worker for as long as it stays open (see docs/ws.md).");
 
 /**
- * What a worker adds to lesson 1's routes (its page stays as it is). The wall
- * (/wall) has no twin: server.ts serves it, and its right column streams from here.
+ * What a worker adds to lesson 1's routes (its page stays as it is). `onlyWorker`:
+ * this worker is the server's one, so a call to itself deadlocks (lesson 2 says so).
+ * The wall (/wall) has no twin: server.ts serves it, and its right column streams from here.
  */
 function workerRoutes(origin: string, onlyWorker: boolean): Routes {
   return {
@@ -162,31 +165,28 @@ function workerRoutes(origin: string, onlyWorker: boolean): Routes {
 }
 
 // ─── The log, in gunicorn's format ───────────────────────────────────────────
+//
+// `[2026-11-21 23:40:01 +0000] [pid] [LEVEL] message`, local time and its offset from UTC:
+// readers (and the workshop, beside the wall) hold it against gunicorn's real log.
 
 type Level = "INFO" | "ERROR" | "CRITICAL";
 
-/** One line as gunicorn writes it: `[2026-11-21 23:40:01 +0000] [pid] [LEVEL] message`. */
 function log(level: Level, message: string, pid = process.pid): void {
-  console.log(`[${gunicornTime(new Date())}] [${pid}] [${level}] ${message}`);
-}
-
-/** Local time with its offset from UTC, the way Python's `%Y-%m-%d %H:%M:%S %z` prints it. */
-function gunicornTime(date: Date): string {
-  const two = (n: number) => String(n).padStart(2, "0");
-  const offset = -date.getTimezoneOffset();
-  const hours = two(Math.floor(Math.abs(offset) / 60));
-  const zone = `${offset < 0 ? "-" : "+"}${hours}${two(Math.abs(offset) % 60)}`;
-  const day = `${date.getFullYear()}-${two(date.getMonth() + 1)}-${two(date.getDate())}`;
-  const time = `${two(date.getHours())}:${two(date.getMinutes())}:${two(date.getSeconds())}`;
-  return `${day} ${time} ${zone}`;
+  const east = -new Date().getTimezoneOffset(); // minutes ahead of UTC
+  // toISOString prints UTC; shifted by `east` it prints the local time, and from `east`
+  // alone the offset's hours and minutes ("05:30" for +0530).
+  const iso = (ms: number) => new Date(ms).toISOString();
+  const time = iso(Date.now() + east * 60_000).slice(0, 19).replace("T", " ");
+  const zone = (east < 0 ? "-" : "+") + iso(Math.abs(east) * 60_000).slice(11, 16).replace(":", "");
+  console.log(`[${time} ${zone}] [${pid}] [${level}] ${message}`);
 }
 
 // ─── The worker ──────────────────────────────────────────────────────────────
 //
-// A worker talks to the arbiter over the IPC channel `fork` opened: "ready"
-// when it can take a connection, and "alive" from a timer, as gunicorn's workers
-// notify() theirs. Both come from its event loop, so a worker blocked in a
-// stream falls silent by itself.
+// A worker is this file, run by the arbiter with --worker. It talks to the arbiter
+// over the IPC channel `fork` opened: "ready" when it can take a connection, and
+// "alive" from a timer, as gunicorn's workers notify() theirs. Both come from its
+// event loop, so a worker blocked in a stream falls silent by itself.
 
 type WorkerMessage = "ready" | "alive";
 
@@ -200,9 +200,12 @@ function runWorker(notifyEveryMs: number, origin: string, workers: number): void
   const app = createApp({ log: (line) => log("ERROR", line), lessonsHere: true });
   Object.assign(app.routes, workerRoutes(origin, workers === 1));
   // gunicorn's sync worker serves one request per connection, so the next request queues at
-  // the arbiter again. Every answer says so, a 404 too, before the router writes it.
+  // the arbiter again. Every answer says so, a 404 too: prependListener runs this listener
+  // before the router, which createApp added first.
   app.server.prependListener("request", (_req, res) => res.setHeader("Connection", "close"));
 
+  // The arbiter sends each connection with its message: Node passes the socket's file
+  // descriptor over the IPC channel, and the app serves it as if it had accepted it itself.
   process.on("message", (message, socket) => {
     if (message !== "connection" || !(socket instanceof net.Socket)) return;
     tell("alive");
@@ -221,15 +224,16 @@ function runWorker(notifyEveryMs: number, origin: string, workers: number): void
 // queues them in order, and gives each to an idle worker. It keeps the right
 // number of workers alive and kills the ones that fall silent.
 
+/** "booting" until its first "ready"; "killed" by the arbiter, so that its exit is expected. */
+type WorkerState = "booting" | "idle" | "busy" | "killed";
+
 interface Worker {
   process: ChildProcess;
   pid: number;
   /** When it last said anything (performance.now()): a blocked worker says nothing. */
   lastHeard: number;
-  booted: boolean;
-  busy: boolean;
-  /** Set when the arbiter killed it, so its exit is expected. */
-  killed: boolean;
+  state: WorkerState;
+  /** Set once its process has ended; `state` keeps what it was then. */
   exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
 }
 
@@ -237,8 +241,8 @@ interface WaitingConnection {
   socket: net.Socket;
   client: string;
   since: number;
-  /** Logged as waiting, so its hand-out is logged too. */
-  queued: boolean;
+  /** It found every worker busy and was logged as waiting, so its hand-out is logged too. */
+  logged: boolean;
 }
 
 class Arbiter {
@@ -251,10 +255,7 @@ class Arbiter {
   origin = "";
   private numWorkers: number;
   private timeoutMs: number;
-  /**
-   * gunicorn's loop sleeps a second; a short timeout needs closer looks, and
-   * idle workers notify as often.
-   */
+  /** ARBITER_SLEEP_MS, or less for a short --timeout. */
   private checkEveryMs: number;
   private wake = () => {};
 
@@ -289,25 +290,24 @@ class Arbiter {
     });
   }
 
-  /** Forks one worker: this same file with --worker, under the same loader as the arbiter's. */
+  /** Forks this file with --worker; fork() passes on the arbiter's Node options (tsx's loader). */
   spawnWorker(): void {
     const settings = [String(this.checkEveryMs), this.origin, String(this.numWorkers)];
     const child = fork(THIS_FILE, [WORKER_FLAG, ...settings]);
     const worker: Worker = {
       process: child, pid: child.pid ?? 0, lastHeard: performance.now(),
-      booted: false, busy: false, killed: false, exited: undefined,
+      state: "booting", exited: undefined,
     };
     this.workers.add(worker);
-    // gunicorn's worker writes this line itself, right after the fork and before it loads the
-    // app. A Node child takes a moment to start, so the arbiter writes it for the worker as
-    // soon as the pid exists.
+    // gunicorn's worker logs this itself; a Node child is slow to start, so the arbiter does.
     log("INFO", `Booting worker with pid: ${worker.pid}`, worker.pid);
     child.on("message", (message) => this.heard(worker, message as WorkerMessage));
     child.on("exit", (code, signal) => {
       worker.exited = { code, signal };
       this.wake();
     });
-    // A send to a worker that just died fails here; its exit is handled by reapWorkers.
+    // An "error" event with no listener would end the arbiter. A send to a worker that just
+    // died fails this way, and there is nothing to do: reapWorkers handles its exit.
     child.on("error", () => {});
   }
 
@@ -316,8 +316,9 @@ class Arbiter {
     if (this.timeoutMs === 0) return;
     const now = performance.now();
     for (const worker of this.workers) {
-      const limit = worker.booted ? this.timeoutMs : Math.max(this.timeoutMs, BOOT_ALLOWANCE_MS);
-      if (worker.killed || worker.exited || now - worker.lastHeard <= limit) continue;
+      const booting = worker.state === "booting";
+      const limit = booting ? Math.max(this.timeoutMs, BOOT_ALLOWANCE_MS) : this.timeoutMs;
+      if (worker.state === "killed" || worker.exited || now - worker.lastHeard <= limit) continue;
       log("CRITICAL", `WORKER TIMEOUT (pid:${worker.pid})`);
       this.kill(worker);
     }
@@ -329,7 +330,7 @@ class Arbiter {
    * cannot log its own "Worker exiting": reapWorkers writes that line for it.
    */
   private kill(worker: Worker): void {
-    worker.killed = true;
+    worker.state = "killed";
     worker.process.kill("SIGKILL");
   }
 
@@ -339,12 +340,12 @@ class Arbiter {
       if (!worker.exited) continue;
       this.workers.delete(worker);
       // A Ctrl-C in a terminal reaches every process of the group, workers included: expected too.
-      if (worker.killed || this.stopping) {
+      if (worker.state === "killed" || this.stopping) {
         log("INFO", `Worker exiting (pid: ${worker.pid})`, worker.pid);
       } else {
         const { code, signal } = worker.exited;
         log("ERROR", `Worker (pid:${worker.pid}) exited with ${signal ?? `code ${code}`}`);
-        if (!worker.booted) this.fail("Worker failed to boot.");
+        if (worker.state === "booting") this.fail("Worker failed to boot.");
       }
     }
   }
@@ -357,10 +358,12 @@ class Arbiter {
   /** A new connection joins the queue, unread: whichever worker takes it reads the request. */
   accept(socket: net.Socket): void {
     const client = clientName(socket);
-    const queued = ![...this.workers].some((worker) => this.isIdle(worker));
-    this.waiting.push({ socket, client, since: performance.now(), queued });
+    // Only a connection that finds every worker busy is news: it waits, and its hand-out is
+    // logged too. One that finds an idle worker is handed out at once, without a line.
+    const logged = ![...this.workers].some((worker) => this.isIdle(worker));
+    this.waiting.push({ socket, client, since: performance.now(), logged });
     const waits = `the connection from ${client} waits (${this.waiting.length} waiting)`;
-    if (queued) log("INFO", `No idle worker: ${waits}`);
+    if (logged) log("INFO", `No idle worker: ${waits}`);
     this.handOutConnections();
   }
 
@@ -369,11 +372,11 @@ class Arbiter {
     for (const worker of this.workers) {
       if (this.waiting.length === 0) return;
       if (!this.isIdle(worker)) continue;
-      const { socket, client, since, queued } = this.waiting.shift()!;
-      worker.busy = true;
+      const { socket, client, since, logged } = this.waiting.shift()!;
+      worker.state = "busy";
       // The socket's file descriptor travels over the IPC channel; this process closes its copy.
       worker.process.send("connection", socket);
-      if (!queued) continue;
+      if (!logged) continue;
       const waited = ((performance.now() - since) / 1000).toFixed(1);
       const takes = `Worker ${worker.pid} takes the connection from ${client} after ${waited} s`;
       log("INFO", `${takes} (${this.waiting.length} waiting)`);
@@ -381,16 +384,14 @@ class Arbiter {
   }
 
   private isIdle(worker: Worker): boolean {
-    const alive = !worker.killed && !worker.exited && worker.process.connected;
-    return worker.booted && !worker.busy && alive;
+    return worker.state === "idle" && !worker.exited && worker.process.connected;
   }
 
   /** Every message is a heartbeat; "ready" also means the worker can take a connection. */
   private heard(worker: Worker, message: WorkerMessage): void {
     worker.lastHeard = performance.now();
-    if (message !== "ready") return;
-    worker.booted = true;
-    worker.busy = false;
+    if (message !== "ready" || worker.state === "killed") return;
+    worker.state = "idle";
     this.handOutConnections();
   }
 
@@ -428,7 +429,7 @@ class Arbiter {
 
 // ─── Start-up: flags, listening, stopping ────────────────────────────────────
 
-/** --timeout in seconds: 0 for never, or a number such as 30 or 0.5; a bad one exits with 2. */
+/** --timeout: 0 (never) or seconds, fractions too, which flagNumber does not read; else exit 2. */
 function timeoutSeconds(text: string | undefined): number {
   if (text === undefined || text === "") return DEFAULT_TIMEOUT_S;
   const seconds = /^\d{1,6}(\.\d{1,3})?$/.test(text) ? Number(text) : NaN;
@@ -488,7 +489,7 @@ async function main() {
   await arbiter.run();
 }
 
-// The arbiter forks this same file with --worker and its settings; run plainly, it is the arbiter.
+// Started by the arbiter with --worker and its settings, this file is a worker; else the arbiter.
 const [, , flag, notifyEveryMs, origin = "", workers] = process.argv;
 if (flag === WORKER_FLAG) runWorker(Number(notifyEveryMs), origin, Number(workers));
 else await main();

@@ -39,6 +39,8 @@ export const FROM_RANGE = { min: 0, max: 100_000 };
 export const INTERVAL_RANGE = { min: 10, max: 60_000 };
 /** A stream that has been silent this long gets a comment line, so proxies do not drop it. */
 export const HEARTBEAT_MS = 15_000;
+/** --heartbeat in seconds: 0 turns it off (to watch a proxy cut a silent stream). */
+export const HEARTBEAT_RANGE_S = { min: 0, max: 3600 };
 /** On Ctrl-C, how long open connections get to close before the process exits anyway. */
 export const SHUTDOWN_GRACE_MS = 1000;
 
@@ -57,6 +59,7 @@ export const SHUTDOWN_GRACE_MS = 1000;
  */
 export async function* countdown(from: number, interval: number, res: ServerResponse,
   heartbeat = HEARTBEAT_MS) {
+  const beatEvery = heartbeat > 0 ? heartbeat : Infinity; // 0: no heartbeat at all
   // One "close" listener for the whole stream, one timer per sleep: the leanest
   // bookkeeping that still stops a countdown the moment its client leaves.
   let timer: NodeJS.Timeout | undefined;
@@ -81,8 +84,8 @@ export async function* countdown(from: number, interval: number, res: ServerResp
       yield countdownEvent(i);
       if (i === 0) return;
       const due = start + (from - i + 1) * interval;
-      while (due - performance.now() > heartbeat) {
-        await sleep(heartbeat);
+      while (due - performance.now() > beatEvery) {
+        await sleep(beatEvery);
         if (over()) return;
         yield HEARTBEAT;
       }
@@ -444,7 +447,7 @@ export interface Lesson {
 export interface AppOptions {
   quiet?: boolean; // no line per stream opened and closed
   log?: (line: string) => void; // tests collect the lines
-  heartbeat?: number; // milliseconds of silence before a comment line; tests shorten it
+  heartbeat?: number; // milliseconds of silence before a comment line, 0 for none
   flags?: FlagValues;
   lessonsHere?: boolean; // false: the 404 sentence says where the later lessons live
 }
@@ -473,7 +476,8 @@ export function createApp(options: AppOptions = {}): App {
       stops.push(stop);
     },
     endStreams() {
-      const ended = [`${app.streams.size} open streams`];
+      const open = app.streams.size;
+      const ended = [`${open} open stream${open === 1 ? "" : "s"}`];
       for (const res of app.streams) res.end();
       for (const stop of stops) ended.push(stop() || "");
       return ended.filter((phrase) => phrase !== "");
@@ -503,8 +507,16 @@ type FlagOptions = NonNullable<ParseArgsConfig["options"]>;
 
 /** parseArgs, with its errors turned into one sentence and exit code 2. */
 export function readFlags<const T extends FlagOptions>(options: T, help: string) {
+  // "--port -1" reads as two flags to parseArgs: join a negative number to its flag, so that
+  // the range check can say what is wrong with it.
+  const args: string[] = [];
+  for (const arg of process.argv.slice(2)) {
+    const flag = options[args.at(-1)?.slice(2) ?? ""];
+    if (/^-\d/.test(arg) && flag?.type === "string") args.push(`${args.pop()}=${arg}`);
+    else args.push(arg);
+  }
   try {
-    const { values } = parseArgs({ options, strict: true, allowPositionals: false });
+    const { values } = parseArgs({ args, options, strict: true, allowPositionals: false });
     if (!(values as { help?: boolean }).help) return values;
     console.log(help);
     process.exit(0);
@@ -517,7 +529,7 @@ export function readFlags<const T extends FlagOptions>(options: T, help: string)
 /** A flag's value, else its environment variable, else its default; a bad one exits with 2. */
 export function flagNumber(flag: string, value: string | boolean | undefined, envName: string,
   fallback: number, range: typeof FROM_RANGE): number {
-  const text = typeof value === "string" ? value : process.env[envName];
+  const text = typeof value === "string" ? value : envName ? process.env[envName] : undefined;
   if (text === undefined || text === "") return fallback;
   try {
     return wholeNumber(typeof value === "string" ? `--${flag}` : envName, text, range);
@@ -586,6 +598,7 @@ export function isMain(moduleUrl: string): boolean {
 const FLAGS = {
   port: { type: "string" },
   host: { type: "string" },
+  heartbeat: { type: "string" },
   quiet: { type: "boolean", default: false },
   help: { type: "boolean", default: false },
 } as const;
@@ -597,6 +610,8 @@ Serves a countdown page and its event stream from one async process.
   --port N         Listens on this TCP port (env PORT; default ${DEFAULT_PORT}).
   --host H         Listens on this address (env HOST; default ${DEFAULT_HOST}, meaning
                    127.0.0.1 and ::1). Use 0.0.0.0 to share it on your LAN at a workshop.
+  --heartbeat S    Sends a comment line on a stream silent for S seconds, so that proxies
+                   keep it open (default ${HEARTBEAT_MS / 1000}; 0 sends none).
   --quiet          Leaves out the line per stream opened and closed, and the later lessons'
                    lines per request (for load tests).`;
 
@@ -625,6 +640,8 @@ async function main() {
   const flags = readFlags(options, help) as FlagValues;
   const port = flagNumber("port", flags.port, "PORT", DEFAULT_PORT, { min: 0, max: 65535 });
   const host = (flags.host as string) || process.env.HOST || DEFAULT_HOST;
+  const heartbeatS = HEARTBEAT_MS / 1000;
+  const heartbeat = flagNumber("heartbeat", flags.heartbeat, "", heartbeatS, HEARTBEAT_RANGE_S);
   const printBanner = (actualPort: number, who: string) => {
     const urls = urlsFor(host, actualPort);
     const extra = lessons.flatMap((lesson) => lesson.banner?.(urls[0] ?? "", flags) ?? []);
@@ -635,7 +652,9 @@ async function main() {
   const startup: Startup = { flags, host, port, printBanner };
   for (const lesson of lessons) decision ??= await lesson.start?.(startup);
   if (decision === "taken over") return;
-  const app = createApp({ quiet: flags.quiet === true, flags, lessonsHere: lessons.length > 0 });
+  const quiet = flags.quiet === true;
+  const lessonsHere = lessons.length > 0;
+  const app = createApp({ quiet, flags, heartbeat: heartbeat * 1000, lessonsHere });
   await install(app, lessons);
   const listeners = await listen(app.server, host, port);
   const actualPort = (app.server.address() as net.AddressInfo).port;

@@ -2,25 +2,30 @@
  * lessons/edits.ts: lesson 4, REST on the room's messages: GET, PUT and
  * DELETE one message, and an edit that changes nothing notifies nobody.
  *
- * Seed 002 (../shared/seeds/002_*.txt) puts a Django REST Framework viewset
- * on each object and notifies the object's group only when a save really
- * changed a field (django-model-utils' FieldTracker). Here the object is a
- * room message, its group is the room's topic in the hub, and a change is an
- * event of its own, `message_updated` or `message_deleted`, with an id of its
- * own: SSE replay (Last-Event-ID) and the WebSocket's `after` stay exact
- * across changes too. Every open room tab shows them, over either transport.
+ * This ports "Django REST Framework and Channels" (seed 002), which puts a
+ * Django REST Framework viewset on each object and notifies the object's group
+ * only when a save really changed a field (django-model-utils' FieldTracker).
+ * Here the object is a room message, its group is the room's topic in the hub,
+ * and a change is an event of its own, `message_updated` or `message_deleted`,
+ * with an id of its own: SSE replay (Last-Event-ID) and the WebSocket's `after`
+ * stay exact across changes too. Every open room tab shows them, over either
+ * transport (lessons/ws.ts is the WebSocket).
  *
  * Run it:    npx -y tsx server.ts
  * Then try, in a shell (the jar keeps the visitor cookie the room's page sets):
  *   curl -s -c jar -o /dev/null http://localhost:8000/room/
  *   curl -s -b jar -d name=Ada -d text=helo http://localhost:8000/room/messages
+ * The answer is the message, with its id: 1 on a fresh server. Ids skip after an
+ * edit, since each change takes an id of its own, so use the id your POST got:
  *   curl -s -b jar -X PUT -d text=hello http://localhost:8000/room/messages/1
- * and you should see the message with its new text, and every open
- * http://localhost:8000/room/ tab show the change at once. The same PUT again
- * answers the same and notifies nobody; without `-b jar` a PUT or a DELETE gets
- * 403, since only the visitor who posted a message may change it;
- * curl -b jar -X DELETE http://localhost:8000/room/messages/1 answers 204 and
- * the message leaves every tab.
+ * answers the message with its new text; every open http://localhost:8000/room/
+ * tab shows the change at once, and the server's log says "message 1 changed
+ * (event 2)". The same PUT again answers the same and notifies nobody: no tab
+ * changes, and the log says nothing. Then, where the status is all there is to see:
+ *   - curl -i -X PUT -d text=hi http://localhost:8000/room/messages/1 (no jar)
+ *     answers 403: only the visitor who posted a message may change or delete it;
+ *   - curl -i -b jar -X DELETE http://localhost:8000/room/messages/1 answers
+ *     204 No Content, and the message leaves every tab.
  */
 
 import { RequestError, wholeNumber, type Handler, type Lesson } from "../server.ts";
@@ -35,14 +40,17 @@ import { eventJson, MESSAGE_ID_RANGE, ROOM_TOPIC, TEXT_MAX } from "./room.ts";
 // The hub keeps the room's last HUB_KEEP events, and a message older than
 // those is gone.
 
-/** A message as it stands now. */
-export interface RoomMessage {
+/**
+ * A message as it stands now. A `type`, not an `interface`: TypeScript lets eventJson's
+ * Record<string, unknown> be cast to an object type, but not to an interface.
+ */
+type RoomMessage = {
   id: number;
   name: string;
   text: string;
   poster: string | null; // the public id of the visitor who posted it; null when it had no cookie
   at: string;
-}
+};
 
 /** A message as it stands, from the room's kept events, and the id of the newest of those. */
 export async function findMessage(
@@ -54,7 +62,7 @@ export async function findMessage(
   for (const event of events) {
     const change = event.data as { message?: number; text?: string };
     if (event.type === "message" && event.id === id) {
-      message = eventJson(event) as unknown as RoomMessage;
+      message = eventJson(event) as RoomMessage;
     } else if (message && change.message === id) {
       if (event.type === "message_updated") message = { ...message, text: change.text! };
       if (event.type === "message_deleted") message = undefined;
@@ -63,7 +71,10 @@ export async function findMessage(
   return { message, lastId: events.at(-1)?.id ?? 0 };
 }
 
-/** The message named by the path /room/messages/<id>, or a 404. */
+/**
+ * The message named by the path /room/messages/<id>, or a 404. The route's `:id` stands for
+ * any one segment, but lesson 1's router passes no parameters: the id is read from the path.
+ */
 async function messageFromPath(hub: Hub, url: URL): Promise<RoomMessage> {
   const id = wholeNumber("The message id", url.pathname.split("/").at(-1)!, MESSAGE_ID_RANGE);
   const { message } = await findMessage(hub, id);
@@ -112,11 +123,12 @@ const deleteMessage: Handler = async (req, res, url, app) => {
   res.writeHead(204).end();
 };
 
-// ─── Routes ──────────────────────────────────────────────────────────────────
+// ─── The routes ──────────────────────────────────────────────────────────────
 
 export const edits: Lesson = {
   install(app) {
     Object.assign(app.routes, {
+      // `:id` matches any one segment; messageFromPath reads it from the path.
       "/room/messages/:id": { GET: getMessage, PUT: putMessage, DELETE: deleteMessage },
     });
   },

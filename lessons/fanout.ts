@@ -2,15 +2,13 @@
  * lessons/fanout.ts: lesson 2, fan-out: ten slow calls awaited at once, awaited
  * one after another, or made with the thread blocked.
  *
- * The story of the post "Django 3.1 Async" (seed 004, ../shared/seeds/004_*.txt).
- * /api/ is a slow endpoint: it waits, then answers. The aggregated view calls
- * it ten times on this same server and answers with all ten answers. Awaiting
- * the ten calls together takes about one wait; awaiting them one after another
- * takes ten; and neither stops a countdown, because awaiting is not blocking.
- * /api/blocking/ is the mistake, on purpose: the same wait as a synchronous
- * sleep, which stops everything this process serves until it ends. The second
- * half of the file is the blocking twin that blocking-server.ts serves: a sync
- * worker calls itself one call at a time, and a lone worker deadlocks.
+ * It ports the post "Django 3.1 Async" (seed 004). /api/ is a slow endpoint: it
+ * waits, then answers. The aggregated view calls it ten times on this same
+ * server and answers with all ten answers. Awaiting the ten calls together
+ * takes about one wait; awaiting them one after another takes ten; and neither
+ * stops a countdown, because awaiting is not blocking. /api/blocking/ is the
+ * mistake, on purpose: the same wait as a synchronous sleep, which stops
+ * everything this process serves until it ends.
  *
  * Run it:    npx -y tsx server.ts       (lessons/ beside it installs this lesson)
  * Then try:
@@ -21,17 +19,29 @@
  *   - curl "http://localhost:8000/api/blocking/?delay=3000" while a tab counts: the
  *     tab stops for three seconds, then catches up: a sync sleep blocks everything;
  *   - curl "http://localhost:8000/api/aggregated/?via=blocking&n=4" makes four such
- *     calls, four seconds frozen; with ten, the last ones miss their read timeout: 504.
- * Then the blocking twin:   npx -y tsx blocking-server.ts
+ *     calls: four seconds frozen. curl -i "http://localhost:8000/api/aggregated/?via=blocking"
+ *     makes ten: the last wait longer than the 5 s a call gets, and the view answers
+ *     504. The calls it gave up on still sleep, one after another: a request made right
+ *     after waits for them too.
+ *
+ * The second half of the file is this lesson on blocking-server.ts, lesson 1's
+ * twin: there an arbiter process hands each connection to a sync worker process,
+ * which serves one request at a time and cannot await, as gunicorn's do. Its
+ * aggregated view calls its own server one call after another, waiting for each
+ * answer, and a lone worker deadlocks, as the post's server did.
+ * Run it:    npx -y tsx blocking-server.ts
  *   - curl http://localhost:8001/api/ answers after a one-second sleep, as server.ts's does;
- *   - curl http://localhost:8001/api/aggregated/ hangs, then answers 504 after five
+ *   - curl -i http://localhost:8001/api/aggregated/ hangs, then answers 504 after five
  *     seconds: the only worker waits for an answer that only it could give;
- *   - --workers 2: the same curl answers after about ten seconds, the second worker
- *     serving the ten calls one by one.
+ *   - started with --workers 2, the same curl answers 200 after about ten seconds: the
+ *     second worker serves the ten calls one by one.
  */
 
 import type net from "node:net";
+// A sleep as a promise. server.ts writes its own, because a countdown's sleep must end
+// early when its client leaves; /api/'s always runs to its end.
 import { setTimeout as wait } from "node:timers/promises";
+// Called Thread here: in this lesson a "worker" is one of blocking-server.ts's processes.
 import { Worker as Thread } from "node:worker_threads";
 import { bracketed, RequestError, wholeNumber, type Handler, type Lesson } from "../server.ts";
 import { sendJson } from "./http.ts";
@@ -45,8 +55,9 @@ const DELAY_RANGE = { min: 0, max: 10_000 };
 const FAN_OUT = 10;
 const FAN_OUT_RANGE = { min: 1, max: 50 };
 /**
- * A call to this server that has no answer after this long fails: httpx's
- * default read timeout, the one the post ran into.
+ * A call to this server still unanswered after this long fails, and its view
+ * answers 504. The post's Python HTTP client, httpx, gives up after this long
+ * of silence by default (its read timeout): that is what ended its deadlock.
  */
 export const SELF_CALL_TIMEOUT_MS = 5000;
 const TASK_ID = /^[A-Za-z0-9_-]{1,20}$/;
@@ -76,10 +87,23 @@ function readFanOutOptions(url: URL): { n: number; delay: number } {
   return { n, delay: readApiOptions(url).delay };
 }
 
-/** The post's answer, the task id included when the caller gave one. */
-function apiAnswer(taskId: string | null): { message: string; task_id?: string } {
-  const message = "Hello Async World!";
-  return taskId === null ? { message } : { message, task_id: taskId };
+/**
+ * /api/, given how to wait: the post's answer once `waitFor(delay)` is over.
+ * The waiting is all that differs between the /api/ views of both servers.
+ * `await` hands the thread back only when `waitFor` returns a promise; a sync
+ * sleep returns nothing, having held the thread all along. `log`, on the
+ * blocking server, says when each sleep starts and when its answer went out.
+ */
+function apiView(waitFor: (ms: number) => unknown, log?: (line: string) => void): Handler {
+  return async (_req, res, url) => {
+    const { delay, taskId } = readApiOptions(url);
+    const call = url.pathname + url.search;
+    log?.(`${call}: sleeping ${delay} ms, this worker blocked`);
+    await waitFor(delay);
+    const message = "Hello Async World!";
+    sendJson(res, 200, taskId === null ? { message } : { message, task_id: taskId });
+    log?.(`${call}: answered`);
+  };
 }
 
 /** The n calls of one aggregated view: task_id 0 to n - 1, each passing the delay on. */
@@ -88,27 +112,37 @@ function taskUrls(origin: string, path: string, { n, delay }: { n: number; delay
   return Array.from({ length: n }, (_, taskId) => `${origin}${path}${query(taskId)}`);
 }
 
-/** The aggregated view's answer: the n answers in task order, and how long the calls took. */
+/**
+ * The aggregated view's answer: the n answers in task order, and how long the
+ * calls took, in the post's words on both servers (its own blocking view also
+ * says "fetch executed": the calls were fetched, whichever client made them).
+ */
 function aggregatedAnswer(responses: unknown[], startedAt: number) {
   const seconds = ((performance.now() - startedAt) / 1000).toFixed(2);
   const debug_message = `fetch executed in ${seconds} seconds.`;
   return { message: "Hello Async World!", responses, debug_message };
 }
 
-/** The one sentence for a call that timed out (504); `why` may say why it did. */
-function callTimedOut(url: string, why = ""): RequestError {
-  const within = `within ${SELF_CALL_TIMEOUT_MS / 1000} s (its read timeout)`;
-  return new RequestError(504, `The call to ${pathOf(url)} got no answer ${within}${why}.`);
+/** How one call to this server ended, whichever client made it. */
+interface CallResult {
+  outcome: "answered" | "timed out" | "failed";
+  status: number; // the HTTP status, once answered
+  text: string; // the answer's body, or what went wrong ("ECONNRESET", ...)
 }
+const TIMED_OUT: CallResult = { outcome: "timed out", status: 0, text: "" };
 
-/** The one sentence for a call that failed otherwise (502). */
-function callFailed(url: string, what: string): RequestError {
-  return new RequestError(502, `The call to ${pathOf(url)} failed: ${what}.`);
-}
-
-function pathOf(url: string): string {
+/**
+ * What a view makes of one call: the answer's JSON, or one sentence for a 504
+ * (no answer in time; `why` may say why) or a 502 (any other failure).
+ */
+function answerOf(url: string, { outcome, status, text }: CallResult, why = ""): unknown {
   const { pathname, search } = new URL(url);
-  return pathname + search;
+  const call = `The call to ${pathname}${search}`;
+  const late = `got no answer within ${SELF_CALL_TIMEOUT_MS / 1000} s (its read timeout)`;
+  if (outcome === "timed out") throw new RequestError(504, `${call} ${late}${why}.`);
+  if (outcome === "failed") throw new RequestError(502, `${call} failed: ${text}.`);
+  if (status !== 200) throw new RequestError(502, `${call} failed: it answered ${status}.`);
+  return JSON.parse(text);
 }
 
 /**
@@ -124,41 +158,23 @@ export function selfOrigin(server: net.Server): string {
 // ─── The async views ─────────────────────────────────────────────────────────
 
 /** The slow endpoint, done right: `await` hands the thread back while it waits. */
-const serveApi: Handler = async (_req, res, url) => {
-  const { delay, taskId } = readApiOptions(url);
-  await wait(delay);
-  sendJson(res, 200, apiAnswer(taskId));
-};
+const serveApi = apiView(wait);
 
-const sleeper = new Int32Array(new SharedArrayBuffer(4));
-
-/**
- * Blocks the whole thread for `ms`, like Python's time.sleep(): nothing else
- * in this process runs meanwhile, not a timer, not a request, not a tick.
- */
-export function sleepSync(ms: number): void {
-  if (ms > 0) Atomics.wait(sleeper, 0, 0, ms);
+/** One call to this server with fetch, given up after SELF_CALL_TIMEOUT_MS. */
+async function callSelf(url: string): Promise<unknown> {
+  return answerOf(url, await fetchResult(url));
 }
 
-/** The same endpoint with the mistake: a sync sleep stops every countdown of this process. */
-const serveBlockingApi: Handler = (_req, res, url) => {
-  const { delay, taskId } = readApiOptions(url);
-  sleepSync(delay);
-  sendJson(res, 200, apiAnswer(taskId));
-};
-
-/** One call to this server, its answer as JSON; a timeout or a failure becomes one sentence. */
-async function callSelf(url: string): Promise<unknown> {
-  let answer: Response;
+async function fetchResult(url: string): Promise<CallResult> {
   try {
-    answer = await fetch(url, { signal: AbortSignal.timeout(SELF_CALL_TIMEOUT_MS) });
-    if (answer.status !== 200) throw callFailed(url, `it answered ${answer.status}`);
-    return await answer.json();
+    const response = await fetch(url, { signal: AbortSignal.timeout(SELF_CALL_TIMEOUT_MS) });
+    return { outcome: "answered", status: response.status, text: await response.text() };
   } catch (error) {
-    if (error instanceof RequestError) throw error;
-    if ((error as Error).name === "TimeoutError") throw callTimedOut(url);
-    const cause = (error as { cause?: { code?: string; message?: string } }).cause;
-    throw callFailed(url, cause?.code ?? cause?.message ?? (error as Error).message);
+    if ((error as Error).name === "TimeoutError") return TIMED_OUT;
+    // Node's fetch throws a bare "fetch failed"; what went wrong is in its `cause`.
+    const { cause } = error as { cause?: { code?: string; message?: string } };
+    const text = cause?.code ?? cause?.message ?? (error as Error).message;
+    return { outcome: "failed", status: 0, text };
   }
 }
 
@@ -174,6 +190,8 @@ function plannedCalls(url: URL, server: net.Server): string[] {
 const serveAggregated: Handler = async (_req, res, url, { server }) => {
   const calls = plannedCalls(url, server);
   const startedAt = performance.now();
+  // Promise.all rejects at the first failed call, and the view answers its 504 or 502. The calls
+  // already sent are not cancelled; with ?via=blocking each still sleeps in this one thread.
   const responses = await Promise.all(calls.map(callSelf));
   sendJson(res, 200, aggregatedAnswer(responses, startedAt));
 };
@@ -187,44 +205,50 @@ const serveAggregatedSequential: Handler = async (_req, res, url, { server }) =>
   sendJson(res, 200, aggregatedAnswer(responses, startedAt));
 };
 
+// ─── The mistake: a synchronous sleep ────────────────────────────────────────
+//
+// JavaScript has no sleep that holds the thread, so this one is made of
+// Atomics.wait, which is meant for threads that share memory: it stops this
+// thread until another thread changes an integer in a SharedArrayBuffer, or
+// until `ms` pass. Nobody ever changes this integer, so it is a pure sleep,
+// like Python's time.sleep(): no timer, no request, no tick of this process
+// runs meanwhile.
+
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+
+/** Blocks this whole thread for `ms`. */
+export function sleepSync(ms: number): void {
+  if (ms > 0) Atomics.wait(sleeper, 0, 0, ms);
+}
+
+/** The same endpoint with the mistake: a sync sleep stops every countdown of this process. */
+const serveBlockingApi = apiView(sleepSync);
+
 // ─── The blocking twin: lesson 2 on a sync worker ────────────────────────────
 //
-// blocking-server.ts serves these. A sync worker cannot await. Its aggregated
-// view calls /api/ on its own server one call after another, with a blocking
-// HTTP client, like `httpx.get(url)` in a loop: the worker's thread waits for
-// each answer. With one worker that is the post's deadlock: the first call
-// waits at the arbiter for a free worker, and the only worker is the one
-// waiting for the call. The read timeout ends it. The async server's
-// /api/aggregated/sequential/ and /api/blocking/ have no twin there: every
-// call is one after another, and every sleep blocks.
+// blocking-server.ts serves these at /api/ and /api/aggregated/. A sync worker
+// cannot await, so its aggregated view calls /api/ on its own server one call
+// after another with a blocking HTTP client (below), like the post's
+// `httpx.get(url)` in a loop: the worker's thread waits for each answer. With
+// one worker that is the post's deadlock: the first call waits at the arbiter
+// for a free worker, and the only worker is the one waiting for the call. The
+// call's timeout ends it. The async server's /api/aggregated/sequential/ and
+// /api/blocking/ have no twin there: every call is one after another, and
+// every sleep blocks.
 
 /** The slow endpoint on a sync worker: the sleep holds it; `log` says when it starts and ends. */
-export function syncApi(log: (line: string) => void): Handler {
-  return (_req, res, url) => {
-    const { delay, taskId } = readApiOptions(url);
-    const call = url.pathname + url.search;
-    log(`${call}: sleeping ${delay} ms, this worker blocked`);
-    sleepSync(delay);
-    sendJson(res, 200, apiAnswer(taskId));
-    log(`${call}: answered`);
-  };
-}
+export const syncApi = (log: (line: string) => void): Handler => apiView(sleepSync, log);
 
 /**
  * The post's view on a sync worker: n calls to the server at `origin`, each
- * waited for in turn. `onlyWorker` decides what a timed-out call means.
+ * waited for in turn. When this worker is its server's only one (`onlyWorker`),
+ * a call that times out is the deadlock, and the 504's sentence says so.
  */
 export function syncAggregated(origin: string, onlyWorker: boolean): Handler {
-  const deadlock =
-    ", because this server's only worker is the one waiting for it: the call queues behind" +
-    " the very request that made it (try --workers 2)";
-  const callSelfSync = (url: string): unknown => {
-    const answer = getSync(url, SELF_CALL_TIMEOUT_MS);
-    if (answer.outcome === "timed out") throw callTimedOut(url, onlyWorker ? deadlock : "");
-    if (answer.outcome === "failed") throw callFailed(url, answer.text);
-    if (answer.status !== 200) throw callFailed(url, `it answered ${answer.status}`);
-    return JSON.parse(answer.text);
-  };
+  const deadlock = !onlyWorker ? ""
+    : ", because this server's only worker is the one waiting for it: the call queues behind" +
+      " the very request that made it (try --workers 2)";
+  const callSelfSync = (url: string) => answerOf(url, getSync(url, SELF_CALL_TIMEOUT_MS), deadlock);
   return (_req, res, url) => {
     const startedAt = performance.now();
     const responses = taskUrls(origin, "/api/", readFanOutOptions(url)).map(callSelfSync);
@@ -234,10 +258,12 @@ export function syncAggregated(origin: string, onlyWorker: boolean): Handler {
 
 // ─── A blocking HTTP client ──────────────────────────────────────────────────
 //
-// Node's own HTTP clients are all asynchronous. So one helper thread per
-// worker process makes the call, writes the answer into memory both threads
-// share, and wakes the worker's thread, which waits with Atomics.wait
-// meanwhile: as blocked as in sleepSync.
+// Every HTTP client in Node is asynchronous, so a helper thread (one per
+// worker process) makes the call while the worker's thread blocks in
+// Atomics.wait on memory the two share, a SharedArrayBuffer. The helper stores
+// the answer there and calls Atomics.notify, which wakes the waiting thread;
+// until then that thread runs nothing, as in sleepSync. Browsers forbid
+// Atomics.wait on their main thread for exactly this reason: the page would freeze.
 
 /** Room for an answer: /api/'s is a few dozen bytes; a longer one counts as a failed call. */
 const ANSWER_LIMIT_BYTES = 64 * 1024;
@@ -254,7 +280,7 @@ const code = (outcome: Outcome) => OUTCOMES.indexOf(outcome);
  * The helper thread, as plain JavaScript: it runs without the TypeScript loader.
  * It uses node:http with no connection pool (agent: false), so each call is a
  * connection of its own that the arbiter queues, as gunicorn's would be. Its
- * timeout is a read timeout, as httpx's is: how long the socket may stay silent.
+ * `timeout` fires once the socket has been silent that long: a read timeout, as httpx's.
  */
 const HELPER_THREAD = `
   const http = require("node:http");
@@ -299,25 +325,20 @@ const shared = new SharedArrayBuffer(HEADER_BYTES + ANSWER_LIMIT_BYTES);
 const header = new Int32Array(shared, 0, 3);
 let helper: Thread | undefined;
 
-interface SyncAnswer {
-  outcome: Outcome;
-  status: number;
-  text: string;
-}
-
 /** GETs `url` and blocks this thread until the answer, a failure, or `timeoutMs`. */
-export function getSync(url: string, timeoutMs: number): SyncAnswer {
+function getSync(url: string, timeoutMs: number): CallResult {
   // Started at the first call, without tsx or type stripping (execArgv: []): its code is plain JS.
   helper ??= new Thread(HELPER_THREAD, { eval: true, workerData: shared, execArgv: [] });
   Atomics.store(header, 0, code("waiting"));
   helper.postMessage({ url, timeoutMs });
+  // Sleeps while the outcome still reads "waiting": until the helper's notify, or the grace ends.
   Atomics.wait(header, 0, code("waiting"), timeoutMs + HELPER_GRACE_MS);
   const outcome = OUTCOMES[Atomics.load(header, 0)]!;
   if (outcome === "waiting") {
     // The helper hangs: it is stopped, and a fresh one takes the next call.
     void helper.terminate();
     helper = undefined;
-    return { outcome: "timed out", status: 0, text: "" };
+    return TIMED_OUT;
   }
   const text = new TextDecoder().decode(new Uint8Array(shared, HEADER_BYTES, header[2]!));
   return { outcome, status: header[1]!, text };
@@ -329,6 +350,11 @@ export function getSync(url: string, timeoutMs: number): SyncAnswer {
 // /api/aggregated/ itself; here are server.ts's four.
 
 export const fanOut: Lesson = {
+  banner: (url) => [
+    `  Lesson 2, fan-out: curl ${url}api/aggregated/ ` +
+      `(${FAN_OUT} calls at once, about ${API_DELAY_MS / 1000} s)`,
+  ],
+
   install(app) {
     Object.assign(app.routes, {
       "/api/": { GET: serveApi },

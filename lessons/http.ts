@@ -1,10 +1,11 @@
 /**
- * lessons/http.ts: what the later lessons share on top of lesson 1 when a
- * request carries more than a path: JSON answers, bodies (JSON or a form),
- * the Origin check, and the visitor cookie that says who is asking.
+ * lessons/http.ts: the HTTP pieces the later lessons share on top of lesson 1:
+ * their pages from pages/, JSON answers, request bodies (JSON or a form), the
+ * Origin check, and the visitor cookie that says who is asking.
  *
- * Not a lesson of its own: the room (lessons/room.ts) is the first to use it.
- * Lesson 1 needs none of this: a countdown has no body and no visitor.
+ * Not a lesson of its own, and it ports no post: the room (lessons/room.ts) is
+ * the first to use it. Lesson 1 needs none of this: its one page is a constant,
+ * and a countdown has no body and no visitor.
  */
 
 import { createHash, randomBytes } from "node:crypto";
@@ -24,12 +25,16 @@ const VISITOR_SECRET = /^[0-9a-f]{32}$/;
 /** Hex digits of the public visitor id: 64 bits, plenty to tell visitors apart. */
 const PUBLIC_ID_LENGTH = 16;
 
-// ─── Answers and bodies ──────────────────────────────────────────────────────
+// ─── Pages and answers ───────────────────────────────────────────────────────
 
 /** A file of pages/, read at its first request and kept. */
 export function pageFile(name: string): () => string {
+  // import.meta.url is this file's own URL: pages/ is found beside lessons/, wherever
+  // the server was started from.
+  const file = new URL(`../pages/${name}`, import.meta.url);
   let text: string | undefined;
-  return () => (text ??= readFileSync(new URL(`../pages/${name}`, import.meta.url), "utf8"));
+  // `??=` assigns only when text is still undefined: the file is read once.
+  return () => (text ??= readFileSync(file, "utf8"));
 }
 
 /** A handler that serves one file of pages/ as is: nothing from the request goes into it. */
@@ -48,10 +53,7 @@ export function sendJson(res: ServerResponse, status: number, value: unknown) {
   res.end(body);
 }
 
-/** A value that is one JSON object, not an array or null. */
-export function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
-}
+// ─── Posts from another site ─────────────────────────────────────────────────
 
 /**
  * A page on another site could make a visitor's browser post here (a form
@@ -70,6 +72,13 @@ export function checkOrigin(req: IncomingMessage, what = "Posts") {
   }
 }
 
+// ─── Bodies ──────────────────────────────────────────────────────────────────
+
+/** A value that is one JSON object, not an array or null. */
+export function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
 const JSON_TYPE = "application/json";
 const FORM_TYPE = "application/x-www-form-urlencoded";
 
@@ -85,7 +94,8 @@ export async function readFields(
   { what, example, formOnly = false }: { what: string; example: string; formOnly?: boolean },
 ): Promise<Record<string, unknown>> {
   const type = (req.headers["content-type"] ?? "").split(";")[0]!.trim().toLowerCase();
-  if (type !== FORM_TYPE && (formOnly || type !== JSON_TYPE)) {
+  const accepted = type === FORM_TYPE || (type === JSON_TYPE && !formOnly);
+  if (!accepted) {
     const form = `a form (${FORM_TYPE})`;
     const allowed = formOnly ? form : `${JSON_TYPE} or as ${form}`;
     throw new RequestError(415, `Send ${what} as ${allowed}.`);
@@ -105,42 +115,35 @@ export async function readFields(
 }
 
 /**
- * The whole body as text, or a 413 past the limit; the connection then
- * closes, so the rest is never read. A client that hangs up mid-body ends the
- * wait too, so no request is left waiting for an end that never comes.
+ * The whole body as text, or a 413 past the limit: the rest is never read. A
+ * request is a stream of chunks, read here with `for await`; a client that
+ * hangs up mid-body makes the loop throw, so nothing waits for an end that
+ * never comes. Leaving the loop early (`break`) destroys the request, and Node
+ * keeps its socket for the answer.
  */
-function readBody(req: IncomingMessage, res: ServerResponse): Promise<string> {
-  const tooLarge = () => {
-    res.setHeader("Connection", "close");
-    return new RequestError(413, `The body is over ${BODY_LIMIT_BYTES} bytes.`);
-  };
-  if (Number(req.headers["content-length"]) > BODY_LIMIT_BYTES) return Promise.reject(tooLarge());
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const onData = (chunk: Buffer) => {
+async function readBody(req: IncomingMessage, res: ServerResponse): Promise<string> {
+  // Without Content-Length, Number() gives NaN and NaN > N is false: counted as it comes.
+  if (Number(req.headers["content-length"]) > BODY_LIMIT_BYTES) throw tooLarge(res);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  try {
+    for await (const chunk of req) {
       size += chunk.length;
-      if (size <= BODY_LIMIT_BYTES) return void chunks.push(chunk);
-      stop();
-      reject(tooLarge());
-    };
-    const onEnd = () => {
-      stop();
-      resolve(Buffer.concat(chunks).toString("utf8"));
-    };
-    const onClose = () => {
-      stop();
-      reject(new RequestError(400, "The request ended before its body did."));
-    };
-    const stop = () => {
-      req.off("data", onData);
-      req.off("end", onEnd);
-      req.off("close", onClose);
-    };
-    req.on("data", onData);
-    req.on("end", onEnd);
-    req.on("close", onClose);
-  });
+      if (size > BODY_LIMIT_BYTES) break;
+      chunks.push(chunk);
+    }
+  } catch {
+    throw new RequestError(400, "The request ended before its body did.");
+  }
+  if (size > BODY_LIMIT_BYTES) throw tooLarge(res);
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+function tooLarge(res: ServerResponse): RequestError {
+  // Connection: close, so Node hangs up after the 413 instead of reading the rest of
+  // the body, however long, to use the connection for another request.
+  res.setHeader("Connection", "close");
+  return new RequestError(413, `The body is over ${BODY_LIMIT_BYTES} bytes.`);
 }
 
 /**
@@ -153,6 +156,7 @@ export function checkField(fields: Record<string, unknown>, name: string, max: n
   const plainText = "must not contain control characters such as line breaks";
   let problem = "";
   if (text === "") problem = `is missing: it takes 1 to ${max} characters`;
+  // [...text] splits by character (code point), not by UTF-16 unit: "é" or an emoji is one.
   else if ([...text].length > max) problem = `is too long: at most ${max} characters`;
   else if (/\p{Cc}/u.test(text)) problem = plainText;
   if (problem) throw new RequestError(400, `${name} ${problem}.`);
@@ -162,8 +166,10 @@ export function checkField(fields: Record<string, unknown>, name: string, max: n
 // ─── Who is asking: the visitor cookie ───────────────────────────────────────
 //
 // There are no accounts. The first page a browser loads gives it a `visitor`
-// cookie (the toasts' page wrapper sets it); its public id names the visitor
-// in topics, logs and toast ids, so the secret itself never leaves the cookie.
+// cookie: the toasts (lessons/toasts.ts, the lesson after the room) set it, by
+// wrapping every page. Without them, or from curl, a request has none, so a room
+// message's `poster` is null. The public id names the visitor in topics, logs
+// and toast ids, so the secret itself never leaves the cookie.
 
 /**
  * The public visitor id: the first hex digits of the cookie's SHA-256. The
@@ -200,7 +206,7 @@ export function readVisitor(req: IncomingMessage): string | undefined {
   return secret === undefined ? undefined : publicVisitorId(secret);
 }
 
-/** The public id of the request's visitor, or a 401 with a sentence. */
+/** The public id of the request's visitor, or a 401 with a sentence (the toasts need one). */
 export function requireVisitor(req: IncomingMessage): string {
   const visitor = readVisitor(req);
   if (visitor) return visitor;

@@ -1,14 +1,20 @@
 /**
  * lessons/hub.ts: the hub, publish and subscribe, and nothing else.
  *
- * Seed 003's room asked the database for news once per tab every few seconds.
- * Here a POST publishes to a hub, and every open stream is a subscriber the
- * hub hands each event to. The room, the toasts and the WebSocket groups talk
- * to the `Hub` interface only: the in-memory hub below is the default, and
- * lessons/postgres.ts puts PostgreSQL behind the same interface.
+ * In "Writing a chat application in Django 4.2 using async StreamingHttpResponse,
+ * Server-Sent Events and PostgreSQL LISTEN/NOTIFY", the room first asked the
+ * database for news once per tab every few seconds. Here a POST publishes to a
+ * hub, and every open stream is a subscriber the hub hands each event to, as
+ * Channels' group_send does in "Django REST Framework and Channels". The room,
+ * the toasts and the WebSocket talk to the `Hub` interface only: the in-memory
+ * hub below is the default, and lessons/postgres.ts puts PostgreSQL behind it.
  *
- * What to try: nothing here has a page of its own; lessons/room.ts is the
- * first lesson that uses it. `hubOf(app)` is how every lesson finds the hub.
+ * Run it:    npx -y tsx server.ts       (no page of its own: the room uses it)
+ * Then try:
+ *   curl -N -H 'Last-Event-ID: 99' http://localhost:8000/room/stream
+ *   names an id this hub never issued (it counts from 1 whenever the server starts),
+ *   so the stream opens with `event: gap`, `data: {"after":99}`, then the messages
+ *   kept (none yet on a fresh server), then the room's `event: presence`.
  */
 
 import type { ServerResponse } from "node:http";
@@ -32,15 +38,24 @@ export interface HubEvent<Data = unknown> {
   at: string; // ISO 8601, when it was published
 }
 
-/** Yielded before events when `after` is older than what is kept, or an id never issued. */
+/**
+ * What a subscriber is told first when it missed events: the id it named is older
+ * than what is kept, or one this hub never issued (a MemoryHub counts from 1 again
+ * when its process restarts, so a reconnecting browser can name a bigger id).
+ */
 export interface HubGap {
   type: "gap";
   topic: string;
   after: number;
 }
 
+/**
+ * The room (lessons/room.ts) uses publish, history and subscribe; the toasts
+ * (lessons/toasts.ts) also forget a topic; the tests count subscribers to see a
+ * stream reach the hub; close is for stopping.
+ */
 export interface Hub {
-  /** Stores the event, delivers it to every live subscriber of the topic, returns it with its id. */
+  /** Stores the event, hands it to every live subscriber of its topic, returns it with its id. */
   publish<Data>(topic: string, type: string, data: Data): Promise<HubEvent<Data>>;
   /** What is kept after `after` (all when omitted), oldest first, at most `limit` (the newest). */
   history(topic: string, options?: { after?: number; limit?: number }): Promise<HubEvent[]>;
@@ -59,7 +74,10 @@ export interface Hub {
   close(): Promise<void>;
 }
 
-/** A gap is the one thing a subscription yields that has no id. */
+/**
+ * A gap is the one thing a subscription yields that has no id. `item is HubGap` is
+ * a type predicate: where isGap(item) is true, TypeScript knows item is a HubGap.
+ */
 export function isGap(item: HubEvent | HubGap): item is HubGap {
   return !("id" in item);
 }
@@ -72,6 +90,11 @@ export class SlowSubscriberError extends Error {
 }
 
 // ─── One hub per server ──────────────────────────────────────────────────────
+//
+// One process can hold several apps (the tests start many; a restart in a test
+// makes a new one), so state lives per app, not in a module-level variable: a
+// WeakMap keyed by the app, which lets an app that is gone take its state along.
+// Every later lesson keeps its own state the same way.
 
 const hubs = new WeakMap<App, Hub>();
 
@@ -81,11 +104,14 @@ const hubs = new WeakMap<App, Hub>();
  * when they serve, not when they install, so that a later lesson may choose.
  */
 export function hubOf(app: App): Hub {
-  let hub = hubs.get(app);
-  if (!hub) {
-    chooseHub(app, (hub = new MemoryHub({ log: app.log })));
-    app.onStop(() => void hub!.close());
-  }
+  const chosen = hubs.get(app);
+  if (chosen) return chosen;
+  const hub = new MemoryHub({ log: app.log });
+  chooseHub(app, hub);
+  // Made here, so closed here on stop. Not awaited: a MemoryHub closes at once.
+  app.onStop(() => {
+    hub.close();
+  });
   return hub;
 }
 
@@ -119,8 +145,7 @@ export interface MemoryHubOptions {
 
 /**
  * The hub of one process: each topic keeps its last events in an array, and
- * every subscriber has a queue. Ids start again from 1 when the process does,
- * which is why a reconnect can name an id this hub never issued.
+ * every subscriber has a queue. Its ids start again from 1 when the process does.
  */
 export class MemoryHub implements Hub {
   private topics = new Map<string, Topic>();
@@ -141,7 +166,11 @@ export class MemoryHub implements Hub {
     return topic;
   }
 
-  /** Synchronous up to its return: stored and queued for every subscriber before anyone awaits. */
+  /**
+   * Async only because the Hub interface is (the PostgreSQL hub waits for the
+   * database): this one awaits nothing, so the event is stored and queued for
+   * every subscriber before publish returns.
+   */
   async publish<Data>(topic: string, type: string, data: Data): Promise<HubEvent<Data>> {
     if (this.closed) throw new Error("the hub is closed");
     const at = new Date().toISOString();
@@ -185,15 +214,17 @@ export class MemoryHub implements Hub {
     const { after = 0, limit = this.keep } = options;
     const kept = this.topics.get(topicName)?.kept ?? [];
     const newer = kept.filter((event) => event.id > after);
+    // Not slice(-0): that is slice(0), the whole array, where a limit of 0 means none.
     return limit > 0 ? newer.slice(-limit) : [];
   }
 
   /**
-   * Registers the subscriber, then reads what is kept, in the same turn of the
-   * event loop: nothing can be published in between, so replay and live
-   * events meet with no gap and no duplicate (the id check below guards the
-   * seam anyway). Like every async generator it starts at the first next(),
-   * and its `finally` removes the subscriber the moment it returns.
+   * Joins the topic's subscribers and copies the replay in one step, before the
+   * first yield: from then on every new event goes to the queue only, so
+   * replay and live events meet with no gap and no duplicate, even though each
+   * yield waits for the reader and events are published meanwhile. Like every
+   * async generator it starts at the first next(), and its `finally` removes
+   * the subscriber the moment it returns.
    */
   async *subscribe(
     topicName: string,
@@ -206,32 +237,29 @@ export class MemoryHub implements Hub {
     topic.subscribers.add(subscriber);
     signal.addEventListener("abort", leave);
     try {
-      // The newest id this subscriber has: live events up to it are already known.
-      let lastId = after ?? topic.lastId;
       if (after !== undefined) {
+        // Exact when `after` was issued here and every event after it is still kept.
         const oldestKept = topic.kept[0]?.id ?? topic.lastId + 1;
         const exact = after <= topic.lastId && after >= oldestKept - 1;
-        const replay = exact ? topic.kept.filter((event) => event.id > after) : [...topic.kept];
         // After a gap the subscriber starts over from what is kept, whatever id it named.
-        if (!exact) lastId = oldestKept - 1;
+        const replay = exact ? topic.kept.filter((event) => event.id > after) : [...topic.kept];
         if (!exact) yield { type: "gap", topic: topicName, after };
         for (const event of replay) {
           if (signal.aborted) return;
           yield event;
-          lastId = event.id;
         }
       }
       for (;;) {
         if (subscriber.dropped) throw new SlowSubscriberError(topicName, this.queueLimit);
         if (signal.aborted || this.closed) return;
         const event = subscriber.queue.shift();
-        if (!event) {
-          await new Promise<void>((resolve) => (subscriber.wake = resolve));
+        if (event) {
+          yield event;
           continue;
         }
-        if (event.id <= lastId) continue;
-        lastId = event.id;
-        yield event;
+        // Sleeps until deliver, close or an abort calls wake: as in server.ts's countdown,
+        // the Promise's resolve is kept where they can call it.
+        await new Promise<void>((resolve) => (subscriber.wake = resolve));
       }
     } finally {
       topic.subscribers.delete(subscriber);
@@ -262,8 +290,11 @@ export class MemoryHub implements Hub {
 
 // ─── The streams that follow the hub ─────────────────────────────────────────
 
-/** The heartbeat of the room's and the toasts' streams: a comment, which EventSource ignores. */
-export const STILL_HERE = ": still here\n\n";
+/**
+ * A comment line, which EventSource ignores, like lesson 1's HEARTBEAT: its own
+ * words, because these streams (the room's, the toasts') are not counting down.
+ */
+const STILL_HERE = ": still here\n\n";
 
 /**
  * The SSE streams of one kind open in this process (the room's, the toasts'),
@@ -271,8 +302,8 @@ export const STILL_HERE = ": still here\n\n";
  * of them, not one per stream. It stops when the last stream closes.
  */
 export class OpenStreams {
-  /** Each open stream: whether it wrote since the last beat, and the head count it was told. */
-  protected streams = new Map<ServerResponse, { wrote: boolean; told: number }>();
+  /** Each open stream, and whether it was written to since the last beat. */
+  protected streams = new Map<ServerResponse, { wrote: boolean }>();
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private heartbeat: number;
 
@@ -285,8 +316,10 @@ export class OpenStreams {
   }
 
   protected open(res: ServerResponse) {
-    this.streams.set(res, { wrote: false, told: 0 });
-    this.heartbeatTimer ??= setInterval(() => this.beat(), this.heartbeat);
+    this.streams.set(res, { wrote: false });
+    // `??=` assigns only when the left side is undefined: the first stream starts the timer.
+    // --heartbeat 0 sends none: no timer at all.
+    if (this.heartbeat > 0) this.heartbeatTimer ??= setInterval(() => this.beat(), this.heartbeat);
   }
 
   protected close(res: ServerResponse) {
@@ -295,6 +328,13 @@ export class OpenStreams {
     // Nobody left: no timer stays behind.
     clearInterval(this.heartbeatTimer);
     this.heartbeatTimer = undefined;
+  }
+
+  /** Writes to an open stream; one written to needs no heartbeat this round. */
+  protected write(res: ServerResponse, text: string): boolean {
+    const stream = this.streams.get(res);
+    if (stream) stream.wrote = true;
+    return res.write(text);
   }
 
   /** Ends every stream cleanly (on Ctrl-C); browsers reconnect with the last id they saw. */
@@ -307,9 +347,9 @@ export class OpenStreams {
   /**
    * Writes what `source` yields to one stream, waiting for a slow reader to
    * drain, until the client leaves (its "close" aborts the source's signal),
-   * the server stops, or the hub drops a reader that fell too far behind: that
-   * stream is cut, not ended, so its browser reconnects with the last id it
-   * read and is replayed the rest. Says how many events went out, and why it ended.
+   * the server stops, or the hub drops a reader that fell too far behind.
+   * `opened` runs once the stream counts among the open ones, so that its log
+   * line can say how many are open. Says how many events went out, and why it ended.
    */
   async pump(
     res: ServerResponse,
@@ -325,15 +365,16 @@ export class OpenStreams {
     let sent = 0;
     try {
       for await (const message of source(left.signal)) {
-        const stream = this.streams.get(res);
-        if (stream) stream.wrote = true;
         sent++;
-        if (!res.write(message)) await drainOrClose(res);
+        if (!this.write(res, message)) await drainOrClose(res);
       }
       if (res.writableEnded) why = "the server is stopping";
     } catch (error) {
       if (!(error instanceof SlowSubscriberError)) throw error;
       why = "too slow to read, cut";
+      // Destroyed, not ended: ending would first send all that is still buffered to a
+      // reader that could not keep up. Either way its browser reconnects with the last
+      // id it read, and is replayed the rest (or told of a gap).
       res.destroy();
     } finally {
       res.off("close", leave);

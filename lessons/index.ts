@@ -1,7 +1,26 @@
 /**
- * lessons/index.ts: the later lessons, in reading order. server.ts installs
- * them one by one when this folder is beside it; each file opens with what it
- * shows, which post it ports, and what to try.
+ * lessons/index.ts: the later lessons, in reading order. server.ts (lesson 1)
+ * installs the ones below, one by one, when this folder is beside it; each
+ * file opens with what it shows, which post it ports, and what to try.
+ *
+ *   lesson 1   server.ts              the countdown: one async process, every tab at once
+ *   lesson 2   lessons/fanout.ts      fan-out: ten slow calls awaited at once
+ *   lesson 3   push, don't poll, in five parts:
+ *     part 1   lessons/hub.ts         the hub, publish and subscribe (a shared piece, below)
+ *     part 2   lessons/room.ts        a room where a posted message reaches every tab
+ *     part 3   lessons/toasts.ts      toasts that stay until acknowledged, on every page
+ *     part 4   lessons/processes.ts   several processes on one port (--workers)
+ *     part 5   lessons/postgres.ts    one hub for every process, through PostgreSQL (--database)
+ *   lesson 4   two-way, in two files:
+ *              lessons/edits.ts       REST edits of the room's messages, notifying only on change
+ *              lessons/ws.ts          the same room, a message or toasts over a WebSocket
+ *   for the workshop, after the lessons:
+ *              lessons/wall.ts        both servers side by side on one projector
+ *
+ * Shared pieces, not lessons: they add no route and are not installed, the
+ * lessons import them. lessons/http.ts: JSON answers, bodies, the Origin
+ * check and the visitor cookie. lessons/hub.ts: the hub every lesson from the
+ * room on talks to. lessons/toast-marks.ts: the toasts' read-mark bookkeeping.
  */
 
 import type { Lesson } from "../server.ts";
@@ -15,12 +34,12 @@ import { webSocket } from "./ws.ts";
 import { wall } from "./wall.ts";
 
 export const LESSONS: readonly Lesson[] = [
-  fanOut, // lesson 2: ten calls awaited at once, one after another, or blocking the loop
-  room, // lesson 3: push, don't poll: a room through the hub (lessons/hub.ts)
-  toasts, // lesson 3: toasts that stay until acknowledged, on every page
-  processes, // lesson 3: several processes on one port (--workers)
-  database, // lesson 3: one hub for every process, through PostgreSQL (--database)
-  edits, // lesson 4: REST edits of the room's messages that notify only on change
-  webSocket, // lesson 4: two-way, the same room over a WebSocket with subscriptions
-  wall, // for a workshop projector: both servers side by side
+  fanOut, // lesson 2
+  room, // lesson 3, part 2 (part 1, the hub, has nothing to install)
+  toasts, // lesson 3, part 3
+  processes, // lesson 3, part 4
+  database, // lesson 3, part 5
+  edits, // lesson 4, the REST edits
+  webSocket, // lesson 4, the WebSocket
+  wall, // for the workshop
 ];

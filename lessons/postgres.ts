@@ -1,26 +1,33 @@
 /**
- * lessons/postgres.ts: lesson 3d, one hub for every process, through PostgreSQL.
+ * lessons/postgres.ts: lesson 3, one hub for every process, through PostgreSQL.
  *
- * With --workers 2 (lessons/processes.ts) each process has a hub of its own, so
- * a message reaches only the tabs of the process it was posted to. Seed 003
- * (../shared/seeds/003_*.txt, valberg/django-sse) answers with PostgreSQL's
- * LISTEN/NOTIFY, "batteries included" in the database you already run. Here the
- * hub's events live in a table, and every process hears of each new one through
- * LISTEN, on one connection of its own: a thousand tabs cost one connection per
- * process, not one per tab as in the seed. The room, the toasts and the
- * WebSocket talk to the same `Hub` interface (lessons/hub.ts) and never know.
+ * With --workers 2 (lessons/processes.ts) each process has a hub of its own, so a
+ * message reaches only the tabs of the process it was posted to. Víðir Valberg
+ * Guðmundsson's "Writing a chat application in Django 4.2 using async StreamingHttpResponse,
+ * Server-Sent Events and PostgreSQL LISTEN/NOTIFY" (seed 003) answers with LISTEN/NOTIFY,
+ * "batteries included" in the database you already run. Here the hub's events live in a
+ * table, and every process hears of each new one through LISTEN, on one connection of its
+ * own: a thousand tabs cost one connection per process, not one per tab as in the post.
+ * The room, the toasts and the WebSocket talk to the same `Hub` interface (lessons/hub.ts)
+ * and never know.
  *
- * Run it:    npx tsx server.ts --workers 2 --database postgres://user:password@localhost:5432/db
- *            (needs the postgres package: npm ci)
+ * It needs a running PostgreSQL with a database in it (docs/postgres.md has the
+ * three commands for a local one; its "postgres" database will do), and the
+ * postgres package (npm ci).
+ * Run it:    npx -y tsx server.ts --workers 2 \
+ *              --database postgres://postgres:countdown@localhost:5432/postgres
  * Then try:
  *   - http://localhost:8000/room/ in two tabs served by different pids (the page
  *     says which): a message posted in one shows in both, with the same id;
  *   - Ctrl-C and start again: the room replays its history, with the same ids;
- *   - stop PostgreSQL for a moment: countdowns go on, a post gets 503, and once
- *     it is back every tab gets what was posted meanwhile, once and in order.
+ *   - sudo pg_ctlcluster 15 main stop: countdowns go on and open tabs stay open, but a
+ *     post is refused with 503, "The database is not answering right now; try again in
+ *     a moment."; sudo pg_ctlcluster 15 main start: within seconds each process listens
+ *     again, reads from the table whatever it missed, and posts reach every tab again.
  * You should see the banner say "The room and the toasts live in PostgreSQL at
- * postgres://user:***@...": the password never appears in a log line. While the
- * database is away, each process says so once, and once more when it is back:
+ * postgres://postgres:***@localhost:5432/postgres": the password never appears in a
+ * log line. While the database is away, each process says so once, and once more
+ * when it is back:
  *   [05:40:02] [5324] hub: lost the database connection; listening again as soon as it answers
  *   [05:40:09] [5324] hub: listening again after 7.8 s; caught up from the table
  */
@@ -69,7 +76,7 @@ function redactUrl(url: string): string {
 async function openDatabase(url: string): Promise<Sql> {
   const parsed = URL.canParse(url) ? new URL(url) : undefined;
   if (!parsed || !["postgres:", "postgresql:"].includes(parsed.protocol) || !parsed.hostname) {
-    const example = "postgres://user:password@localhost:5432/countdown";
+    const example = "postgres://postgres:countdown@localhost:5432/postgres";
     exitWith(1, `--database must be a URL such as ${example}.`);
   }
   const { default: postgres } = await import("postgres").catch(() =>
@@ -140,16 +147,17 @@ const SCHEMA = `
 `;
 
 /**
- * Creates the tables when missing, or exits with one sentence. The primary of
- * --workers N does it before any worker starts, and every process does it
- * again at its own start (a second time changes nothing). Processes that start
- * together, on this machine or another, take turns under a lock: two running
- * "create table if not exists" at the same moment can both try to create, and
- * one of them would fail.
+ * Creates the tables when missing, or exits with one sentence. Processes that
+ * start together, on this machine or another, take turns under a lock: two
+ * running "create table if not exists" at the same moment can both try to
+ * create, and one of them would fail.
  */
 async function createTables(sql: Sql, url: string): Promise<void> {
   await sql
     .begin(async (tx) => {
+      // An advisory lock is a lock on a number of our choosing (here a hash of the channel's
+      // name) that PostgreSQL keeps for whoever asks, until this transaction ends: a second
+      // process asking for the same number waits here until the first has made the tables.
       await tx`select pg_advisory_xact_lock(hashtext(${HUB_CHANNEL}))`;
       await tx.unsafe(SCHEMA);
     })
@@ -158,7 +166,11 @@ async function createTables(sql: Sql, url: string): Promise<void> {
     );
 }
 
-/** For the primary of --workers N: a database that cannot be used is one sentence, not N. */
+/**
+ * For the primary of --workers N: a database that cannot be used is one sentence, not N.
+ * Each worker then opens the database and checks the tables once more (PostgresHub.open):
+ * connections cannot pass from one process to another, and a second check changes nothing.
+ */
 export async function probeDatabase(url: string): Promise<void> {
   const sql = await openDatabase(url);
   await createTables(sql, url);
@@ -205,6 +217,8 @@ export class PostgresHub implements Hub {
   private closing = new AbortController();
   private reconnecting = false;
 
+  // Private: the way in is PostgresHub.open() below, because a constructor cannot await, and
+  // a hub needs its connections open and its tables made before anyone uses it.
   private constructor(sql: Sql, listener: Sql, log: (line: string) => void) {
     this.sql = sql;
     this.listener = listener;
@@ -216,10 +230,13 @@ export class PostgresHub implements Hub {
   static async open(url: string, log: (line: string) => void): Promise<PostgresHub> {
     const sql = await openDatabase(url);
     await createTables(sql, url);
+    // The same module openDatabase loaded: Node loads a module once, and import() returns it.
     const { default: postgres } = await import("postgres");
     let hub: PostgresHub | undefined;
     // The listener's own connection: one per process, kept open, never recycled. The driver
-    // hands each NOTIFY on it to `onnotify` (its own listen() helper uses the same option).
+    // hands each NOTIFY on it to `onnotify`, the option its own sql.listen() is built on. Not
+    // sql.listen() itself: after a drop it tries once, at once, and gives up silently if the
+    // database is still down; lost() below retries, says so, and reads what it missed.
     const listenerOptions = {
       max: 1,
       idle_timeout: 0,
@@ -229,6 +246,7 @@ export class PostgresHub implements Hub {
       onclose: () => hub?.lost(),
       onnotify: (_channel: string, payload: string) => hub?.notified(payload),
     };
+    // The cast: `onnotify` is missing from the package's types, though its listen() uses it.
     const listener = postgres(url, listenerOptions as Parameters<typeof postgres>[1]);
     hub = new PostgresHub(sql, listener, log);
     await hub.listen();
@@ -237,16 +255,23 @@ export class PostgresHub implements Hub {
 
   async publish<Data>(topic: string, type: string, data: Data): Promise<HubEvent<Data>> {
     return this.ask(() => this.sql.begin(async (tx) => {
+      // One statement, two steps: take the topic's next id, then store the event under it.
       // The topic's row stays locked until commit, so two processes publishing to one topic
-      // take ids in turn and commit in id order: NOTIFYs arrive in commit order.
+      // take ids in turn and commit in id order: NOTIFYs arrive in commit order. (`as never`:
+      // the driver's JSON type is narrower than Data, and whatever a lesson publishes is JSON.)
       const [row] = await tx<EventRow[]>`
         with next as (
+          -- a new topic starts at id 1:
           insert into hub_topics (topic, last_id) values (${topic}, 1)
+          -- a known topic's row instead takes one more, and stays locked until commit:
           on conflict (topic) do update set last_id = hub_topics.last_id + 1
+          -- the id just taken, for the step below:
           returning last_id
         )
+        -- the event, stored under that id:
         insert into hub_events (topic, id, type, data)
         select ${topic}, last_id, ${type}, ${tx.json(data as never)} from next
+        -- the row as stored, with the time the database gave it:
         returning topic, id, type, data, at`;
       const stored = rowToEvent(row!) as HubEvent<Data>;
       const full = JSON.stringify(stored);
@@ -324,9 +349,17 @@ export class PostgresHub implements Hub {
     return loading;
   }
 
+  /** Everything in the table after the newest event this process has of a topic, in order. */
+  private async readMissed(topic: string): Promise<void> {
+    const missed = { after: this.local.lastId(topic), limit: Number.MAX_SAFE_INTEGER }; // no limit
+    for (const event of await this.history(topic, missed)) this.local.relay(event);
+  }
+
   /** Runs `work` after the notifications that came before it: the local hub gets ids in order. */
   private serially(work: () => Promise<void>): Promise<void> {
     const done = this.queue.then(work);
+    // The queue goes on after `done` even when it fails: without this catch, one failed
+    // step would reject every step queued after it.
     this.queue = done.catch((error) => this.log(`hub: ${(error as Error).message}`));
     return done;
   }
@@ -343,19 +376,16 @@ export class PostgresHub implements Hub {
   /**
    * One notification: the event itself, or only its id when it was too large to
    * carry. Anything skipped before it (missed while the connection was down) is
-   * read from the table.
+   * read from the table, and with it any newer event already there.
    */
   private async heard(payload: string): Promise<void> {
     const notified = JSON.parse(payload) as HubEvent;
     if (!this.loaded.has(notified.topic)) return;
     const lastId = this.local.lastId(notified.topic);
     if (notified.id <= lastId) return;
-    if (notified.id > lastId + 1 || notified.data === undefined) {
-      const missed = { after: lastId, limit: notified.id - lastId };
-      for (const event of await this.history(notified.topic, missed)) this.local.relay(event);
-    } else {
-      this.local.relay(notified);
-    }
+    const gapOrLarge = notified.id > lastId + 1 || notified.data === undefined;
+    if (gapOrLarge) await this.readMissed(notified.topic);
+    else this.local.relay(notified);
   }
 
   /** The listening connection closed: say so once, then try again, with pauses that grow. */
@@ -368,8 +398,9 @@ export class PostgresHub implements Hub {
 
   private async relisten(since: number): Promise<void> {
     for (let pauseMs = RECONNECT_FIRST_MS; ; pauseMs = Math.min(pauseMs * 2, RECONNECT_MAX_MS)) {
-      const stopped = await wait(pauseMs, false, { signal: this.closing.signal }).catch(() => true);
-      if (stopped) return;
+      // close() cuts the pause short: wait() then rejects, and there is nothing to retry.
+      await wait(pauseMs, undefined, { signal: this.closing.signal }).catch(() => {});
+      if (this.closing.signal.aborted) return;
       try {
         await this.listen();
         // NOTIFYs sent while nobody here listened were dropped; their events are in the table.
@@ -385,10 +416,7 @@ export class PostgresHub implements Hub {
   }
 
   private async catchUp(): Promise<void> {
-    for (const topic of this.loaded.keys()) {
-      const missed = { after: this.local.lastId(topic), limit: Number.MAX_SAFE_INTEGER };
-      for (const event of await this.history(topic, missed)) this.local.relay(event);
-    }
+    for (const topic of this.loaded.keys()) await this.readMissed(topic);
   }
 }
 
@@ -397,7 +425,7 @@ export class PostgresHub implements Hub {
 export const database: Lesson = {
   flags: { database: { type: "string" } },
   help: `  --database URL   Keeps the room and the toasts in PostgreSQL, shared by every process
-                   (env DATABASE_URL), e.g. postgres://user:password@localhost:5432/countdown.`,
+                   (env DATABASE_URL), e.g. postgres://postgres:countdown@localhost:5432/postgres.`,
 
   banner(_url, flags) {
     const url = databaseUrl(flags);

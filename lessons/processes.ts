@@ -1,5 +1,5 @@
 /**
- * lessons/processes.ts: lesson 3c, several processes on one port (--workers).
+ * lessons/processes.ts: lesson 3, several processes on one port (--workers).
  *
  * One Node process uses one core. `--workers N` runs N copies of server.ts on
  * one port, as uvicorn's and gunicorn's --workers do: node:cluster's primary
@@ -7,15 +7,25 @@
  * need nothing more: each worker serves many tabs. The room and the toasts do:
  * each process has its own in-memory hub (lessons/hub.ts), so a message posted
  * to one worker reaches only that worker's tabs, until --database
- * (lessons/postgres.ts) puts every process on one PostgreSQL.
+ * (lessons/postgres.ts) puts every process on one PostgreSQL. This is the
+ * --workers flag of the posts' servers, taken apart: massover's "Why I am excited
+ * about ASGI & Django" (seed 001) runs gunicorn and uvicorn with --workers 1, and
+ * "Django 3.1 Async" (seed 004) raises uvicorn's to 10 to get out of a deadlock.
  *
- * Run it:    npx tsx server.ts --workers 2
+ * How: cluster.fork() starts a new process that runs server.ts again from the
+ * top, with the same arguments, and node:cluster marks it as a worker. That is
+ * why start() and install() below, and the toasts' terminal reader, ask
+ * `cluster.isWorker`: the same code runs once as the primary, which forks and
+ * serves nothing, and once in each worker, which serves.
+ *
+ * Run it:    npx -y tsx server.ts --workers 2
  * Then try:
- *   - open http://localhost:8000/ in several tabs: "served by pid" alternates
- *     between the two workers, never the primary;
+ *   - open http://localhost:8000/ in several tabs: each says "served by pid" with
+ *     one of the two workers' pids, never the primary's;
  *   - http://localhost:8000/room/ in two tabs served by different pids: a message
  *     posted in one never shows in the other, until you add --database URL;
- *   - kill one worker (kill <pid>): the primary says so and starts another;
+ *   - kill one worker (kill <pid>): it stops gently, as on Ctrl-C, so the primary
+ *     says "exited (code 0)", and starts another (kill -9 says "exited (SIGKILL)");
  *   - Ctrl-C: every worker ends its streams, and no process stays behind.
  * You should see the banner once, then one line per worker as it starts serving:
  *   Countdown server (async, 2 worker processes, primary pid 17876) listening at ...
@@ -33,8 +43,9 @@ import {
   type Lesson,
   type Startup,
 } from "../server.ts";
-import { readPresenterLines, type PresenterLine } from "./toasts.ts";
-// The next lesson's: with --database, the primary tries the database once before forking.
+import { readPresenterLines, toastsOf } from "./toasts.ts";
+// The next lesson's, for --database only: the primary installs no lesson, so it tries the
+// database itself, once, rather than let every worker fail with the same sentence.
 import { databaseUrl, probeDatabase } from "./postgres.ts";
 
 // ─── Settings ────────────────────────────────────────────────────────────────
@@ -97,6 +108,7 @@ async function superviseWorkers(count: number, { flags, host, port, printBanner 
       signalWorkers("SIGKILL");
       process.exit(code ?? 1);
     }
+    // `kill <pid>` sends SIGTERM, which a worker handles by stopping gently: "code 0".
     logLine(`primary: worker ${worker.process.pid} exited (${signal ?? `code ${code}`}); ` +
       "starting another");
     cluster.fork();
@@ -105,7 +117,8 @@ async function superviseWorkers(count: number, { flags, host, port, printBanner 
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
-    logLine(`primary: ${signal}: stopping ${alive().length} workers`);
+    const running = alive().length;
+    logLine(`primary: ${signal}: stopping ${running} worker${running === 1 ? "" : "s"}`);
     // A terminal's Ctrl-C reaches every process of the group already;
     // a signal sent to the primary alone does not.
     signalWorkers("SIGTERM");
@@ -125,16 +138,23 @@ async function superviseWorkers(count: number, { flags, host, port, printBanner 
   for (let i = 0; i < count; i++) cluster.fork();
 }
 
+/** A message from the primary to a worker: one line typed at the terminal. */
+interface PresenterLine {
+  presenterLine: string;
+}
+
 /**
  * Only the primary reads the terminal: each line goes to the next serving
  * worker in turn, whose hub publishes it as a toast (to every process with
  * --database, else to that worker's tabs). A worker that just died is skipped.
+ * worker.send() writes to the channel (IPC) node:cluster opened to that worker.
  */
 function forwardPresenterLines(serving: () => Worker[]): void {
   let next = 0;
   readPresenterLines((line) => {
     const connected = serving().filter((worker) => worker.isConnected());
     const worker = connected[next++ % Math.max(1, connected.length)];
+    // `satisfies`: TypeScript checks the message has PresenterLine's shape; nothing at run time.
     if (worker) worker.send({ presenterLine: line } satisfies PresenterLine);
     else logLine("primary: no worker is serving, so that line made no toast");
   });
@@ -147,6 +167,8 @@ function forwardPresenterLines(serving: () => Worker[]): void {
  * to. Left alone, node:cluster exits it at once, cutting its streams; marked as
  * a disconnect it expected, the worker stops as on SIGTERM instead: its
  * streams end cleanly, and their browsers reconnect and resume.
+ * exitedAfterDisconnect is that mark: node:cluster reads it right after this
+ * listener runs, and exits the worker itself only when it is still false.
  */
 function stopWithPrimary(worker: Worker): void {
   worker.once("disconnect", () => {
@@ -175,9 +197,10 @@ export const processes: Lesson = {
     ];
   },
 
+  // Runs in the primary and again in every worker (see the header): each asks which it is.
   async start(startup) {
-    if (cluster.worker) {
-      stopWithPrimary(cluster.worker);
+    if (cluster.isWorker) {
+      stopWithPrimary(cluster.worker!); // in a worker, cluster.worker is this process's Worker
       return "serve quietly"; // the banner and the terminal are the primary's
     }
     const workers = workersOf(startup.flags);
@@ -186,5 +209,14 @@ export const processes: Lesson = {
     return "taken over";
   },
 
-  install() {},
+  // In a worker, each line the primary forwards arrives as a "message" on `process`. In
+  // install, not in listening(): the primary sends a worker its first line as soon as the
+  // worker listens, before listening() would run.
+  install(app) {
+    if (!cluster.isWorker) return;
+    process.on("message", (message: Partial<PresenterLine> | null) => {
+      const line = message?.presenterLine;
+      if (typeof line === "string") toastsOf(app).fromPresenter(line);
+    });
+  },
 };

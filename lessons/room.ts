@@ -2,12 +2,14 @@
  * lessons/room.ts: lesson 3, push, don't poll: a room where a posted message
  * reaches every open tab at once.
  *
- * This ports seed 003 (../shared/seeds/003_*.txt, valberg/django-sse), whose
- * first attempt asked the database for news once per tab every 5 seconds.
- * Here a POST publishes the message to the hub (lessons/hub.ts), and every
- * open stream is a subscriber the hub hands it to. Nothing happens between
- * messages: no timer, no query, no request. The polling version is kept
- * beside it, so a tab can count what each costs.
+ * This ports "Writing a chat application in Django 4.2 using async
+ * StreamingHttpResponse, Server-Sent Events and PostgreSQL LISTEN/NOTIFY"
+ * (Víðir Valberg Guðmundsson), whose first attempt asked the database for news
+ * once per tab every 5 seconds. Here a POST publishes the message to the hub
+ * (lessons/hub.ts), and every open stream is a subscriber the hub hands it to.
+ * Nothing happens between messages: no timer, no query, no request. The polling
+ * version is kept beside it, so a tab can count what each costs. The page, with
+ * the EventSource that reads the stream, is pages/room.html.
  *
  * Run it:    npx -y tsx server.ts       (the room is at /room/)
  * Then try:
@@ -15,12 +17,12 @@
  *     and its "requests for news" stays at 1;
  *   - curl -N http://localhost:8000/room/stream, and post from another terminal:
  *     curl -d name=Ada -d text=hello http://localhost:8000/room/messages
- *     the stream prints `event: presence` (1 tab in the room), then, the moment the
+ *     the stream prints `event: presence`, `data: {"tabs":1,...}`, then, the moment the
  *     POST answers, `event: message`, `id: 1`, `data: {"id":1,"name":"Ada",...}`;
  *   - http://localhost:8000/room/?poll=5 asks every 5 seconds instead; each page
  *     counts the requests it made, and the polling one shows a message up to 5 s late;
- *   - press Ctrl-C and start the server again: an open tab reconnects, says some
- *     messages were missed (this hub counts from 1 again), and goes on.
+ *   - post a message, press Ctrl-C and start the server again: the open tab reconnects,
+ *     says some messages were missed (this hub counts from 1 again), and goes on.
  */
 
 import type { ServerResponse } from "node:http";
@@ -48,12 +50,12 @@ export const NAME_MAX = 40;
 export const TEXT_MAX = 280;
 /** ?poll=SECONDS makes the page ask for news on a timer instead of opening a stream. */
 const POLL_RANGE_S = { min: 1, max: 60 };
-/** Message ids a request may name: ?after= and Last-Event-ID. */
-export const MESSAGE_ID_RANGE = { min: 0, max: 1_000_000_000_000 };
 /**
- * Head counts are sent at most this often, so 10,000 tabs arriving cost a few
- * rounds of writes, not 10,000.
+ * Message ids a request may name: ?after= and Last-Event-ID. The maximum is far
+ * beyond any id a room reaches; a bound, so that a wild id gets a 400 naming the range.
  */
+export const MESSAGE_ID_RANGE = { min: 0, max: 1_000_000_000_000 };
+/** Head counts go out at most this often (see RoomStreams). */
 export const PRESENCE_DELAY_MS = 100;
 
 /** What the JSON body of a post looks like, for the sentences that refuse a bad one. */
@@ -69,7 +71,10 @@ export function eventJson({ id, data, at }: HubEvent): Record<string, unknown> {
   return { id, ...(data as object), at };
 }
 
-/** Each event's wire text, made once however many streams send it. */
+/**
+ * Each event's wire text, made once: 10,000 open streams then send one shared
+ * string, not 10,000 copies of its JSON. Keyed weakly, so it goes with the event.
+ */
 const wireText = new WeakMap<HubEvent, string>();
 
 /** One hub event on the wire: `event: message`, `id: 42`, `data: {...}`; a gap has no id. */
@@ -83,9 +88,8 @@ function hubEventToSse(event: HubEvent | HubGap): string {
   return text;
 }
 
-/** How many tabs are in the room, as the page shows it. */
+/** How many tabs are in the room, and which process counted them, as the page shows it. */
 export function presenceEvent(tabs: number): string {
-  // The pid tells tabs apart when --workers N runs several processes, each with a room of its own.
   return formatEvent("presence", JSON.stringify({ tabs, pid: process.pid }));
 }
 
@@ -93,7 +97,7 @@ export function presenceEvent(tabs: number): string {
  * The room's events for one reader: the last few (or, after a reconnect,
  * exactly those after the last id it saw), then every event as it is
  * published, until `signal` aborts. The countdown's generator awaited a timer;
- * this one awaits the hub. The SSE stream and the WebSocket both read it.
+ * this one awaits the hub.
  */
 export async function* roomEvents(
   hub: Hub,
@@ -104,53 +108,64 @@ export async function* roomEvents(
   if (after === undefined) {
     const recent = await hub.history(ROOM_TOPIC, { limit: ROOM_REPLAY });
     yield* recent;
-    // Anything published while those were written is replayed by the hub, from here.
+    // Anything published while those were being yielded is replayed by the hub, from here.
     after = recent.at(-1)?.id ?? 0;
   }
   yield* hub.subscribe(ROOM_TOPIC, { after, signal });
 }
 
-/** The SSE messages of one room stream: `message`, and lesson 4's `message_updated`, ... */
+/** The SSE messages of one room stream: each event under its own type (`event: message`). */
 async function* roomStream(hub: Hub, lastEventId: number | undefined, signal: AbortSignal) {
   for await (const event of roomEvents(hub, lastEventId, signal)) yield hubEventToSse(event);
 }
 
 /**
- * The room's open streams in this process. Presence is not stored in the hub:
- * it is this process's head count, sent to every stream shortly after it
- * changes, at most once per PRESENCE_DELAY_MS however many tabs arrive.
+ * The room's open streams in this process, and their head count. Presence is
+ * not stored in the hub: it is this process's count, told to every stream
+ * PRESENCE_DELAY_MS after it changes, once for however many came or went
+ * meanwhile, so 10,000 tabs arriving cost a few rounds of writes, not 10,000.
  */
 class RoomStreams extends OpenStreams {
+  /** The head count each stream was last told (none yet: not in the map). */
+  private told = new Map<ServerResponse, number>();
   private presenceTimer: NodeJS.Timeout | undefined;
 
+  // OpenStreams calls open and close as each stream comes and goes; these add the head
+  // count. `override`: they replace its own, which `super` still runs.
   protected override open(res: ServerResponse) {
     super.open(res);
-    this.presenceTimer ??= setTimeout(() => this.tellPresence(), PRESENCE_DELAY_MS);
+    this.countChanged();
   }
 
   protected override close(res: ServerResponse) {
     super.close(res);
-    if (this.streams.size > 0) {
-      this.presenceTimer ??= setTimeout(() => this.tellPresence(), PRESENCE_DELAY_MS);
+    this.told.delete(res);
+    this.countChanged();
+  }
+
+  private countChanged() {
+    if (this.size === 0) {
+      // The last tab left: nobody is left to tell.
+      clearTimeout(this.presenceTimer);
+      this.presenceTimer = undefined;
       return;
     }
-    // The last tab left: nobody is left to tell.
-    clearTimeout(this.presenceTimer);
-    this.presenceTimer = undefined;
+    // `??=` sets the timer only when none is set: changes meanwhile wait for the same one.
+    this.presenceTimer ??= setTimeout(() => this.tellPresence(), PRESENCE_DELAY_MS);
   }
 
   private tellPresence() {
     this.presenceTimer = undefined;
-    for (const [res, stream] of this.streams) {
-      if (stream.told === this.streams.size) continue;
-      stream.told = this.streams.size;
-      stream.wrote = true;
-      res.write(presenceEvent(this.streams.size));
+    const tabs = this.size;
+    for (const res of this.streams.keys()) {
+      if (this.told.get(res) === tabs) continue; // no news for this one
+      this.told.set(res, tabs);
+      this.write(res, presenceEvent(tabs));
     }
   }
 }
 
-/** Each app's room streams, made when the lesson installs. */
+/** Each app's room streams, made when the lesson installs (per app: see lessons/hub.ts). */
 const rooms = new WeakMap<App, RoomStreams>();
 
 // ─── The room's handlers ─────────────────────────────────────────────────────
@@ -181,7 +196,7 @@ function readMessageId(
 /** Streams the room to one tab: recent messages, then every new one, until the tab closes. */
 const serveRoomStream: Handler = async (req, res, _url, app) => {
   const { log, quiet } = app;
-  const room = rooms.get(app)!;
+  const room = rooms.get(app)!; // `!`: set in install, before any request
   const hub = hubOf(app);
   const lastEventId = readMessageId(req.headers["last-event-id"], "Last-Event-ID");
   res.writeHead(200, SSE_HEADERS);
@@ -190,16 +205,15 @@ const serveRoomStream: Handler = async (req, res, _url, app) => {
     ? `with the last ${ROOM_REPLAY} messages`
     : `after message ${lastEventId}`;
   const client = clientName(req.socket);
-  const { sent, why } = await room.pump(
-    res,
-    (signal) => roomStream(hub, lastEventId, signal),
-    () => quiet || log(`room stream opened for ${client}, ${from} (${room.size} in the room)`),
-  );
+  const source = (signal: AbortSignal) => roomStream(hub, lastEventId, signal);
+  const { sent, why } = await room.pump(res, source, () => {
+    if (!quiet) log(`room stream opened for ${client}, ${from} (${room.size} in the room)`);
+  });
   if (!quiet) log(`room stream closed after ${sent} events: ${why} (${room.size} in the room)`);
 };
 
 /**
- * The polling version, seed 003's first attempt: the page asks every few
+ * The polling version, what the post set out to replace: the page asks every few
  * seconds what came after the last id it has. When that id is older than what
  * is kept, or one this hub never issued (after a restart), it gets everything
  * kept, and sees the gap from the ids.
@@ -213,7 +227,7 @@ const listMessages: Handler = async (_req, res, url, app) => {
     const [newest] = await hub.history(ROOM_TOPIC, { limit: 1 });
     if (newest && newest.id < after) events = await hub.history(ROOM_TOPIC);
   }
-  // Each with its type: lesson 4's changes and deletions come in the same list as the messages.
+  // Each with its type: a later lesson puts other events than messages in the room's topic.
   sendJson(res, 200, events.map((event) => ({ type: event.type, ...eventJson(event) })));
 };
 
@@ -224,11 +238,12 @@ const postMessage: Handler = async (req, res, _url, app) => {
   const message = {
     name: checkField(fields, "name", NAME_MAX),
     text: checkField(fields, "text", TEXT_MAX),
-    // Lesson 4: the poster's public id, so that only this visitor may change or delete it later.
+    // Who posted it, for a later lesson's edits: null without a visitor cookie (curl; a
+    // browser gets one from the toasts, the next lesson, on its first page).
     poster: readVisitor(req) ?? null,
   };
   const event = await hubOf(app).publish(ROOM_TOPIC, "message", message);
-  // Never the text itself: a log is no place for what people wrote.
+  // The name's length, never the name or the text: a log is no place for what people write.
   const nameLength = [...message.name].length;
   if (!app.quiet) app.log(`message ${event.id} posted (a name of ${nameLength} characters)`);
   sendJson(res, 201, eventJson(event));
@@ -253,7 +268,7 @@ export const room: Lesson = {
     // Ended cleanly on Ctrl-C: each browser reconnects with the last id it saw.
     app.onStop(() => {
       const count = streams.endAll();
-      return count ? `${count} room streams` : undefined;
+      if (count > 0) return count === 1 ? "1 room stream" : `${count} room streams`;
     });
     Object.assign(app.routes, ROOM_ROUTES);
   },

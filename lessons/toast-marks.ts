@@ -4,17 +4,20 @@
  * bookkeeping of read marks, and the merge of a visitor's two subscriptions.
  * Not a lesson of its own: no route and no state.
  *
- * Why a read toast never comes back. The in-memory hub keeps only the last
- * HUB_KEEP events of each topic. A read mark for a visitor's own toast comes
- * after that toast in the same topic, so the toast always leaves the window
- * first. But a read mark for a broadcast sits in the visitor's topic while the
- * broadcast sits in "toasts:everyone": enough later events for the visitor
- * would push the mark out while the broadcast is still kept, and it would show
- * again. So each read mark carries the ids of every toast the visitor has
- * acknowledged that the hub still keeps, and the newest mark alone says it
- * all. It stays in the window because at most TOASTS_UNREAD_MAX toasts can
- * follow it: the next one past that bound makes room by marking the oldest
- * read, which writes a new mark (see keepUnreadBound in lessons/toasts.ts).
+ * Why a read toast never comes back. The hub keeps only the last HUB_KEEP
+ * events of each topic: call them the topic's window. A read mark for a
+ * visitor's own toast is published after that toast, in the same topic, so the
+ * toast leaves the window first. A broadcast is different: the toast is in
+ * "toasts:everyone", its read mark in the visitor's own topic. For example, Ada
+ * closes the broadcast "Coffee at 11", then the demo sends her HUB_KEEP toasts
+ * of her own: her topic's window no longer holds that read mark, while
+ * "toasts:everyone" still holds "Coffee at 11", so her next reload would show it again.
+ *
+ * So each read mark carries the ids of every toast the visitor has acknowledged
+ * that the hub still keeps, and the newest mark alone says it all. The newest
+ * mark itself stays in the window: at most TOASTS_UNREAD_MAX toasts can follow
+ * it, because the next one past that bound makes room by marking the oldest
+ * read, which writes a new mark (keepUnreadBound in lessons/toasts.ts).
  */
 
 import type { HubEvent } from "./hub.ts";
@@ -32,12 +35,12 @@ export interface Kept {
   acknowledged: Set<string>;
 }
 
-/** The toasts among a topic's events, oldest first. */
-export function toastsIn<Toast>(events: HubEvent[]): Toast[] {
-  return events.filter((event) => event.type === "toast").map((event) => event.data as Toast);
+/** The toasts among a topic's events, oldest first (`Data`: what a toast event carries). */
+export function toastsIn<Data>(events: HubEvent[]): Data[] {
+  return events.filter((event) => event.type === "toast").map((event) => event.data as Data);
 }
 
-/** Every toast id the read marks kept in a visitor's topic name: each one's own, and each list. */
+/** The ids a visitor acknowledged, from the read marks in its topic: each one's id and list. */
 export function acknowledgedIn(own: HubEvent[]): Set<string> {
   const acknowledged = new Set<string>();
   for (const event of own) {
@@ -49,8 +52,8 @@ export function acknowledgedIn(own: HubEvent[]): Set<string> {
   return acknowledged;
 }
 
-/** Records one more acknowledged toast, and returns the read mark that says so. */
-export function readMark(toastId: string, known: Kept): ReadMark {
+/** Adds one toast to `known.acknowledged`, and returns the read mark to publish for it. */
+export function acknowledge(toastId: string, known: Kept): ReadMark {
   known.acknowledged.add(toastId);
   // Only ids the hub still keeps: the list stays as short as the window.
   const kept = toastsIn<{ id: string }>([...known.own, ...known.everyone]);
@@ -58,7 +61,12 @@ export function readMark(toastId: string, known: Kept): ReadMark {
   return { id: toastId, acknowledged: [...known.acknowledged].filter((id) => ids.has(id)) };
 }
 
-/** Yields from several subscriptions as their events come; ends when all of them have. */
+/**
+ * Yields from several subscriptions as their events come; ends when all of them
+ * have. Not one for-await loop per subscription: the first loop would run until
+ * its subscription ended, and the second would only start then. Instead each
+ * subscription has one next() pending, and Promise.race takes whichever settles first.
+ */
 export async function* merge<T>(sources: AsyncGenerator<T>[]): AsyncGenerator<T> {
   const next = (source: AsyncGenerator<T>) => source.next().then((result) => ({ source, result }));
   const pending = new Map(sources.map((source) => [source, next(source)]));
@@ -69,11 +77,13 @@ export async function* merge<T>(sources: AsyncGenerator<T>[]): AsyncGenerator<T>
         pending.delete(source);
         continue;
       }
-      pending.set(source, next(source));
+      pending.set(source, next(source)); // ask that one again, the others are still pending
       yield result.value;
     }
   } finally {
-    // The stream's signal ends the waits still pending; what they settle with is no longer wanted.
+    // The stream's signal ends the next() calls still pending, and nobody awaits them now:
+    // a catch that ignores what they settle with keeps Node from reporting (and, by
+    // default, crashing on) an unhandled rejection.
     for (const waiting of pending.values()) waiting.catch(() => {});
   }
 }

@@ -1,26 +1,26 @@
 /**
  * lessons/toasts.ts: lesson 3, toasts that stay until acknowledged.
  *
- * A toast is a short message for one visitor, or for everyone, in a corner of
- * every page that visitor has open. It stays across reloads and reconnects
- * (and, with --database, restarts) until the visitor closes it, and closing
- * it in one tab closes it in all of them. The pages know nothing of it: a
- * page wrapper puts the toasts into every HTML answer, as seed 000's
- * middleware does. Toasts and read marks are hub events (lessons/hub.ts),
- * like the room's messages. This file ports seed 000 (massover's realtime
- * toasts with ASGI and Django, ../shared/seeds/000_*.txt).
+ * A toast is a short message for one visitor, or for everyone, in a corner of every
+ * page that visitor has open. It stays across reloads and reconnects (and, with
+ * --database, restarts) until the visitor closes it, and closing it in one tab closes
+ * it in all of them. The pages know nothing of it: a page wrapper puts the toasts into
+ * every HTML answer, as the post's middleware does. Toasts and read marks are hub
+ * events (lessons/hub.ts), like the room's messages. This file ports seed 000,
+ * massover's "Building realtime toasts with ASGI and Django".
  *
  * Run it:    npx -y tsx server.ts       (lessons/ beside it installs this lesson)
  * Then try:
- *   - type a line where the server runs and press Enter: every open page shows
- *     it in its corner, the countdown at http://localhost:8000/ and the room alike;
+ *   - type a line where the server runs and press Enter: every open page shows it in its
+ *     corner, the countdown and the room alike (with --workers, only if --database is
+ *     given too; else only the tabs of the worker that got the line show it);
  *   - close that toast in one tab: it goes from every other tab at once, and a
  *     reload does not bring it back;
- *   - http://localhost:8000/toasts/ is seed 000's demo: the form answers at once
- *     with "Sleep running for at least N second(s)...", and a background task
+ *   - http://localhost:8000/toasts/ is the post's demo: sending the form shows
+ *     "Sleep running for at least N second(s)..." at once, and a background task
  *     sends your message N seconds later, to your tabs only;
- *   - curl -N http://localhost:8000/toasts/stream answers 401: a stream belongs
- *     to the visitor named by the cookie a page set, and curl has none.
+ *   - curl -i http://localhost:8000/toasts/stream answers 401 Unauthorized: a
+ *     stream belongs to the visitor named by the cookie a page set, and curl has none.
  */
 
 import cluster from "node:cluster";
@@ -31,7 +31,7 @@ import { setTimeout as wait } from "node:timers/promises";
 import { formatEvent, logLine, RequestError, SSE_HEADERS, wholeNumber } from "../server.ts";
 import type { App, Handler, Lesson } from "../server.ts";
 import { hubOf, OpenStreams, type Hub, type HubEvent } from "./hub.ts";
-import { acknowledgedIn, merge, readMark, toastsIn } from "./toast-marks.ts";
+import { acknowledge, acknowledgedIn, merge, toastsIn } from "./toast-marks.ts";
 import type { Kept, ReadMark } from "./toast-marks.ts";
 import { checkField, checkOrigin, isObject, newVisitorCookie, pageFile } from "./http.ts";
 import { readFields, requireVisitor, sendJson, servePageFile, visitorSecret } from "./http.ts";
@@ -39,26 +39,31 @@ import { readFields, requireVisitor, sendJson, servePageFile, visitorSecret } fr
 // ─── Settings ────────────────────────────────────────────────────────────────
 
 export const TOAST_MESSAGE_MAX = 200;
+const TOAST_LEVELS = ["info", "success", "warning", "error"] as const;
+/** How long the demo's background task may sleep. */
+const DEMO_SECONDS_RANGE = { min: 0, max: 60 };
+
+// Guards. A client can post the demo without end, and every new cookie is a new visitor:
+// these bounds keep what one process (and the database) holds for them finite. The first
+// also keeps a visitor's newest read mark among the events the hub keeps (toast-marks.ts).
 /** Unread toasts a visitor keeps: past this, the oldest go, as if closed. */
 export const TOASTS_UNREAD_MAX = 50;
 /** Visitors whose toasts this process remembers: past this, the least recently seen go. */
 export const VISITORS_MAX = 10_000;
-const TOAST_LEVELS = ["info", "success", "warning", "error"] as const;
-/** How long the demo's background task may sleep. */
-const DEMO_SECONDS_RANGE = { min: 0, max: 60 };
 
 /** Broadcasts are owned by "everyone"; a visitor's own toasts by its public id. */
 export const EVERYONE = "everyone";
 /** A toast id names its owner, then random bits: `everyone-3f2a...` or `<public id>-9c1d...`. */
 const TOAST_ID_RANDOM_BYTES = 8;
 const TOAST_ID = /^(everyone|[0-9a-f]{16})-[0-9a-f]{16}$/;
+const NO_SUCH_TOAST = "There is no toast with that id.";
+const NOT_YOURS = "That toast is another visitor's: only its owner may mark it read.";
 
 // ─── Toasts and read marks ───────────────────────────────────────────────────
 //
-// There are no accounts: the first page a browser loads gives it a visitor
-// cookie (lessons/http.ts). Each visitor's stream follows two topics:
-// "toasts:everyone" (the broadcasts) and "toasts:<public visitor id>" (that
-// visitor's own toasts, and its read marks for both kinds).
+// No accounts: a visitor is a cookie (lessons/http.ts). Its stream follows two topics:
+// "toasts:everyone" (the broadcasts) and "toasts:<public visitor id>" (its own toasts,
+// and its read marks for both kinds).
 
 type ToastLevel = (typeof TOAST_LEVELS)[number];
 
@@ -80,24 +85,21 @@ export function toastTopic(owner: string): string {
   return `toasts:${owner}`;
 }
 
-/** A message as a toast takes it: trimmed, 1 to the maximum characters, no control characters. */
+/** A request's message: trimmed, 1 to the maximum characters, no control characters, or a 400. */
 function checkToastMessage(message: string): string {
   return checkField({ message }, "message", TOAST_MESSAGE_MAX);
 }
 
 // ─── The toasts of one server ────────────────────────────────────────────────
 
-/**
- * Making toasts, acknowledging them, streaming them, and the demo's tasks.
- * Each read mark carries every acknowledged id the hub still keeps, so that a
- * read broadcast never comes back: lessons/toast-marks.ts says why.
- */
+/** Making toasts, acknowledging them, streaming them, and the demo's tasks. */
 export class Toasts {
   readonly streams: OpenStreams;
   private hub: Hub;
   private log: (line: string) => void;
   /** Visitors, least recently seen first (a Set keeps insertion order). */
   private visitors = new Set<string>();
+  /** The guards already reached, each named once in the log (see sayOnce). */
   private boundsSaid = new Set<string>();
   /** Aborted on Ctrl-C: every demo task still sleeping stops, with no error and no timer left. */
   private tasks = new AbortController();
@@ -110,25 +112,25 @@ export class Toasts {
   }
 
   /**
-   * Seed 000's create_toast, for code that cannot await: returns the toast at
-   * once. With the in-memory hub it is stored before this returns; with
-   * PostgreSQL a moment later (a failure is logged).
+   * The post's create_toast, for code that cannot await (here the terminal's line handler):
+   * returns the toast at once, stored by then in memory, a moment later in PostgreSQL.
    */
   createToast(message: string, options: ToastOptions = {}): Toast {
-    const { toast, stored } = this.publishToast(message, options);
-    stored.catch((error: Error) => {
+    const { toast, done } = this.publishToast(message, options);
+    done.catch((error: Error) => {
       this.log(`toasts: toast ${toast.id} was not stored: ${error.message}`);
     });
     return toast;
   }
 
-  /** Seed 000's async_create_toast: resolves once the toast is stored and on its way out. */
+  /** The post's async_create_toast: resolves once the toast is stored and on its way out. */
   async createToastAsync(message: string, options: ToastOptions = {}): Promise<Toast> {
-    const { toast, stored } = this.publishToast(message, options);
-    await stored;
+    const { toast, done } = this.publishToast(message, options);
+    await done;
     return toast;
   }
 
+  /** What both share. `done`: the toast is published and, for a visitor's own, its bound kept. */
   private publishToast(message: string, { visitor, level = "info" }: ToastOptions) {
     if (!TOAST_LEVELS.includes(level)) {
       throw new RequestError(400, `level must be one of ${TOAST_LEVELS.join(", ")}.`);
@@ -139,12 +141,14 @@ export class Toasts {
     const toast: Toast = { id, message: checkToastMessage(message), level, at };
     if (visitor) this.seen(visitor);
     const published = this.hub.publish(toastTopic(owner), "toast", toast);
-    const stored = published.then(() => (visitor ? this.keepUnreadBound(visitor) : undefined));
-    return { toast, stored };
+    const done = published.then(() => (visitor ? this.keepUnreadBound(visitor) : undefined));
+    return { toast, done };
   }
 
-  /** A line from the server's terminal, as a toast for everyone; empty is skipped, long is cut. */
+  /** A terminal line, as a toast for everyone: cut when too long, since a typist sees no 400. */
   fromPresenter(line: string): Toast | undefined {
+    // \p{Cc}: control characters (a tab, an arrow key's escape), which a toast refuses.
+    // [...string] splits by character, not by UTF-16 unit: a cut never halves an emoji.
     const characters = [...line.replace(/\p{Cc}/gu, " ").trim()];
     if (characters.length === 0) return undefined;
     if (characters.length > TOAST_MESSAGE_MAX) {
@@ -159,18 +163,17 @@ export class Toasts {
   /** Marks a toast read for this visitor, returns it: 404 when unknown, 403 when another's. */
   async read(visitor: string, toastId: string): Promise<Toast> {
     const owner = TOAST_ID.exec(toastId)?.[1];
-    if (!owner) throw new RequestError(404, "There is no toast with that id.");
+    if (!owner) throw new RequestError(404, NO_SUCH_TOAST);
     const known = await this.known(visitor);
+    // 404 before 403, so another's topic is read too: a 403 says "that toast is another
+    // visitor's", true only of a toast that exists (and its random part cannot be guessed).
     const events = owner === visitor ? known.own
       : owner === EVERYONE ? known.everyone
       : await this.hub.history(toastTopic(owner));
     const toast = toastsIn<Toast>(events).find((candidate) => candidate.id === toastId);
-    if (!toast) throw new RequestError(404, "There is no toast with that id.");
-    // Seed 000's IsOwner: a visitor acknowledges its own toasts and the broadcasts, nobody else's.
-    if (owner !== visitor && owner !== EVERYONE) {
-      const sentence = "That toast is another visitor's: only its owner may mark it read.";
-      throw new RequestError(403, sentence);
-    }
+    if (!toast) throw new RequestError(404, NO_SUCH_TOAST);
+    // The post's IsOwner: a visitor acknowledges its own toasts and the broadcasts, nobody else's.
+    if (owner !== visitor && owner !== EVERYONE) throw new RequestError(403, NOT_YOURS);
     if (!known.acknowledged.has(toastId)) await this.markRead(visitor, toastId, known);
     return toast;
   }
@@ -184,39 +187,9 @@ export class Toasts {
     return { own, everyone, acknowledged: acknowledgedIn(own) };
   }
 
+  /** Each read mark lists every acknowledged id still kept: lessons/toast-marks.ts says why. */
   private async markRead(visitor: string, toastId: string, known: Kept) {
-    await this.hub.publish(toastTopic(visitor), "read", readMark(toastId, known));
-  }
-
-  /** Past TOASTS_UNREAD_MAX unread toasts of its own, a visitor's oldest are marked read. */
-  private async keepUnreadBound(visitor: string) {
-    const known = await this.known(visitor);
-    const unread = toastsIn<Toast>(known.own).filter((toast) => !known.acknowledged.has(toast.id));
-    if (unread.length <= TOASTS_UNREAD_MAX) return;
-    const bound = `a visitor has ${TOASTS_UNREAD_MAX} unread toasts; from now on the oldest go`;
-    this.sayOnce("unread", `toasts: ${bound} (said once)`);
-    for (const toast of unread.slice(0, unread.length - TOASTS_UNREAD_MAX)) {
-      await this.markRead(visitor, toast.id, known);
-    }
-  }
-
-  /** Remembers the visitor as the most recent; past VISITORS_MAX, the least recent is forgotten. */
-  seen(visitor: string): void {
-    this.visitors.delete(visitor);
-    this.visitors.add(visitor);
-    if (this.visitors.size <= VISITORS_MAX) return;
-    const [oldest = ""] = this.visitors;
-    this.visitors.delete(oldest);
-    const bound = `${VISITORS_MAX} visitors remembered; from now on the least recently seen`;
-    this.sayOnce("visitors", `toasts: ${bound} are forgotten (said once)`);
-    const forgotten = this.hub.forget(toastTopic(oldest));
-    forgotten.catch((error: Error) => this.log(`toasts: ${error.message}`));
-  }
-
-  private sayOnce(bound: string, line: string) {
-    if (this.boundsSaid.has(bound)) return;
-    this.boundsSaid.add(bound);
-    this.log(line);
+    await this.hub.publish(toastTopic(visitor), "read", acknowledge(toastId, known));
   }
 
   /**
@@ -237,13 +210,16 @@ export class Toasts {
       this.hub.subscribe(toastTopic(EVERYONE), { after: everyone.at(-1)?.id ?? 0, signal }),
     ]);
     for await (const event of live) {
-      // A gap is followed by everything kept; toasts a page already shows are known by their id.
+      // A gap is dropped here: everything kept follows it, and a page knows its toasts by id.
       if (event.type === "toast") yield { type: "toast", toast: (event as HubEvent<Toast>).data };
       if (event.type === "read") yield { type: "read", id: (event as HubEvent<ReadMark>).data.id };
     }
   }
 
-  /** The same, as SSE: `event: toast` with the toast, `event: read` with its id. */
+  /**
+   * The same, as SSE: `event: toast` with the toast, `event: read` with its id. The SSE id
+   * names the toast for curl; no Last-Event-ID is read: a reconnect gets every unread again.
+   */
   async *stream(visitor: string, signal: AbortSignal): AsyncGenerator<string> {
     for await (const news of this.follow(visitor, signal)) {
       yield news.type === "toast"
@@ -253,7 +229,7 @@ export class Toasts {
   }
 
   /**
-   * Seed 000's demo: "Sleep running for at least N second(s)..." now, the
+   * The post's demo: "Sleep running for at least N second(s)..." now, the
    * message after N seconds. The task outlives the request that started it.
    */
   async sleepTask(visitor: string, message: string, seconds: number): Promise<void> {
@@ -277,13 +253,47 @@ export class Toasts {
     this.tasks.abort();
     return this.tasksPending;
   }
+
+  // The guards (see Settings): each is said once per process, not once per toast or
+  // visitor, so a client that keeps pushing past one cannot flood the log either.
+
+  /** Past TOASTS_UNREAD_MAX unread toasts of its own, a visitor's oldest are marked read. */
+  private async keepUnreadBound(visitor: string) {
+    const known = await this.known(visitor);
+    const unread = toastsIn<Toast>(known.own).filter((toast) => !known.acknowledged.has(toast.id));
+    if (unread.length <= TOASTS_UNREAD_MAX) return;
+    const bound = `a visitor has ${TOASTS_UNREAD_MAX} unread toasts; from now on the oldest go`;
+    this.sayOnce("unread", `toasts: ${bound} (said once)`);
+    for (const toast of unread.slice(0, unread.length - TOASTS_UNREAD_MAX)) {
+      await this.markRead(visitor, toast.id, known);
+    }
+  }
+
+  /** Remembers the visitor as the most recent; past VISITORS_MAX, the least recent is forgotten. */
+  seen(visitor: string): void {
+    this.visitors.delete(visitor);
+    this.visitors.add(visitor);
+    if (this.visitors.size <= VISITORS_MAX) return;
+    const [oldest = ""] = this.visitors; // a Set's first item is the one added longest ago
+    this.visitors.delete(oldest);
+    const bound = `${VISITORS_MAX} visitors remembered; from now on the least recently seen`;
+    this.sayOnce("visitors", `toasts: ${bound} are forgotten (said once)`);
+    const forgotten = this.hub.forget(toastTopic(oldest));
+    forgotten.catch((error: Error) => this.log(`toasts: ${error.message}`));
+  }
+
+  private sayOnce(bound: string, line: string) {
+    if (this.boundsSaid.has(bound)) return;
+    this.boundsSaid.add(bound);
+    this.log(line);
+  }
 }
 
 const states = new WeakMap<App, Toasts>();
 
 /**
- * The app's toasts, made at the first use: by then the PostgreSQL lesson,
- * which installs after this one, has chosen the hub they live in.
+ * The app's toasts, made at their first use, not in install(): lessons/index.ts installs
+ * the PostgreSQL lesson after this one, and only then is the hub they live in chosen.
  */
 export function toastsOf(app: App): Toasts {
   let toasts = states.get(app);
@@ -322,10 +332,10 @@ const readToast: Handler = async (req, res, url, app) => {
   sendJson(res, 200, toast);
 };
 
-/** Seed 000's demo page: a form that starts a background task. */
+/** The post's demo page: a form that starts a background task. */
 const serveDemoPage = servePageFile("toasts.html");
 
-/** Seed 000's demo form: starts the background task, and answers at once with 303 to the page. */
+/** The demo's form: starts the background task, and answers at once with 303 to the page. */
 const startDemo: Handler = async (req, res, _url, app) => {
   checkOrigin(req);
   const visitor = requireVisitor(req);
@@ -355,16 +365,20 @@ export function withToasts(page: string): string {
 }
 
 /**
- * Seed 000's middleware, the way django-debug-toolbar's works: every HTML
+ * The post's middleware, the way django-debug-toolbar's works: every HTML
  * answer gets the toasts inserted, and no page carries a copy of its own.
  * It holds back writeHead until end(), where the whole page is known, puts
  * the toasts in, fixes Content-Length, and gives a browser that has no visitor
- * cookie yet a new one. Anything that is not HTML passes untouched.
+ * cookie yet a new one. It knows a page by a "Content-Type" given to writeHead,
+ * spelled so, as every page here is sent; anything else passes untouched.
  */
 function addToasts(req: IncomingMessage, res: ServerResponse): void {
+  // Node's own two, bound to this response, so our replacements can still call them. The
+  // casts below: Node types both with several overloads, and one function stands for them all.
   const writeHead = res.writeHead.bind(res);
   const end = res.end.bind(res);
   let held: { status: number; headers: OutgoingHttpHeaders } | undefined;
+  // writeHead(status, [statusMessage], [headers]): the headers are the object among the rest.
   res.writeHead = ((status: number, ...rest: unknown[]) => {
     const headers = (rest.find(isObject) ?? {}) as OutgoingHttpHeaders;
     const isHtml = String(headers["Content-Type"] ?? "").startsWith("text/html");
@@ -384,18 +398,12 @@ function addToasts(req: IncomingMessage, res: ServerResponse): void {
 
 // ─── Toasts from the terminal ────────────────────────────────────────────────
 //
-// At a workshop the presenter types a line where the server runs, and every
-// screen shows it. With --workers N only the primary reads the terminal, and
-// hands each line to one worker, whose hub publishes it: with --database that
-// reaches every process; without, only that worker's tabs.
-
-/** A message over IPC from the primary to a worker: one line from the terminal. */
-export interface PresenterLine {
-  presenterLine: string;
-}
+// At a workshop the presenter types a line where the server runs, and every screen shows
+// it. With --workers (the next lesson) the primary reads it and hands each line to a worker.
 
 /** Calls `onLine` for each line of standard input; when it ends, the server goes on serving. */
 export function readPresenterLines(onLine: (line: string) => void): void {
+  // node:readline cuts standard input into lines: one chunk may hold half a line, or three.
   const lines = createInterface({ input: process.stdin });
   lines.on("line", onLine);
   lines.on("close", () => {
@@ -411,8 +419,8 @@ Each line on standard input becomes a toast for everyone (with --workers, the pr
 reads it); when standard input ends or is /dev/null, the server goes on serving.`,
   banner: (url) => [
     `  Toasts: type a line here and press Enter: every open page shows it. Demo: ${url}toasts/`,
-    `  The toasts hold one more connection per host name, shared by all the tabs of that name:`,
-    `  that is why 5 countdown tabs per name, not 6.`,
+    `  The toasts' stream is one more connection per host name, shared by all its tabs:`,
+    `  of the 6 a browser opens per name, 5 are left for countdown tabs.`,
   ],
   install(app) {
     Object.assign(app.routes, {
@@ -427,20 +435,14 @@ reads it); when standard input ends or is /dev/null, the server goes on serving.
     app.onStop(() => {
       const toasts = states.get(app);
       const cancelled = toasts?.cancelTasks() ?? 0;
-      if (cancelled > 0) app.log(`cancelled ${cancelled} toast demo tasks still sleeping`);
+      const tasks = cancelled === 1 ? "task" : "tasks";
+      if (cancelled > 0) app.log(`cancelled ${cancelled} toast demo ${tasks} still sleeping`);
       const ended = toasts?.streams.endAll() ?? 0;
-      if (ended > 0) return `${ended} toast streams`;
+      if (ended > 0) return `${ended} toast stream${ended === 1 ? "" : "s"}`;
     });
-    // A worker hears the lines its primary forwards. In install, not in listening(): the
-    // primary sends a worker its first line once it listens, before listening() would run.
-    if (cluster.isWorker) {
-      process.on("message", (message: Partial<PresenterLine> | null) => {
-        const line = message?.presenterLine;
-        if (typeof line === "string") toastsOf(app).fromPresenter(line);
-      });
-    }
   },
-  // Only in a process started from the command line: a test's terminal is not a presenter's.
+  // Only in a process started from the command line, never in a test (a test's terminal is
+  // not a presenter's). A worker of --workers leaves the terminal to its primary.
   listening(app) {
     if (!cluster.isWorker) readPresenterLines((line) => void toastsOf(app).fromPresenter(line));
   },

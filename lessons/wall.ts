@@ -6,18 +6,23 @@
  * servers beside each other, so a room sees at a glance what one process
  * holds against what a worker per stream holds. The page is pages/wall.html.
  *
- * Run both:  npx tsx server.ts     and, in another terminal,   npx tsx blocking-server.ts
+ * Run both:  npx -y tsx server.ts     and, in another terminal,   npx -y tsx blocking-server.ts
+ *            (the blocking server listens on 8001, where the wall looks for it)
  * Then try:
  *   - open http://localhost:8000/wall: eight tiles count on the left; on the right
- *     one counts and seven wait for a free worker, until the arbiter kills the busy
- *     one (WORKER TIMEOUT) and a waiting tile takes over;
+ *     one counts and seven wait for the only worker. After about 30 s (the
+ *     blocking server's --timeout, as gunicorn's) the arbiter kills the busy
+ *     worker (WORKER TIMEOUT), that tile is cut at 70, and a waiting tile takes over;
  *   - npm run crowd -- --streams 5000 adds 5,000 streams here: the left keeps
  *     counting, and its server line says how many streams the one process holds;
- *   - ?tiles=4, ?blocking=PORT, ?server=PORT, ?from= and ?interval= change the wall.
+ *   - /wall?from=10&interval=200 gives every tile a short, fast countdown: on the
+ *     right each ends long before the kill, and the tiles take turns uncut;
+ *   - ?tiles=4 shows four tiles a column; ?blocking=PORT and ?server=PORT find
+ *     servers started with --port.
  */
 
 import { servePageFile } from "./http.ts";
-import type { Lesson, Routes } from "../server.ts";
+import type { Lesson } from "../server.ts";
 
 // ─── The page ────────────────────────────────────────────────────────────────
 //
@@ -28,15 +33,13 @@ import type { Lesson, Routes } from "../server.ts";
 
 const serveWall = servePageFile("wall.html");
 
-// ─── The lesson ──────────────────────────────────────────────────────────────
-
-const ROUTES: Routes = {
-  "/wall": { GET: serveWall, HEAD: serveWall },
-};
+// ─── The routes ──────────────────────────────────────────────────────────────
 
 export const wall: Lesson = {
   banner: (url) => [`  Both servers side by side: ${url}wall (start blocking-server.ts too)`],
   install(app) {
-    Object.assign(app.routes, ROUTES);
+    Object.assign(app.routes, {
+      "/wall": { GET: serveWall, HEAD: serveWall },
+    });
   },
 };

@@ -2,55 +2,68 @@
  * lessons/ws.ts: lesson 4, two-way: the room, one message, or a visitor's
  * toasts, followed over one WebSocket, with subscriptions and permissions.
  *
- * Seed 002 (../shared/seeds/002_*.txt) adds push to a REST API with Django
- * Channels: one WebSocket endpoint where the client names what it wants to
- * follow, `{"object_type": "room", "id": "lobby"}`; the server checks that
- * this visitor may see it, adds the socket to a group, and sends the group
- * every save that really changed something (lessons/edits.ts makes those
- * saves). Here the groups are the hub's topics, no second hub, and the same
- * room is served over both transports, so a reader can compare them.
+ * This ports "Django REST Framework and Channels" (seed 002), which adds push
+ * to a REST API with Django Channels: one WebSocket endpoint where the client
+ * names what it wants to follow, `{"object_type": "room", "id": "lobby"}`; the
+ * server checks that this visitor may see it, adds the socket to a group, and
+ * sends the group every save that really changed something (lessons/edits.ts
+ * makes those saves). Here the groups are the hub's topics, no second hub, and
+ * the same room is served over both transports, so a reader can compare them.
  *
- * Run it:    npm ci, then npx tsx server.ts (without the ws package everything
+ * Run it:    npm ci, then npx -y tsx server.ts (without the ws package everything
  *            else serves, and this endpoint answers 501 with one sentence)
  * Then try:
  *   - http://localhost:8000/room/?transport=ws in one tab and
  *     http://localhost:8000/room/ in another: a message posted in either shows
  *     in both, and the link at the bottom switches a tab between the two;
- *   - curl -X PUT a message's new text (lessons/edits.ts shows how): the
- *     WebSocket tab shows the change the moment it is made, as MESSAGE_UPDATED;
+ *   - curl -i http://localhost:8000/ws/notifications answers 426 Upgrade Required
+ *     and a sentence: this path speaks WebSocket only;
+ *   - send a frame by hand, with the project's own ws package (from this folder):
+ *       node -e 'const ws = new (require("ws"))("ws://localhost:8000/ws/notifications");
+ *         ws.on("open", () => ws.send(process.argv[1]));
+ *         ws.on("message", (data) => console.log(String(data)))' \
+ *         '{"object_type": "room", "id": "lobby"}'
+ *     prints SUBSCRIBED, the room's recent messages as MESSAGE_CREATED, each new one as
+ *     it is posted, and MESSAGE_UPDATED when one is changed (the PUT in lessons/edits.ts);
+ *     '{"object_type": "message", "id": 1}' prints the changes of message 1 only, and
+ *     '{"object_type": "toasts", "id": "<visitor id>"}' an ERROR: only a socket with that
+ *     visitor's cookie (a page's own) may follow its toasts;
  *   - press Ctrl-C and start the server again: the WebSocket tab says
- *     "reconnecting", then asks for what came after the last message it showed,
- *     and shows every message once, none missed.
+ *     "reconnecting", then asks for what came after the last message it showed.
+ *     This in-memory hub starts over from 1, so the page says "some messages were
+ *     missed"; with --database URL (lessons/postgres.ts) the hub outlives the
+ *     process, and the tab resumes with every message once, none missed.
  */
 
 import http, { type IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
-// Types only: the ws package is loaded with await import() at the first upgrade.
+// `import type` is erased when the TypeScript is stripped, so nothing is loaded here: the ws
+// package itself is loaded with await import() at the first upgrade (see loadWs below).
 import type { WebSocket, WebSocketServer } from "ws";
-import { clientName, RequestError, wholeNumber } from "../server.ts";
+import { clientName, HEARTBEAT_MS, RequestError, wholeNumber } from "../server.ts";
 import type { App, Handler, Lesson } from "../server.ts";
 import { hubOf, isGap, SlowSubscriberError, type HubEvent, type HubGap } from "./hub.ts";
 import { checkOrigin, isObject, readVisitor } from "./http.ts";
-import { eventJson, MESSAGE_ID_RANGE, roomEvents, ROOM_TOPIC } from "./room.ts";
-import { toastsOf, toastTopic } from "./toasts.ts";
+import { eventJson, MESSAGE_ID_RANGE, roomEvents } from "./room.ts";
+import { toastsOf } from "./toasts.ts";
 import { findMessage } from "./edits.ts";
 
 // ─── Settings ────────────────────────────────────────────────────────────────
 
 const NOTIFICATIONS_PATH = "/ws/notifications";
+
+// The guards against a client that misbehaves or stops reading, each one line where it acts:
 /** A frame larger than this closes the socket with 1009: nothing we accept comes near it. */
 export const WS_FRAME_LIMIT_BYTES = 4 * 1024;
-/** Subscriptions one socket may hold at once; the next one gets an ERROR. */
+/** Subscriptions one socket may hold at once: each is a hub subscriber, and they cost memory. */
 export const WS_SUBSCRIPTIONS_MAX = 100;
-/**
- * Bytes a socket may hold unsent, past what the kernel took, before it is cut:
- * a reader that stopped reading must not hold memory for everyone else.
- */
+const TOO_MANY =
+  `At most ${WS_SUBSCRIPTIONS_MAX} subscriptions per connection: unsubscribe from one first.`;
+/** Bytes a socket may leave unsent before it is cut: a stalled reader must not hoard memory. */
 export const WS_UNSENT_LIMIT_BYTES = 256 * 1024;
 /**
- * Every socket is pinged once per this many of the app's heartbeats (lesson
- * 1's HEARTBEAT_MS, which a test shortens); one that has not answered the
- * previous ping by then is dropped.
+ * Every socket is pinged once per this many app heartbeats (lesson 1's HEARTBEAT_MS, which a
+ * test shortens); one silent since the last ping is dropped: a vanished peer sends no close.
  */
 const PING_EVERY_HEARTBEATS = 2;
 /** WebSocket close codes (RFC 6455): going away, an error on the server. */
@@ -79,7 +92,10 @@ function wsMessage(type: string, payload: unknown): string {
   return JSON.stringify({ type: WS_MESSAGE_TYPES[type], payload });
 }
 
-/** Each event's WebSocket message, built once however many sockets it goes to. */
+/**
+ * Each event's WebSocket message, as room.ts keeps its SSE text: an event relayed to 10,000
+ * sockets is one string, made once, not 10,000. The WeakMap forgets it when the hub does.
+ */
 const wsMessages = new WeakMap<HubEvent | HubGap, string>();
 
 /** One hub event as a WebSocket message; its payload is what SSE sends as `data:`. */
@@ -97,17 +113,20 @@ function hubEventToWs(event: HubEvent | HubGap): string {
 // Each frame is one JSON object: `{"object_type": "room", "id": "lobby"}` (with
 // `"after": 41` to resume), `{"object_type": "message", "id": 42}`,
 // `{"object_type": "toasts", "id": "<public visitor id>"}`, or
-// `{"unsubscribe": {...}}` with one of those. A mistake gets an ERROR with one
-// sentence, never a closed socket.
+// `{"unsubscribe": {...}}` with one of those. A visitor's public id is the
+// `poster` of each message it posted (lessons/http.ts makes it from the
+// cookie). A mistake gets an ERROR with one sentence, never a closed socket.
 
-/** What a client may follow: the hub topic, where to start, which of its events to pass on. */
-interface Target {
-  key: string; // "room lobby", "message 42": names the subscription in replies and in the log
-  reply: { object_type: string; id: string | number };
-  topic: string;
-  after?: number;
-  accepts: (event: HubEvent | HubGap) => boolean;
-}
+/** What a client may follow; `kind` says which, and with it, the type of `id`. */
+type Target =
+  | { kind: "room"; id: "lobby"; after?: number }
+  | { kind: "message"; id: number }
+  | { kind: "toasts"; id: string };
+
+/** "room lobby", "message 42": names a subscription in sentences, in the log and in its Map. */
+const keyOf = (target: Target) => `${target.kind} ${target.id}`;
+/** What SUBSCRIBED and UNSUBSCRIBED answer with: the frame's own words. */
+const replyOf = (target: Target) => ({ object_type: target.kind, id: target.id });
 
 const EXAMPLE = '{"object_type": "room", "id": "lobby"}';
 
@@ -130,79 +149,35 @@ function readFrame(text: string): { unsubscribe: boolean; target: Target } {
   return { unsubscribe: true, target: readSubscription(frame.unsubscribe) };
 }
 
+/**
+ * A number in a frame, checked by lesson 1's wholeNumber so a bad one gets
+ * the same sentence as in a query. wholeNumber reads text: a JSON number goes
+ * in as its digits; anything else fails, the string "42" too (ids are numbers).
+ */
+function frameNumber(name: string, value: unknown): number {
+  return wholeNumber(name, typeof value === "number" ? String(value) : "", MESSAGE_ID_RANGE);
+}
+
 function readSubscription(frame: Record<string, unknown>): Target {
-  const { object_type: objectType, id, after } = frame;
-  const asNumber = (value: unknown) => (typeof value === "number" ? String(value) : "");
+  const { object_type: kind, id, after } = frame;
   if (id === undefined || id === null || id === "") {
     const ids = 'the room is "lobby", a message is its number, toasts are your visitor id';
     throw new RequestError(400, `id is missing: ${ids}.`);
   }
-  switch (objectType) {
-    case "room": {
+  switch (kind) {
+    case "room":
       if (id !== "lobby") throw new RequestError(400, 'There is one room, and its id is "lobby".');
-      const start =
-        after === undefined ? undefined : wholeNumber("after", asNumber(after), MESSAGE_ID_RANGE);
-      const reply = { object_type: "room", id };
-      return { key: "room lobby", reply, topic: ROOM_TOPIC, after: start, accepts: () => true };
-    }
-    case "message": {
-      const messageId = wholeNumber("A message id", asNumber(id), MESSAGE_ID_RANGE);
-      // Its changes, and a gap: the events about other messages are not this subscriber's.
-      const accepts = (event: HubEvent | HubGap) =>
-        isGap(event) || (event.data as { message?: number }).message === messageId;
-      const reply = { object_type: "message", id: messageId };
-      return { key: `message ${messageId}`, reply, topic: ROOM_TOPIC, accepts };
-    }
-    case "toasts": {
+      return { kind, id, after: after === undefined ? undefined : frameNumber("after", after) };
+    case "message":
+      return { kind, id: frameNumber("A message id", id) };
+    case "toasts":
       if (typeof id !== "string") {
         throw new RequestError(400, "The id of toasts is a visitor id, a string.");
       }
-      const reply = { object_type: "toasts", id };
-      return { key: `toasts ${id}`, reply, topic: toastTopic(id), accepts: () => true };
-    }
+      return { kind, id };
     default:
       throw new RequestError(400, "object_type must be room, message or toasts.");
   }
-}
-
-// ─── The ws package, loaded at the first upgrade ─────────────────────────────
-//
-// A fresh clone before `npm ci` has no ws package: everything else serves,
-// and the endpoint says in one sentence what is missing.
-
-type WsModule = typeof import("ws");
-
-let wsModule: Promise<WsModule | undefined> | undefined;
-
-/** The ws package; undefined when it is not installed. */
-function loadWs(): Promise<WsModule | undefined> {
-  wsModule ??= import("ws").catch(() => undefined);
-  return wsModule;
-}
-
-export const WS_MISSING =
-  "The WebSocket endpoint needs the ws package, which is not installed: run npm ci first.";
-
-/**
- * GET /ws/notifications without an Upgrade header: says whether the endpoint
- * works here. The page asks this when its WebSocket fails, because a browser's
- * WebSocket never shows the status of a refused handshake.
- */
-const describeNotifications: Handler = async (_req, res) => {
-  if (!(await loadWs())) throw new RequestError(501, WS_MISSING);
-  res.setHeader("Upgrade", "websocket");
-  const open = `new WebSocket("ws://host${NOTIFICATIONS_PATH}")`;
-  throw new RequestError(426, `${NOTIFICATIONS_PATH} speaks WebSocket: open it with ${open}.`);
-};
-
-/** Refuses an upgrade as a handler answers a request: one sentence, then the connection closes. */
-function refuseUpgrade(socket: Duplex, status: number, sentence: string) {
-  const body = `${sentence}\n`;
-  socket.end(
-    `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\n` +
-      "Content-Type: text/plain; charset=utf-8\r\n" +
-      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-  );
 }
 
 // ─── The WebSocket endpoint ──────────────────────────────────────────────────
@@ -211,33 +186,37 @@ function refuseUpgrade(socket: Duplex, status: number, sentence: string) {
 interface Connection {
   client: string; // its address, as the log names it
   visitor: string | undefined;
-  /** Each subscription, stopped by its own AbortController. */
-  subscriptions: Map<string, AbortController>;
+  subscriptions: Map<string, AbortController>; // by key, each stopped by its own controller
   alive: boolean;
   sent: number;
 }
 
 /**
- * Every WebSocket of one app. It accepts an upgrade, reads each frame as a
- * (un)subscription, checks it, and relays the hub's events; one timer pings
- * every socket. When a socket closes, its subscriptions are aborted, and with
- * the last socket the timer goes too.
+ * Every WebSocket of one app, in the order a socket lives: upgrade, opened,
+ * each frame received, subscribe and relay, unsubscribe, closed. One timer
+ * pings every socket; it goes with the last one.
  */
 class Notifications {
   private connections = new Map<WebSocket, Connection>();
+  /** NodeJS.Timeout: what Node's setInterval returns, an object where a browser's is a number. */
   private pingTimer: NodeJS.Timeout | undefined;
-  private server: Promise<WebSocketServer | undefined> | undefined;
+  private server: Promise<WebSocketServer | undefined> | undefined; // ws's, at the first upgrade
   private app: App;
 
   constructor(app: App) {
     this.app = app;
   }
 
-  /** The server's `upgrade` event: checks the path and the Origin, loads ws, hands over. */
+  /**
+   * The server's `upgrade` event. Node stops parsing HTTP and hands over the
+   * connection itself: `socket`, a Duplex stream (we both read and write it),
+   * and `head`, the bytes the client sent past the request's headers. ws takes
+   * both, answers the handshake, and gives back a WebSocket.
+   */
   async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     socket.on("error", () => {}); // a client that hangs up mid-handshake is normal
-    const target = req.url ?? "";
-    const base = "http://localhost";
+    // req.url is a path ("/ws/notifications?x=1"): URL needs some base to parse it.
+    const [target, base] = [req.url ?? "", "http://localhost"];
     const path = URL.canParse(target, base) ? new URL(target, base).pathname : "";
     if (path !== NOTIFICATIONS_PATH) {
       return refuseUpgrade(socket, 404, `Only ${NOTIFICATIONS_PATH} speaks WebSocket here.`);
@@ -248,6 +227,7 @@ class Notifications {
     } catch (error) {
       return refuseUpgrade(socket, 403, (error as Error).message);
     }
+    // `??=` assigns only if undefined: the first upgrade makes the ws server, the others share it.
     this.server ??= loadWs().then((ws) => {
       const options = { noServer: true, maxPayload: WS_FRAME_LIMIT_BYTES, clientTracking: false };
       return ws && new ws.WebSocketServer(options);
@@ -264,15 +244,118 @@ class Notifications {
     const subscriptions = new Map<string, AbortController>();
     const connection: Connection = { client, visitor, subscriptions, alive: true, sent: 0 };
     connections.set(socket, connection);
-    const pingInterval = app.heartbeat * PING_EVERY_HEARTBEATS;
-    this.pingTimer ??= setInterval(() => this.ping(), pingInterval);
+    const beat = app.heartbeat || HEARTBEAT_MS; // --heartbeat 0 turns off comments, not pings
+    this.pingTimer ??= setInterval(() => this.ping(), beat * PING_EVERY_HEARTBEATS);
     if (!app.quiet) app.log(`websocket opened for ${client} (${connections.size} open)`);
     socket.on("error", () => {}); // the close that follows says enough
     socket.on("pong", () => (connection.alive = true));
     socket.on("message", (data, isBinary) => {
+      // `void`: received() catches its own errors; nobody waits for it, ws no more than we do.
       void this.received(socket, connection, isBinary ? undefined : data.toString());
     });
     socket.on("close", (code) => this.closed(socket, connection, code));
+  }
+
+  private async received(socket: WebSocket, connection: Connection, text: string | undefined) {
+    try {
+      const binary = "Send text frames of JSON, not binary ones.";
+      if (text === undefined) throw new RequestError(400, binary);
+      const { unsubscribe, target } = readFrame(text);
+      if (unsubscribe) return this.unsubscribe(socket, connection, target);
+      await this.subscribe(socket, connection, target);
+    } catch (error) {
+      if (error instanceof RequestError) {
+        return socket.send(JSON.stringify({ type: "ERROR", payload: error.message }));
+      }
+      // Our fault, not the client's: say so in the log, and close as a handler would answer 500.
+      this.app.log(`error: ${error instanceof Error ? error.message : String(error)}`);
+      socket.close(WS_SERVER_ERROR, "something went wrong on the server");
+    }
+  }
+
+  /** Checks the frame and the permission, answers SUBSCRIBED, then relays the events. */
+  private async subscribe(socket: WebSocket, connection: Connection, target: Target) {
+    const { subscriptions } = connection;
+    const key = keyOf(target);
+    if (subscriptions.has(key)) throw new RequestError(400, `Already subscribed to ${key}.`);
+    if (subscriptions.size >= WS_SUBSCRIPTIONS_MAX) throw new RequestError(400, TOO_MANY);
+    // Anyone may follow the room and its messages; only the visitor itself may follow its toasts.
+    if (target.kind === "toasts" && target.id !== connection.visitor) {
+      throw new RequestError(403, "Only the visitor itself may follow its toasts.");
+    }
+    const asked = target.kind === "room" ? target.after : undefined; // the room's, to resume
+    let after = asked;
+    if (target.kind === "message") {
+      const found = await findMessage(hubOf(this.app), target.id);
+      const missing = `There is no message ${target.id} in the room.`;
+      if (!found.message) throw new RequestError(404, missing);
+      // Followed from the newest event the lookup read: the hub replays any change published
+      // while we waited, so none falls between the lookup and the subscription.
+      after = found.lastId;
+    }
+    // The socket may have closed, or the same frame come twice, while the message was looked up.
+    if (socket.readyState !== socket.OPEN || subscriptions.has(key)) return;
+    const leave = new AbortController();
+    subscriptions.set(key, leave);
+    socket.send(JSON.stringify({ type: "SUBSCRIBED", payload: replyOf(target) }));
+    // The log says where the client asked to resume; a message's start is ours, not logged.
+    const from = asked === undefined ? "" : ` after ${asked}`;
+    if (!this.app.quiet) this.app.log(`websocket ${connection.client} follows ${key}${from}`);
+    try {
+      await this.relay(socket, connection, this.messages(target, after, leave.signal));
+    } finally {
+      // Only if it is still ours: an unsubscribe and a new subscribe to the same key may have
+      // come while this one was ending, and that newer one must stay.
+      if (subscriptions.get(key) === leave) subscriptions.delete(key);
+    }
+  }
+
+  /** Sends each message of a subscription, until it ends, or the socket falls too far behind. */
+  private async relay(socket: WebSocket, connection: Connection, messages: AsyncIterable<string>) {
+    try {
+      for await (const message of messages) {
+        // Cut, not closed: a close frame would wait behind all it did not read. Its page
+        // reconnects with the last id it read.
+        if (socket.bufferedAmount > WS_UNSENT_LIMIT_BYTES) return socket.terminate();
+        connection.sent++;
+        socket.send(message);
+      }
+    } catch (error) {
+      if (!(error instanceof SlowSubscriberError)) throw error;
+      socket.terminate(); // the hub cut it first: it fell too far behind even to be handed events
+    }
+  }
+
+  /**
+   * One subscription's WebSocket messages: the room's events (its replay first), one message's
+   * changes, or what a visitor's tabs are told of its toasts (unread ones first, as over SSE).
+   */
+  private async *messages(target: Target, after: number | undefined, signal: AbortSignal) {
+    if (target.kind === "toasts") {
+      for await (const news of toastsOf(this.app).follow(target.id, signal)) {
+        yield wsMessage(news.type, news.type === "toast" ? news.toast : { id: news.id });
+      }
+      return;
+    }
+    for await (const event of roomEvents(hubOf(this.app), after, signal)) {
+      // Two filters: the table says what a WebSocket may ever be sent, this what a message's
+      // subscriber wants (its own changes, and a gap), not the rest of the room.
+      if (!(event.type in WS_MESSAGE_TYPES)) continue;
+      const about = isGap(event) ? undefined : (event.data as { message?: number }).message;
+      if (target.kind === "message" && !isGap(event) && about !== target.id) continue;
+      yield hubEventToWs(event);
+      // A deleted message has nothing more to say: its subscription ends.
+      if (event.type === "message_deleted" && target.kind === "message") return;
+    }
+  }
+
+  private unsubscribe(socket: WebSocket, connection: Connection, target: Target) {
+    const key = keyOf(target);
+    const leave = connection.subscriptions.get(key);
+    if (!leave) throw new RequestError(400, `Not subscribed to ${key}.`);
+    leave.abort();
+    connection.subscriptions.delete(key);
+    socket.send(JSON.stringify({ type: "UNSUBSCRIBED", payload: replyOf(target) }));
   }
 
   private closed(socket: WebSocket, connection: Connection, code: number) {
@@ -289,7 +372,7 @@ class Notifications {
     this.app.log(`websocket closed for ${client} after ${sent} events: code ${code} (${open})`);
   }
 
-  /** The ws README's heartbeat: one that did not answer the last ping is dropped. */
+  /** The ws README's heartbeat: a socket that did not answer the last ping is dropped. */
   private ping() {
     for (const [socket, connection] of this.connections) {
       if (!connection.alive) {
@@ -299,104 +382,6 @@ class Notifications {
       connection.alive = false;
       socket.ping();
     }
-  }
-
-  private async received(socket: WebSocket, connection: Connection, text: string | undefined) {
-    try {
-      if (text === undefined) {
-        throw new RequestError(400, "Send text frames of JSON, not binary ones.");
-      }
-      const { unsubscribe, target } = readFrame(text);
-      if (unsubscribe) return this.unsubscribe(socket, connection, target);
-      await this.subscribe(socket, connection, target);
-    } catch (error) {
-      if (error instanceof RequestError) {
-        return socket.send(JSON.stringify({ type: "ERROR", payload: error.message }));
-      }
-      // Our fault, not the client's: say so in the log, and close as a handler would answer 500.
-      this.app.log(`error: ${error instanceof Error ? error.message : String(error)}`);
-      socket.close(WS_SERVER_ERROR, "something went wrong on the server");
-    }
-  }
-
-  /** Checks the frame and the permission, answers SUBSCRIBED, then relays the topic's events. */
-  private async subscribe(socket: WebSocket, connection: Connection, target: Target) {
-    const { subscriptions } = connection;
-    if (subscriptions.has(target.key)) {
-      throw new RequestError(400, `Already subscribed to ${target.key}.`);
-    }
-    if (subscriptions.size >= WS_SUBSCRIPTIONS_MAX) {
-      const sentence = `At most ${WS_SUBSCRIPTIONS_MAX} subscriptions per connection`;
-      throw new RequestError(400, `${sentence}: unsubscribe from one first.`);
-    }
-    // Anyone may follow the room and its messages; only the visitor itself may follow its toasts.
-    if (target.reply.object_type === "toasts" && target.reply.id !== connection.visitor) {
-      throw new RequestError(403, "Only the visitor itself may follow its toasts.");
-    }
-    let after = target.after;
-    if (target.reply.object_type === "message") {
-      const found = await findMessage(hubOf(this.app), target.reply.id as number);
-      if (!found.message) {
-        throw new RequestError(404, `There is no message ${target.reply.id} in the room.`);
-      }
-      after = found.lastId; // from the state just read: a change made meanwhile is replayed
-    }
-    // The socket may have closed, or the same frame come twice, while the message was looked up.
-    if (socket.readyState !== socket.OPEN || subscriptions.has(target.key)) return;
-    const leave = new AbortController();
-    subscriptions.set(target.key, leave);
-    socket.send(JSON.stringify({ type: "SUBSCRIBED", payload: target.reply }));
-    const from = target.after === undefined ? "" : ` after ${target.after}`;
-    const { app } = this;
-    if (!app.quiet) app.log(`websocket ${connection.client} follows ${target.key}${from}`);
-    try {
-      for await (const message of this.messages(target, after, leave.signal)) {
-        // Cut, not closed: a close frame would wait behind all it did not read.
-        // Its page reconnects with the last id it read.
-        if (socket.bufferedAmount > WS_UNSENT_LIMIT_BYTES) return socket.terminate();
-        connection.sent++;
-        socket.send(message);
-      }
-    } catch (error) {
-      if (!(error instanceof SlowSubscriberError)) throw error;
-      socket.terminate(); // the hub cut it first: it fell too far behind even to be handed events
-    } finally {
-      if (subscriptions.get(target.key) === leave) subscriptions.delete(target.key);
-    }
-  }
-
-  /**
-   * The WebSocket messages of one subscription: the room's events (with its
-   * replay), one message's changes, or what a visitor's tabs are told of its
-   * toasts (its unread ones first, as its SSE stream does).
-   */
-  private async *messages(target: Target, after: number | undefined, signal: AbortSignal) {
-    const { reply } = target;
-    if (reply.object_type === "toasts") {
-      for await (const news of toastsOf(this.app).follow(reply.id as string, signal)) {
-        yield wsMessage(news.type, news.type === "toast" ? news.toast : { id: news.id });
-      }
-      return;
-    }
-    const hub = hubOf(this.app);
-    const events =
-      reply.object_type === "room"
-        ? roomEvents(hub, after, signal)
-        : hub.subscribe(target.topic, { after, signal });
-    for await (const event of events) {
-      if (!target.accepts(event) || !(event.type in WS_MESSAGE_TYPES)) continue;
-      yield hubEventToWs(event);
-      // A deleted message has nothing more to say: its subscription ends.
-      if (event.type === "message_deleted" && reply.object_type === "message") return;
-    }
-  }
-
-  private unsubscribe(socket: WebSocket, connection: Connection, target: Target) {
-    const leave = connection.subscriptions.get(target.key);
-    if (!leave) throw new RequestError(400, `Not subscribed to ${target.key}.`);
-    leave.abort();
-    connection.subscriptions.delete(target.key);
-    socket.send(JSON.stringify({ type: "UNSUBSCRIBED", payload: target.reply }));
   }
 
   /** On Ctrl-C: 1001, "going away", to every socket; pages reconnect and resume. */
@@ -409,7 +394,47 @@ class Notifications {
   }
 }
 
-// ─── Routes ──────────────────────────────────────────────────────────────────
+// ─── Refusals, and the ws package loaded when first used ─────────────────────
+//
+// A fresh clone before `npm ci` has no ws package: everything else serves,
+// and the endpoint says in one sentence what is missing.
+
+/** typeof import("ws"): the type of what `await import("ws")` gives, the package's exports. */
+type WsModule = typeof import("ws");
+
+let wsModule: Promise<WsModule | undefined> | undefined;
+
+/** The ws package; undefined when it is not installed. */
+function loadWs(): Promise<WsModule | undefined> {
+  wsModule ??= import("ws").catch(() => undefined);
+  return wsModule;
+}
+
+export const WS_MISSING =
+  "The WebSocket endpoint needs the ws package, which is not installed: run npm ci first.";
+
+/**
+ * GET /ws/notifications without an Upgrade header: says whether the endpoint works here. The
+ * page asks when its WebSocket fails: a browser never shows the status of a refused handshake.
+ */
+const describeNotifications: Handler = async (_req, res) => {
+  if (!(await loadWs())) throw new RequestError(501, WS_MISSING);
+  res.setHeader("Upgrade", "websocket");
+  const open = `new WebSocket("ws://host${NOTIFICATIONS_PATH}")`;
+  throw new RequestError(426, `${NOTIFICATIONS_PATH} speaks WebSocket: open it with ${open}.`);
+};
+
+/** Refuses an upgrade as a handler answers: one sentence, then the connection closes. */
+function refuseUpgrade(socket: Duplex, status: number, sentence: string) {
+  const body = `${sentence}\n`;
+  socket.end(
+    `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\n` +
+      "Content-Type: text/plain; charset=utf-8\r\n" +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
+}
+
+// ─── The routes ──────────────────────────────────────────────────────────────
 
 export const webSocket: Lesson = {
   install(app) {
@@ -418,7 +443,7 @@ export const webSocket: Lesson = {
     app.server.on("upgrade", (req, socket, head) => void notifications.upgrade(req, socket, head));
     app.onStop(() => {
       const closed = notifications.closeAll();
-      return closed > 0 ? `${closed} WebSockets` : undefined;
+      if (closed > 0) return closed === 1 ? "1 WebSocket" : `${closed} WebSockets`;
     });
     Object.assign(app.routes, { [NOTIFICATIONS_PATH]: { GET: describeNotifications } });
   },

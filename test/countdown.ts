@@ -328,7 +328,7 @@ lesson("command line: server.ts", (test) => {
     await child.waitFor(/stream opened for 127\.0\.0\.1:\d+, counting from 100 \(1 open\)/);
     assert.is(await child.stop("SIGINT"), 0);
     assert.is(await within("the stream to end", stream.ended), true, "the stream ended cleanly, not cut");
-    assert.match(child.output, /\] SIGINT: ending 1 open streams \(their browsers will reconnect and resume\)\n/);
+    assert.match(child.output, /\] SIGINT: ending 1 open stream \(their browsers will reconnect and resume\)\n/);
   });
 
   test("by default it listens on both loopback addresses", async () => {

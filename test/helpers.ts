@@ -536,7 +536,48 @@ export class Profile {
   }
 }
 
-export let chromiumMissingSaid = false;
+// ─── Suites that need something this machine may not have ─────────────────
+
+/** What each kind of suite needs, how to get it, and the variable that makes it required (CI). */
+export const NEEDS = {
+  Chromium: { required: "BROWSER_REQUIRED", how: "apt-get install chromium (see the README)" },
+  PostgreSQL: { required: "PG_REQUIRED", how: "set TEST_DATABASE_URL (see .ci/run)" },
+  nginx: { required: "NGINX_REQUIRED", how: "apt-get install nginx (see docs/proxy.md)" },
+} as const;
+
+/** The suites left out so far, by what they need: the run's last line counts them. */
+const skippedSuites = new Map<keyof typeof NEEDS, { why: string; names: string[] }>();
+
+/**
+ * A suite that needs what is missing: left out, with one line the first time and a count at
+ * the end of the run; or, where its variable says it is required (as in CI), a failing test.
+ * Returns true when the suite must not be registered.
+ */
+export function leftOut(need: keyof typeof NEEDS, name: string, why: string): boolean {
+  if (process.env[NEEDS[need].required] === "1") {
+    const test = suite(`${need} is required`);
+    test(`${NEEDS[need].required}=1, so "${name}" must run`, () => assert.unreachable(why));
+    test.run();
+    return true;
+  }
+  const skipped = skippedSuites.get(need) ?? { why, names: [] };
+  if (skipped.names.length === 0) console.log(`Skipping the suites that need ${need}: ${why}.`);
+  skipped.names.push(name);
+  skippedSuites.set(need, skipped);
+  return true;
+}
+
+// After uvu's own summary, which counts only the suites that ran.
+process.on("exit", () => {
+  if (skippedSuites.size === 0) return;
+  const total = [...skippedSuites.values()].reduce((sum, { names }) => sum + names.length, 0);
+  console.log(`\nLeft out: ${total} suite${total === 1 ? "" : "s"} did not run (not counted above):`);
+  for (const [need, { why, names }] of skippedSuites) {
+    const needs = names.length === 1 ? "needs" : "need";
+    console.log(`  ${names.length} ${needs} ${need} (${why}); to run them, ${NEEDS[need].how}:`);
+    for (const name of names) console.log(`    - ${name}`);
+  }
+});
 
 /**
  * Registers a lesson that drives Chromium, launched in `before` and closed in
@@ -546,18 +587,7 @@ export let chromiumMissingSaid = false;
 export function browserLesson(name: string, build: (test: Test, browser: () => Browser) => void) {
   if (!selected(name)) return;
   const why = chromiumMissing();
-  if (why) {
-    if (chromiumMissingSaid) return;
-    chromiumMissingSaid = true;
-    if (process.env.BROWSER_REQUIRED !== "1") {
-      console.log(`Skipping the browser suites: ${why}.`);
-      return;
-    }
-    const test = suite("browser: Chromium is required");
-    test("BROWSER_REQUIRED=1, so the browser suites must run", () => assert.unreachable(why));
-    test.run();
-    return;
-  }
+  if (why && leftOut("Chromium", name, why)) return;
   lesson(name, (test: Test) => {
     let browser: Browser | undefined;
     let launchError: unknown;
@@ -629,8 +659,6 @@ export async function restartLoopbackServer(running: LoopbackServer): Promise<Lo
 // user who may create databases (.ci/run starts a throwaway one). Each test
 // gets a database of its own, dropped in `after`.
 
-let databaseMissingSaid = false;
-
 /**
  * Registers a lesson that needs PostgreSQL. `database()` creates a fresh
  * database and returns its URL. Without TEST_DATABASE_URL the lesson is left
@@ -639,19 +667,7 @@ let databaseMissingSaid = false;
 export function databaseLesson(name: string, build: (test: Test, database: () => Promise<string>) => void) {
   if (!selected(name)) return;
   const adminUrl = process.env.TEST_DATABASE_URL;
-  if (!adminUrl) {
-    if (databaseMissingSaid) return;
-    databaseMissingSaid = true;
-    const why = "TEST_DATABASE_URL is not set (see .ci/run for a throwaway PostgreSQL)";
-    if (process.env.PG_REQUIRED !== "1") {
-      console.log(`Skipping the PostgreSQL suites: ${why}.`);
-      return;
-    }
-    const test = suite("database: PostgreSQL is required");
-    test("PG_REQUIRED=1, so the PostgreSQL suites must run", () => assert.unreachable(why));
-    test.run();
-    return;
-  }
+  if (!adminUrl) return void leftOut("PostgreSQL", name, "TEST_DATABASE_URL is not set");
   lesson(name, (test) => {
     const created: string[] = [];
     const database = async () => {

@@ -112,6 +112,20 @@ lesson("hub: publish and subscribe", (test) => {
     leave.abort();
   });
 
+  test("events published while the gap is being read come once each, after what is kept", async () => {
+    const hub = new MemoryHub({ keep: 3 });
+    await publishMany(hub, "room:a", 6); // keeps 4, 5, 6
+    const leave = new AbortController();
+    const subscription = hub.subscribe("room:a", { after: 57, signal: leave.signal });
+    const seen = await take(subscription, 1);
+    await publishMany(hub, "room:a", 1); // 7, while the replay is still to be read
+    seen.push(...(await take(subscription, 4)));
+    assert.equal(ids(seen), ["gap", 4, 5, 6, 7]);
+    await hub.publish("room:a", "message", { k: 8 });
+    assert.equal(ids(await take(subscription, 1)), [8], "and 7 is not read twice");
+    leave.abort();
+  });
+
   test("after a gap on an empty topic (a restarted hub), live events come from id 1", async () => {
     const hub = new MemoryHub();
     const leave = new AbortController();

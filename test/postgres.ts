@@ -1,5 +1,5 @@
 /**
- * test/postgres.ts: lesson 3d, one hub for every process (lessons/postgres.ts).
+ * test/postgres.ts: lesson 3, one hub for every process (lessons/postgres.ts).
  * Against a real PostgreSQL at TEST_DATABASE_URL: `server.ts --database URL`,
  * with one process or with --workers 2, keeps the room in a table and tells
  * every process through LISTEN/NOTIFY, and loses nothing while the listening
@@ -254,6 +254,35 @@ databaseLesson("database: one room across processes through PostgreSQL", (test, 
     }
   });
 
+  test("an event announced by its id is read in order, even when newer ones are in the table already", async () => {
+    const databaseUrl = await database();
+    const listener = await PostgresHub.open(databaseUrl, () => {});
+    const writer = postgres(databaseUrl, { max: 1, onnotice: () => {} });
+    const left = new AbortController();
+    try {
+      const events = listener.subscribe("room:race", { signal: left.signal });
+      const first = events.next();
+      await until("the listener to subscribe", () => listener.subscribers("room:race") === 1);
+      // As another process writes them: event 1, announced by its id alone (as a large one is),
+      // and event 2, both in the table before the listener reads it; one transaction makes
+      // that certain. The listener must read 1, then 2, not only the newest.
+      await writer.begin(async (tx) => {
+        await tx`insert into hub_topics (topic, last_id) values ('room:race', 2)`;
+        for (const [id, text] of [[1, "announced by its id"], [2, "newer"]] as const) {
+          await tx`insert into hub_events (topic, id, type, data)
+            values ('room:race', ${id}, 'message', ${tx.json({ text })})`;
+        }
+        await tx`select pg_notify('hub_events', ${JSON.stringify({ topic: "room:race", id: 1 })})`;
+      });
+      const received = [await within("event 1", first), await within("event 2", events.next())];
+      assert.equal(received.map(({ value }) => (value as { id: number }).id), [1, 2]);
+    } finally {
+      left.abort();
+      await writer.end({ timeout: 1 });
+      await listener.close();
+    }
+  });
+
   test("a database that cannot be used is one sentence and exit code 1", async () => {
     const databaseUrl = new URL(await database());
     const wrongPassword = new URL(databaseUrl);
@@ -261,7 +290,7 @@ databaseLesson("database: one room across processes through PostgreSQL", (test, 
     const refused = new URL(databaseUrl);
     refused.port = "1";
     const cases: [string, RegExp][] = [
-      ["not a url", /^--database must be a URL such as postgres:\/\/user:password@localhost:5432\/countdown\.$/],
+      ["not a url", /^--database must be a URL such as postgres:\/\/postgres:countdown@localhost:5432\/postgres\.$/],
       [refused.href, /^Cannot reach PostgreSQL at 127\.0\.0\.1:1: the connection was refused\. Is the server running\?$/],
       [wrongPassword.href, /^PostgreSQL at 127\.0\.0\.1:\d+ refused the login of user "postgres": check the user and password in --database\.$/],
     ];

@@ -1,5 +1,5 @@
 /**
- * test/processes.ts: lesson 3c, several processes (lessons/processes.ts).
+ * test/processes.ts: lesson 3, several processes (lessons/processes.ts).
  * `server.ts --workers N` runs N copies of the server on one port; each holds
  * its own streams, and its own room. The room through PostgreSQL, for all of
  * them at once, is test/postgres.ts.
@@ -109,7 +109,7 @@ lesson("workers: server.ts --workers 2 runs two processes on one port", (test) =
     child.kill(); // SIGKILL: the primary cannot tell its workers anything
     for (const [pid, stream] of served) {
       assert.is(await within(`pid ${pid}'s stream to end`, stream.ended), true, "ended, not cut");
-      await child.waitFor(new RegExp(`\\[${pid}\\] SIGTERM: ending 1 open streams`));
+      await child.waitFor(new RegExp(`\\[${pid}\\] SIGTERM: ending 1 open stream `));
     }
     for (const pid of served.keys()) {
       await until(`worker ${pid} to exit`, () => !isAlive(pid), BOOT_DEADLINE_MS);

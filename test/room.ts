@@ -131,6 +131,23 @@ lesson("room: posting and streaming over HTTP", (test) => {
     });
   }
 
+  test("a chunked body that passes 4 KB mid-way (no Content-Length) gets 413, and the connection closes", async () => {
+    const before = (await hubOf(app!).history(ROOM_TOPIC)).length;
+    const { port } = new URL(url);
+    const socket = net.connect(Number(port), "127.0.0.1");
+    let answer = "";
+    socket.setEncoding("utf8").on("data", (chunk: string) => (answer += chunk));
+    const closed = new Promise((resolve) => socket.on("close", resolve));
+    const chunk = "x".repeat(5000);
+    socket.write("POST /room/messages HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n" +
+      `Transfer-Encoding: chunked\r\n\r\n${chunk.length.toString(16)}\r\n${chunk}\r\n`); // and never the last chunk
+    await within("the server to answer and hang up", closed).finally(() => socket.destroy());
+    assert.match(answer, /^HTTP\/1\.1 413 /);
+    assert.match(answer, /\r\nConnection: close\r\n/i);
+    assert.ok(answer.endsWith("The body is over 4096 bytes.\n\r\n0\r\n\r\n"), "one sentence, then the end");
+    assert.is((await hubOf(app!).history(ROOM_TOPIC)).length, before);
+  });
+
   test("a post whose Origin is this server's own address is accepted", async () => {
     const { host } = new URL(url);
     const answer = await post(url, { name: "Ada", text: "same site" }, { ...json, Origin: `http://${host}` });
@@ -338,7 +355,7 @@ lesson("room command line: the README's two terminals", (test) => {
     assert.is(await child.stop("SIGINT"), 0);
     assert.is(await within("the stream to end", stream.ended), true, "ended cleanly, so a browser reconnects");
     // Lesson 1's countdowns, then each lesson's share: here the room's one stream.
-    assert.match(child.output, /SIGINT: ending 0 open streams and 1 room streams \(their browsers will reconnect and resume\)\n/);
+    assert.match(child.output, /SIGINT: ending 0 open streams and 1 room stream \(their browsers will reconnect and resume\)\n/);
     assert.match(child.output, /room stream closed after \d+ events: the server is stopping \(0 in the room\)/);
   });
 });
@@ -351,7 +368,7 @@ lesson("room on the blocking server: not there, and it says why", (test) => {
     const { url } = await startBlocking(children, []);
     const answer = await request(`${url}/room/`);
     assert.is(answer.status, 404);
-    assert.is(answer.body, "The room is served by server.ts only: a blocking worker cannot push (see lesson 3 in the README).\n");
+    assert.is(answer.body, "The room is served by server.ts only: a blocking worker cannot push (see docs/room.md).\n");
   });
 });
 

@@ -266,15 +266,17 @@ lesson("toasts: their share of the app", (test) => {
   });
 
   test("stopping ends the toast streams cleanly and names them; with none open it names nothing", async () => {
-    const { app, url } = await startServer();
-    apps.push(app);
-    assert.equal(app.endStreams(), ["0 open streams"], "toasts never used: nothing to name");
-    const visitor = await newVisitor(url);
-    const streams = [1, 2].map(() => new SseClient(`${url}/toasts/stream`, { Cookie: visitor.cookie }));
-    await until("both streams to subscribe", () => hubOf(app).subscribers(toastTopic(visitor.id)) === 2);
-    assert.equal(app.endStreams(), ["0 open streams", "2 toast streams"]);
-    for (const stream of streams) assert.is(await within("the stream to end", stream.ended), true, "ended, not cut");
-    assert.equal(app.endStreams(), ["0 open streams"]);
+    for (const [count, phrase] of [[2, "2 toast streams"], [1, "1 toast stream"]] as const) {
+      const { app, url } = await startServer();
+      apps.push(app);
+      assert.equal(app.endStreams(), ["0 open streams"], "toasts never used: nothing to name");
+      const visitor = await newVisitor(url);
+      const streams = Array.from({ length: count }, () => new SseClient(`${url}/toasts/stream`, { Cookie: visitor.cookie }));
+      await until("the streams to subscribe", () => hubOf(app).subscribers(toastTopic(visitor.id)) === count);
+      assert.equal(app.endStreams(), ["0 open streams", phrase]);
+      for (const stream of streams) assert.is(await within("the stream to end", stream.ended), true, "ended, not cut");
+      assert.equal(app.endStreams(), ["0 open streams"]);
+    }
   });
 });
 
@@ -441,7 +443,7 @@ lesson("toasts: a line typed into the server's terminal", (test) => {
     const visitor = await newVisitor(url);
     assert.is((await startDemo(url, visitor.cookie, "message=never&seconds=60")).status, 303);
     child.process.kill("SIGINT");
-    await child.waitFor(/cancelled 1 toast demo tasks still sleeping/);
+    await child.waitFor(/cancelled 1 toast demo task still sleeping/);
     assert.is(await within("the server to exit", child.exited), 0);
     assert.not.match(child.output, /error|Error/);
   });

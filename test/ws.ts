@@ -338,7 +338,7 @@ lesson("ws on the blocking server: not there, and it says why", (test) => {
   test("/ws/notifications and the message routes answer 404 with one sentence", async () => {
     const { url } = await startBlocking(children, []);
     const answer = await request(`${url}/ws/notifications`);
-    assert.equal([answer.status, answer.body], [404, "WebSockets are served by server.ts only: each one would hold a blocking worker for as long as it stays open (see lesson 4 in the README).\n"]);
+    assert.equal([answer.status, answer.body], [404, "WebSockets are served by server.ts only: each one would hold a blocking worker for as long as it stays open (see docs/ws.md).\n"]);
     assert.is((await request(`${url}/room/messages/1`, { method: "PUT" })).status, 404);
   });
 });
