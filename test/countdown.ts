@@ -373,7 +373,9 @@ lesson("copied alone: server.ts serves lesson 1 with nothing beside it", (test) 
     folder = await mkdtemp(path.join(os.tmpdir(), "countdown-alone-"));
     await copyFile(SERVER_FILE, path.join(folder, "server.ts"));
     // Run from that folder with this run's loader (tsx, or Node's own type stripping), as Child does.
-    child = spawn(process.execPath, [...process.execArgv, "server.ts", "--port", "0", "--host", "127.0.0.1"], {
+    // "--import tsx" names the package from the project's folder: from the copy's, by its path.
+    const loader = process.execArgv.map((arg) => (arg === "tsx" ? import.meta.resolve("tsx") : arg));
+    child = spawn(process.execPath, [...loader, "server.ts", "--port", "0", "--host", "127.0.0.1"], {
       cwd: folder,
       stdio: ["ignore", "pipe", "pipe"],
     });
