@@ -31,15 +31,15 @@
  * The pages come without the toasts.
  */
 
-import type { ServerResponse } from "node:http";
+import type { RequestListener, ServerResponse } from "node:http";
 import net from "node:net";
 import { fork, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 // Lesson 1's pieces, and lesson 2's blocking half: nothing of the later lessons.
 import {
   allowEveryOrigin, clientName, countdownEvent, createApp, DEFAULT_HOST, exitWith, flagNumber,
-  HEARTBEAT, HEARTBEAT_MS, listen, readCountdownOptions, readFlags, RequestError, serverEvent,
-  SSE_HEADERS, urlsFor, type Handler, type Routes,
+  HEARTBEAT, HEARTBEAT_MS, listen, readCountdownOptions, readFlags, refuse, RequestError,
+  serverEvent, SSE_HEADERS, urlsFor, type Handler, type Routes,
 } from "./server.ts";
 import { selfOrigin, sleepSync, syncAggregated, syncApi } from "./lessons/fanout.ts";
 
@@ -53,6 +53,14 @@ const WORKERS_RANGE = { min: 1, max: 64 };
 /** gunicorn's default: a worker silent this many seconds is stuck, and gets killed. */
 const DEFAULT_TIMEOUT_S = 30;
 const TIMEOUT_RANGE_S = { min: 0.1, max: 86_400 };
+/**
+ * gunicorn's --backlog is the kernel's queue (2048); ours is the arbiter's, where each waiting
+ * connection holds a file of this process, whose limit is often 1024. Past it, a 503.
+ */
+const DEFAULT_BACKLOG = 100;
+const BACKLOG_RANGE = { min: 1, max: 1000 };
+/** How long a refused client may take to read its 503 and hang up before it is cut. */
+const REFUSED_LINGER_MS = 2000;
 
 /**
  * How long the arbiter's loop sleeps between looks at its workers, as gunicorn's does, or a
@@ -184,11 +192,21 @@ function log(level: Level, message: string, pid = process.pid): void {
 // ─── The worker ──────────────────────────────────────────────────────────────
 //
 // A worker is this file, run by the arbiter with --worker. It talks to the arbiter
-// over the IPC channel `fork` opened: "ready" when it can take a connection, and
-// "alive" from a timer, as gunicorn's workers notify() theirs. Both come from its
-// event loop, so a worker blocked in a stream falls silent by itself.
+// over the IPC channel `fork` opened: "ready" when it can take a connection, "head"
+// when a request's head has come, and "alive" from a timer, as gunicorn's workers
+// notify() theirs, only between connections: from the moment it takes one until it
+// closes, a worker is busy, reading the request's head or blocked in its answer, and
+// says nothing. A client that connects and sends nothing is then a stuck request too,
+// and --timeout ends it, as it ends a gunicorn sync worker stuck reading one.
 
-type WorkerMessage = "ready" | "alive";
+type WorkerMessage = "ready" | "head" | "alive";
+
+/**
+ * Runs `then` after the next round of I/O. A client that left while it waited in the queue
+ * left its request and its goodbye (FIN, or RST) together in the kernel; Node reads the
+ * request first and only sees the goodbye on its next read, one round of the event loop later.
+ */
+const afterNextRead = (then: () => void) => setImmediate(() => setImmediate(then));
 
 /** Serves what the arbiter hands over; says it is alive every `notifyEveryMs`. */
 function runWorker(notifyEveryMs: number, origin: string, workers: number): void {
@@ -199,20 +217,36 @@ function runWorker(notifyEveryMs: number, origin: string, workers: number): void
   // Lesson 1's app, no later lesson installed: its router logs only what went wrong.
   const app = createApp({ log: (line) => log("ERROR", line), lessonsHere: true });
   Object.assign(app.routes, workerRoutes(origin, workers === 1));
-  // gunicorn's sync worker serves one request per connection, so the next request queues at
-  // the arbiter again. Every answer says so, a 404 too: prependListener runs this listener
-  // before the router, which createApp added first.
-  app.server.prependListener("request", (_req, res) => res.setHeader("Connection", "close"));
+  // The router createApp added, called by this worker's own listener instead.
+  const [router] = app.server.listeners("request") as RequestListener[];
+  app.server.removeAllListeners("request");
+  app.server.on("request", (req, res) => {
+    tell("head");
+    const client = clientName(req.socket); // read now: a closed socket forgets its address
+    // gunicorn's sync worker serves one request per connection, so the next request queues
+    // at the arbiter again. Every answer says so, a 404 too.
+    res.setHeader("Connection", "close");
+    // A request whose client has left while it waited is not served: nobody would read it.
+    afterNextRead(() => {
+      if (!req.socket.destroyed) return router!(req, res);
+      const why = "the client left while it waited; this worker is free";
+      log("INFO", `Not serving ${req.method} ${req.url} from ${client}: ${why}`);
+    });
+  });
 
   // The arbiter sends each connection with its message: Node passes the socket's file
   // descriptor over the IPC channel, and the app serves it as if it had accepted it itself.
+  let busy = false;
   process.on("message", (message, socket) => {
     if (message !== "connection" || !(socket instanceof net.Socket)) return;
-    tell("alive");
-    socket.once("close", () => tell("ready"));
+    busy = true;
+    socket.once("close", () => {
+      busy = false;
+      tell("ready");
+    });
     app.server.emit("connection", socket);
   });
-  setInterval(() => tell("alive"), notifyEveryMs);
+  setInterval(() => busy || tell("alive"), notifyEveryMs);
   // The arbiter has gone: nobody will hand this worker connections or reap it.
   process.once("disconnect", () => process.exit(0));
   tell("ready");
@@ -233,6 +267,8 @@ interface Worker {
   /** When it last said anything (performance.now()): a blocked worker says nothing. */
   lastHeard: number;
   state: WorkerState;
+  /** The connection it was handed last, and whether that connection's request head came. */
+  serving: { client: string; since: number; head: boolean } | undefined;
   /** Set once its process has ended; `state` keeps what it was then. */
   exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
 }
@@ -255,12 +291,16 @@ class Arbiter {
   origin = "";
   private numWorkers: number;
   private timeoutMs: number;
+  private backlog: number;
+  /** Connections refused since the queue filled; undefined while it has room. */
+  private refused: number | undefined;
   /** ARBITER_SLEEP_MS, or less for a short --timeout. */
   private checkEveryMs: number;
   private wake = () => {};
 
-  constructor(numWorkers: number, timeoutSeconds: number) {
+  constructor(numWorkers: number, timeoutSeconds: number, backlog: number) {
     this.numWorkers = numWorkers;
+    this.backlog = backlog;
     this.timeoutMs = timeoutSeconds * 1000;
     this.checkEveryMs =
       this.timeoutMs > 0 ? Math.min(ARBITER_SLEEP_MS, this.timeoutMs / 4) : ARBITER_SLEEP_MS;
@@ -296,7 +336,7 @@ class Arbiter {
     const child = fork(THIS_FILE, [WORKER_FLAG, ...settings]);
     const worker: Worker = {
       process: child, pid: child.pid ?? 0, lastHeard: performance.now(),
-      state: "booting", exited: undefined,
+      state: "booting", serving: undefined, exited: undefined,
     };
     this.workers.add(worker);
     // gunicorn's worker logs this itself; a Node child is slow to start, so the arbiter does.
@@ -320,6 +360,13 @@ class Arbiter {
       const limit = booting ? Math.max(this.timeoutMs, BOOT_ALLOWANCE_MS) : this.timeoutMs;
       if (worker.state === "killed" || worker.exited || now - worker.lastHeard <= limit) continue;
       log("CRITICAL", `WORKER TIMEOUT (pid:${worker.pid})`);
+      // gunicorn says no more; this line says why, when the client never sent its request.
+      const { serving } = worker;
+      if (worker.state === "busy" && serving && !serving.head) {
+        const waited = ((now - serving.since) / 1000).toFixed(1);
+        const why = `waited ${waited} s for the head of a request from ${serving.client}`;
+        log("INFO", `Worker ${worker.pid} ${why}, which never came`);
+      }
       this.kill(worker);
     }
   }
@@ -357,6 +404,7 @@ class Arbiter {
 
   /** A new connection joins the queue, unread: whichever worker takes it reads the request. */
   accept(socket: net.Socket): void {
+    if (this.waiting.length >= this.backlog) return this.refuse(socket);
     const client = clientName(socket);
     // Only a connection that finds every worker busy is news: it waits, and its hand-out is
     // logged too. One that finds an idle worker is handed out at once, without a line.
@@ -367,6 +415,21 @@ class Arbiter {
     this.handOutConnections();
   }
 
+  /** The queue is full: a 503 and its sentence, and one line when the queue fills. */
+  private refuse(socket: net.Socket): void {
+    if (this.refused === undefined) {
+      const full = `${this.waiting.length} connections wait for a worker (--backlog)`;
+      log("ERROR", `Backlog full: ${full}; new ones get 503 until one is taken`);
+    }
+    this.refused = (this.refused ?? 0) + 1;
+    socket.on("error", () => {});
+    // Read and drop the request, so that the 503 is not lost to a reset; then hang up.
+    socket.resume();
+    socket.setTimeout(REFUSED_LINGER_MS, () => socket.destroy());
+    const waiting = `${this.waiting.length} connections already wait`;
+    refuse(socket, 503, `Every worker is busy and ${waiting}; try again in a moment.`);
+  }
+
   /** Gives the longest-waiting connections to idle workers, one connection per worker. */
   private handOutConnections(): void {
     for (const worker of this.workers) {
@@ -374,12 +437,19 @@ class Arbiter {
       if (!this.isIdle(worker)) continue;
       const { socket, client, since, logged } = this.waiting.shift()!;
       worker.state = "busy";
+      // Busy from now: its silence counts from the hand-out, whether the request came or not.
+      worker.lastHeard = performance.now();
+      worker.serving = { client, since: worker.lastHeard, head: false };
       // The socket's file descriptor travels over the IPC channel; this process closes its copy.
       worker.process.send("connection", socket);
       if (!logged) continue;
       const waited = ((performance.now() - since) / 1000).toFixed(1);
       const takes = `Worker ${worker.pid} takes the connection from ${client} after ${waited} s`;
       log("INFO", `${takes} (${this.waiting.length} waiting)`);
+    }
+    if (this.refused !== undefined && this.waiting.length < this.backlog) {
+      log("INFO", `Backlog has room again; ${this.refused} connections got 503 meanwhile`);
+      this.refused = undefined;
     }
   }
 
@@ -390,6 +460,7 @@ class Arbiter {
   /** Every message is a heartbeat; "ready" also means the worker can take a connection. */
   private heard(worker: Worker, message: WorkerMessage): void {
     worker.lastHeard = performance.now();
+    if (message === "head" && worker.serving) worker.serving.head = true;
     if (message !== "ready" || worker.state === "killed") return;
     worker.state = "idle";
     this.handOutConnections();
@@ -444,10 +515,12 @@ const FLAGS = {
   host: { type: "string" },
   workers: { type: "string" },
   timeout: { type: "string" },
+  backlog: { type: "string" },
   help: { type: "boolean", default: false },
 } as const;
 
 const HELP = `Usage: npx tsx blocking-server.ts [--port N] [--host H] [--workers N] [--timeout S]
+                                      [--backlog N]
 
 Serves the countdown of server.ts the way gunicorn's sync workers do: an arbiter
 process hands each connection to a worker process, busy until its response ends.
@@ -459,6 +532,8 @@ process hands each connection to a worker process, busy until its response ends.
                 (env WEB_CONCURRENCY; default ${DEFAULT_WORKERS}).
   --timeout S   Workers silent for more than this many seconds are killed and restarted.
                 0 disables. Fractions such as 0.5 are allowed (default ${DEFAULT_TIMEOUT_S}).
+  --backlog N   The most connections that wait for a worker; past it a connection gets 503
+                (default ${DEFAULT_BACKLOG}).
   --help        Shows this help.`;
 
 async function main() {
@@ -468,8 +543,9 @@ async function main() {
   const workers = flagNumber(
     "workers", flags.workers, "WEB_CONCURRENCY", DEFAULT_WORKERS, WORKERS_RANGE);
   const timeout = timeoutSeconds(flags.timeout);
+  const backlog = flagNumber("backlog", flags.backlog, "", DEFAULT_BACKLOG, BACKLOG_RANGE);
 
-  const arbiter = new Arbiter(workers, timeout);
+  const arbiter = new Arbiter(workers, timeout, backlog);
   // pauseOnConnect: the arbiter never reads a byte, so a connection reaches its worker untouched.
   const server = net.createServer({ pauseOnConnect: true }, (socket) => arbiter.accept(socket));
   arbiter.listeners = await listen(server, host, port, true);

@@ -23,7 +23,9 @@
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import net from "node:net";
 import os from "node:os";
+import type { Duplex } from "node:stream";
 import { existsSync, realpathSync } from "node:fs";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 
@@ -43,6 +45,18 @@ export const HEARTBEAT_MS = 15_000;
 export const HEARTBEAT_RANGE_S = { min: 0, max: 3600 };
 /** On Ctrl-C, how long open connections get to close before the process exits anyway. */
 export const SHUTDOWN_GRACE_MS = 1000;
+/** The loop's delay is sampled this often, and the worst of each second is what pages see. */
+const LOOP_SAMPLE_MS = 10;
+const LOOP_WINDOW_MS = 1000;
+/** A page is told the delay again when it moved by more than this, not at every wobble. */
+export const DELAY_NEWS_MS = 20;
+// The guards that keep one client from hurting every other (see "Guards" below):
+/** Connections open at once: under the 20,000 files a process may hold, with room to spare. */
+export const CONNECTIONS_MAX = 19_000;
+/** Requests one connection may send ahead of their answers (pipelined): each answer waits. */
+export const PIPELINED_MAX = 16;
+/** A client that takes no byte of its waiting answer for this long is cut. */
+export const STALLED_READER_MS = 30_000;
 
 // ─── The stream ──────────────────────────────────────────────────────────────
 //
@@ -98,6 +112,40 @@ export async function* countdown(from: number, interval: number, res: ServerResp
   }
 }
 
+// ─── The one thread, and how long it kept everyone waiting ───────────────────
+//
+// Every tab's countdown runs on this process's one thread, between awaits. While any
+// code runs without awaiting (a sync sleep, a long loop), every other callback waits:
+// no tick goes out anywhere. Node measures how late its loop comes round; pages show
+// the worst of the last second, so a stall is a number, not just a pause.
+
+const loopDelay = monitorEventLoopDelay({ resolution: LOOP_SAMPLE_MS });
+let loopWatchers = 0;
+let windowStart = 0;
+let worstLastWindow = 0;
+
+/** Measures while at least one stream is open (on), and stops with the last one (off). */
+function watchLoop(on: boolean) {
+  loopWatchers += on ? 1 : -1;
+  if (on && loopWatchers === 1) {
+    loopDelay.reset();
+    loopDelay.enable();
+    windowStart = performance.now();
+  }
+  if (loopWatchers === 0) loopDelay.disable();
+}
+
+/** The worst delay of the last whole second, in milliseconds beyond the sampling interval. */
+function worstLoopDelay(): number {
+  if (performance.now() - windowStart >= LOOP_WINDOW_MS) {
+    // max is in nanoseconds, and includes the sampling interval itself.
+    worstLastWindow = Math.max(0, Math.round(loopDelay.max / 1e6 - LOOP_SAMPLE_MS));
+    loopDelay.reset();
+    windowStart = performance.now();
+  }
+  return worstLastWindow;
+}
+
 // ─── The SSE wire format ─────────────────────────────────────────────────────
 
 export const SSE_HEADERS = {
@@ -120,9 +168,14 @@ export function countdownEvent(i: number): string {
   return formatEvent("i", `{"i": ${i}}`, i);
 }
 
-/** Which process serves this stream, how many streams it holds now, and its memory in bytes. */
-export function serverEvent(pid: number, streams: number, rss: number): string {
-  return formatEvent("server", `{"pid": ${pid}, "streams": ${streams}, "rss": ${rss}}`);
+/**
+ * Which process serves this stream, how many streams it holds now, its memory in bytes, and
+ * (when measured) the longest its event loop kept a ready callback waiting in the last second.
+ */
+export function serverEvent(pid: number, streams: number, rss: number, delay?: number): string {
+  const delayField = delay === undefined ? "" : `, "delay": ${delay}`;
+  const figures = `"pid": ${pid}, "streams": ${streams}, "rss": ${rss}${delayField}`;
+  return formatEvent("server", `{${figures}}`);
 }
 
 /**
@@ -147,6 +200,7 @@ export const PAGE = `<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Countdown</title>
+<link rel="icon" href="data:,"><!-- no favicon: a browser asks for none, and holds no worker -->
 <style>
   body { margin: 0; min-height: 100vh; display: grid; place-content: center; gap: 0.5rem;
          text-align: center; font-family: system-ui, sans-serif;
@@ -157,35 +211,53 @@ export const PAGE = `<!doctype html>
   #state[data-state="streaming"] { color: #6fdc8c; }
   #state[data-state="reconnecting"] { color: #f1c21b; }
   #state[data-state="finished"] { color: #78a9ff; }
-  #server, #tabs { margin: 0; color: #9aa3b2; }
-  #tabs small { display: block; max-width: 34rem; margin: 0.25rem auto 0; }
+  #state[data-state="cut"] { color: #ff8389; }
+  /* Big enough to read from the back of a room: these lines are what a workshop points at. */
+  #server, #loop, #tabs { margin: 0; color: #9aa3b2; font-size: 1.25rem; }
+  #tabs small { display: block; max-width: 40rem; margin: 0.25rem auto 0; font-size: 1.1rem; }
   a { color: #78a9ff; }
 </style>
 <h1>Countdown</h1>
 <div id="countdown">&hellip;</div>
 <p id="state" data-state="connecting">connecting</p>
 <p id="server">waiting for the server</p>
+<p id="loop"></p>
 <p id="tabs" hidden><a id="another" target="_blank" href="/">Open another tab</a>
   <small>A browser opens at most 6 connections to one host name, and every tab here keeps
   one open. So each new tab gets a name of its own (tab2.localhost, tab3.localhost, ...):
   all of them lead back to this server.</small></p>
 <script type="module">
-  const [countdown, state, server, another] =
-    ["countdown", "state", "server", "another"].map((id) => document.getElementById(id));
+  const [countdown, state, server, loop, another] = ["countdown", "state", "server", "loop",
+    "another"].map((id) => document.getElementById(id));
   const BYTES_PER_MB = 1024 * 1024;
-  const show = (name) => { state.dataset.state = name; state.textContent = name; };
+  const RETRY_FIRST_MS = 1000;
+  const RETRY_MAX_MS = 30000;
+  const show = (name, text = name) => { state.dataset.state = name; state.textContent = text; };
 
-  const source = new EventSource("/sse/" + location.search);
-  source.onopen = () => show("streaming");
-  // After a dropped connection EventSource retries on its own and sends the last
-  // id it saw, so the countdown resumes; a 204 answer closes it for good.
-  source.onerror = () =>
-    show(source.readyState === EventSource.CLOSED ? "finished" : "reconnecting");
-  source.addEventListener("i", (event) => {
-    const { i } = JSON.parse(event.data);
-    countdown.textContent = i > 0 ? i : "Blastoff!";
-    if (i === 0) { source.close(); show("finished"); }
-  });
+  let last; // the last number shown
+  let retryMs = RETRY_FIRST_MS;
+  function follow() {
+    const query = new URLSearchParams(location.search);
+    if (last !== undefined) query.set("from", last - 1); // a new stream goes on where it was
+    const source = new EventSource("/sse/?" + query);
+    source.onopen = () => { show("streaming"); retryMs = RETRY_FIRST_MS; };
+    // After a dropped connection EventSource retries on its own and sends the last id it
+    // saw, so the countdown resumes. An answer that is no stream (a proxy's 502) closes it
+    // for good: then this page tries again itself, waiting longer each time.
+    source.onerror = () => {
+      if (source.readyState !== EventSource.CLOSED) return show("reconnecting");
+      show("cut", "cut off: trying again in " + retryMs / 1000 + " s");
+      setTimeout(follow, retryMs);
+      retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
+    };
+    source.addEventListener("i", (event) => {
+      last = JSON.parse(event.data).i;
+      countdown.textContent = last > 0 ? last : "Blastoff!";
+      if (last === 0) { source.close(); show("finished"); }
+    });
+    source.addEventListener("server", tellServer);
+  }
+  follow();
 
   // "Open another tab" goes to a fresh *.localhost name, which browsers resolve
   // to this machine; shown only when this page itself was opened on loopback.
@@ -202,16 +274,20 @@ export const PAGE = `<!doctype html>
     another.addEventListener("click", () => setTimeout(() => { nextTab += 1; updateLink(); }));
   }
 
-  source.addEventListener("server", (event) => {
-    const { pid, streams, rss } = JSON.parse(event.data);
+  function tellServer(event) {
+    const { pid, streams, rss, delay } = JSON.parse(event.data);
     const count = streams.toLocaleString("en-US") + (streams === 1 ? " stream" : " streams");
     const mb = Math.round(rss / BYTES_PER_MB);
     server.textContent = "served by pid " + pid + ", which holds " + count + " in " + mb + " MB";
+    // One thread serves every tab: this is how long it kept them all waiting, at worst.
+    const waited = delay === undefined ? "" : delay.toLocaleString("en-US") + " ms";
+    loop.textContent = waited && "its one thread kept every tab waiting at most " + waited +
+      " in the last second";
     if (streams + 1 > nextTab) {
       nextTab = streams + 1;
       if (onLoopback) updateLink();
     }
-  });
+  }
 </script>
 </html>
 `;
@@ -278,18 +354,20 @@ const serveCountdown: Handler = async (req, res, url, { streams, log, quiet, hea
   res.writeHead(200, SSE_HEADERS);
   res.flushHeaders(); // so the browser's `open` fires now, not with the first tick
   streams.add(res);
+  watchLoop(true);
   const client = clientName(req.socket);
   if (!quiet) log(`stream opened for ${client}, counting from ${from} (${streams.size} open)`);
   let eventsSent = 0;
-  let streamsTold = 0;
+  let told = { streams: 0, delay: 0 };
   try {
     for await (const message of countdown(from, interval, res, heartbeat)) {
-      // Piggybacked on a tick, when the figure changed: how many streams this process
-      // holds, and in how much memory.
+      // Piggybacked on a tick, when a figure changed: how many streams this process holds,
+      // in how much memory, and how long its loop kept them waiting.
       let serverNews = "";
-      if (streams.size !== streamsTold) {
-        streamsTold = streams.size;
-        serverNews = serverEvent(process.pid, streams.size, process.memoryUsage.rss());
+      const now = { streams: streams.size, delay: worstLoopDelay() };
+      if (now.streams !== told.streams || Math.abs(now.delay - told.delay) > DELAY_NEWS_MS) {
+        told = now;
+        serverNews = serverEvent(process.pid, now.streams, process.memoryUsage.rss(), now.delay);
       }
       if (message !== HEARTBEAT) eventsSent++;
       // write() says false when the client reads slower than we send: the bytes wait in
@@ -300,6 +378,7 @@ const serveCountdown: Handler = async (req, res, url, { streams, log, quiet, hea
     const why = res.writableEnded ? "the server is stopping"
       : res.destroyed ? "the client left" : "blastoff";
     streams.delete(res);
+    watchLoop(false);
     if (!res.destroyed) res.end();
     if (!quiet) log(`stream closed after ${eventsSent} events: ${why} (${streams.size} open)`);
   }
@@ -312,10 +391,15 @@ export const bracketed = (address: string) => (address.includes(":") ? `[${addre
 export const clientName = ({ remoteAddress = "?", remotePort }: net.Socket) =>
   `${bracketed(remoteAddress)}:${remotePort}`;
 
-/** Resolves when the response can take more data again, or when it closed: never hangs. */
-export function drainOrClose(res: ServerResponse): Promise<void> {
+/**
+ * Resolves when the response can take more data again, or when it closed: never hangs. A
+ * client that takes nothing for STALLED_READER_MS is cut, so its bytes do not wait forever.
+ */
+export function drainOrClose(res: ServerResponse, stalledMs = STALLED_READER_MS): Promise<void> {
   return new Promise((resolve) => {
+    const stalled = setTimeout(() => res.destroy(), stalledMs);
     const done = () => {
+      clearTimeout(stalled);
       res.off("drain", done).off("close", done);
       resolve();
     };
@@ -354,6 +438,8 @@ function findRoute(routes: Routes, path: string): Routes[string] | undefined {
 function router(app: App, wrappers: PageWrapper[], notHere: string): http.RequestListener {
   return async (req, res) => {
     try {
+      if (tooManyAhead(app, req, res)) return;
+      checkHost(app, req);
       const url = readTarget(req.url ?? "");
       const { pathname: path, search } = url;
       const methods = findRoute(app.routes, path);
@@ -418,6 +504,10 @@ export interface App {
   readonly heartbeat: number;
   /** Runs `wrap` on every response of a known route, before its handler. */
   wrapPages(wrap: PageWrapper): void;
+  /** Takes requests that ask to become another protocol (a WebSocket), once the Host is checked. */
+  onUpgrade(take: (req: IncomingMessage, socket: Duplex, head: Buffer) => void): void;
+  /** Host names answered beside loopback's: this machine's on a LAN, and --allowed-host. */
+  readonly allowedHosts: Set<string>;
   /** On stop: ends what a lesson holds open, and names it ("2 WebSockets") when it ended any. */
   onStop(stop: () => string | void): void;
   /** Ends every open stream cleanly, lessons' too; browsers reconnect and resume. */
@@ -450,6 +540,8 @@ export interface AppOptions {
   heartbeat?: number; // milliseconds of silence before a comment line, 0 for none
   flags?: FlagValues;
   lessonsHere?: boolean; // false: the 404 sentence says where the later lessons live
+  allowedHosts?: string[]; // beside loopback's names
+  connectionsMax?: number; // CONNECTIONS_MAX unless a test wants to reach it
 }
 
 /** One log line: the time, this process's pid, what changed. */
@@ -460,6 +552,7 @@ export function logLine(line: string): void {
 /** A server with lesson 1's routes; `install` adds the later lessons. */
 export function createApp(options: AppOptions = {}): App {
   const wrappers: PageWrapper[] = [];
+  const upgrades: Parameters<App["onUpgrade"]>[0][] = [];
   const stops: (() => string | void)[] = [];
   const app: App = {
     server: http.createServer(),
@@ -472,6 +565,10 @@ export function createApp(options: AppOptions = {}): App {
     wrapPages(wrap) {
       wrappers.push(wrap);
     },
+    onUpgrade(take) {
+      upgrades.push(take);
+    },
+    allowedHosts: new Set(options.allowedHosts),
     onStop(stop) {
       stops.push(stop);
     },
@@ -486,6 +583,16 @@ export function createApp(options: AppOptions = {}): App {
   const elsewhere = ", and the later lessons live in lessons/, not beside this copy";
   const notHere = `the countdown is at /${options.lessonsHere === false ? elsewhere : ""}`;
   app.server.on("request", router(app, wrappers, notHere));
+  app.server.on("upgrade", (req, socket, head) => {
+    try {
+      checkHost(app, req);
+    } catch (error) {
+      return refuse(socket, 400, (error as Error).message);
+    }
+    if (upgrades.length === 0) return socket.destroy(); // nobody here speaks another protocol
+    for (const take of upgrades) take(req, socket, head);
+  });
+  capConnections(app, options.connectionsMax ?? CONNECTIONS_MAX);
   return app;
 }
 
@@ -493,6 +600,76 @@ export function createApp(options: AppOptions = {}): App {
 export async function install(app: App, lessons: readonly Lesson[]): Promise<App> {
   for (const lesson of lessons) await lesson.install(app);
   return app;
+}
+
+// ─── Guards: one client must not hurt the others ─────────────────────────────
+//
+// A browser is polite; a script need not be. These checks bound what one client can
+// make this process hold, and refuse requests meant for another site.
+
+/** A one-sentence answer written straight to a socket that no handler holds. */
+export function refuse(socket: Duplex, status: number, sentence: string) {
+  const body = `${sentence}\n`;
+  socket.end(
+    `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\n` +
+      "Content-Type: text/plain; charset=utf-8\r\n" +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
+}
+
+/** Past `max` connections open at once, a new one gets a 503 and is closed; logged once. */
+function capConnections(app: App, max: number) {
+  let open = 0;
+  let said = false;
+  app.server.on("connection", (socket: net.Socket) => {
+    if (open >= max) {
+      if (!said) app.log(`${max} connections open: refusing more (said once)`);
+      said = true;
+      return refuse(socket, 503, `This server holds ${max} connections already; try again later.`);
+    }
+    open++;
+    socket.once("close", () => open--);
+  });
+}
+
+const ahead = new WeakMap<net.Socket, number>();
+let aheadSaid = false;
+
+/**
+ * Node reads every request a connection sends, even before the answers to earlier ones went
+ * out, and each waiting answer sits in memory. Browsers never send ahead; a client that sends
+ * more than PIPELINED_MAX ahead is cut.
+ */
+function tooManyAhead(app: App, req: IncomingMessage, res: ServerResponse): boolean {
+  const count = (ahead.get(req.socket) ?? 0) + 1;
+  ahead.set(req.socket, count);
+  res.once("close", () => ahead.set(req.socket, (ahead.get(req.socket) ?? 1) - 1));
+  if (count <= PIPELINED_MAX) return false;
+  if (!aheadSaid) app.log(`a client sent over ${PIPELINED_MAX} requests ahead: cut (said once)`);
+  aheadSaid = true;
+  req.socket.destroy();
+  return true;
+}
+
+/**
+ * A page on evil.example whose name resolves to 127.0.0.1 ("DNS rebinding") would reach this
+ * server as its own site. So only Host names that mean this machine are answered: loopback,
+ * *.localhost (browsers keep those here), and what `app.allowedHosts` adds.
+ */
+export function checkHost(app: App, req: IncomingMessage) {
+  const host = req.headers.host ?? "";
+  const name = URL.canParse(`http://${host}`) ? new URL(`http://${host}`).hostname : "";
+  const loopback = name === "localhost" || name.endsWith(".localhost") || name === "[::1]" ||
+    /^127\.\d+\.\d+\.\d+$/.test(name);
+  if (loopback || app.allowedHosts.has(name)) return;
+  const flag = `--allowed-host ${name || "NAME"}`;
+  throw new RequestError(400, `This server does not answer for the host ${host}: add ${flag}.`);
+}
+
+/** The names a LAN reaches this machine by, when --host listens beyond loopback. */
+function machineNames(host: string): string[] {
+  const addresses = Object.values(os.networkInterfaces()).flat();
+  return [host, os.hostname(), ...addresses.map((address) => bracketed(address?.address ?? ""))];
 }
 
 // ─── Start-up: flags, listening, stopping ────────────────────────────────────
@@ -547,7 +724,8 @@ export function flagNumber(flag: string, value: string | boolean | undefined, en
 export async function listen(server: net.Server, host: string, port: number, paused = false) {
   const listeners = [server];
   await listenOne(server, host === DEFAULT_HOST ? "127.0.0.1" : host, port);
-  if (host !== DEFAULT_HOST) return listeners;
+  // 0.0.0.0 is every IPv4 address: ::1, where browsers try localhost first, needs its own.
+  if (host !== DEFAULT_HOST && host !== "0.0.0.0") return listeners;
   const twin = net.createServer({ pauseOnConnect: paused }, (s) => server.emit("connection", s));
   try {
     await listenOne(twin, "::1", (server.address() as net.AddressInfo).port);
@@ -563,7 +741,11 @@ function listenOne(server: net.Server, host: string, port: number): Promise<void
     const onError = ({ code, message }: NodeJS.ErrnoException) => {
       // No ::1 on this machine is no mistake of the user's: listen() goes on without it.
       if (host === "::1" && code !== "EADDRINUSE") return reject(new Error(message));
-      if (code === "EADDRINUSE") exitWith(1, `port ${port} is in use; try --port ${port + 2}`);
+      if (code === "EADDRINUSE") {
+        return void freePortNear(port, host).then((free) => {
+          exitWith(1, `port ${port} is in use; try --port ${free}`);
+        });
+      }
       const privileged = `port ${port} needs more privileges; try --port ${DEFAULT_PORT}`;
       if (code === "EACCES") exitWith(1, privileged);
       exitWith(1, `cannot listen on ${host}:${port} (${code ?? message}); check --host`);
@@ -574,6 +756,21 @@ function listenOne(server: net.Server, host: string, port: number): Promise<void
       resolve();
     });
   });
+}
+
+/** A port near `port` that is free now (every other one, past the blocking server's), else 0. */
+async function freePortNear(port: number, host: string): Promise<number> {
+  const PORTS_TRIED = 10;
+  for (let next = port + 2; next <= Math.min(port + 2 * PORTS_TRIED, 65535); next += 2) {
+    const probe = net.createServer();
+    const free = await new Promise<boolean>((resolve) => {
+      probe.once("error", () => resolve(false));
+      probe.listen(next, host === DEFAULT_HOST ? "127.0.0.1" : host, () => resolve(true));
+    });
+    await new Promise((resolve) => (free ? probe.close(resolve) : resolve(undefined)));
+    if (free) return next;
+  }
+  return 0;
 }
 
 /** The addresses a person can open: localhost, or the machine's LAN addresses for 0.0.0.0. */
@@ -599,6 +796,7 @@ const FLAGS = {
   port: { type: "string" },
   host: { type: "string" },
   heartbeat: { type: "string" },
+  "allowed-host": { type: "string", multiple: true },
   quiet: { type: "boolean", default: false },
   help: { type: "boolean", default: false },
 } as const;
@@ -612,6 +810,8 @@ Serves a countdown page and its event stream from one async process.
                    127.0.0.1 and ::1). Use 0.0.0.0 to share it on your LAN at a workshop.
   --heartbeat S    Sends a comment line on a stream silent for S seconds, so that proxies
                    keep it open (default ${HEARTBEAT_MS / 1000}; 0 sends none).
+  --allowed-host H Also answers requests for this host name (may be given again); loopback
+                   names and, with --host beyond loopback, this machine's names need none.
   --quiet          Leaves out the line per stream opened and closed, and the later lessons'
                    lines per request (for load tests).`;
 
@@ -654,7 +854,10 @@ async function main() {
   if (decision === "taken over") return;
   const quiet = flags.quiet === true;
   const lessonsHere = lessons.length > 0;
-  const app = createApp({ quiet, flags, heartbeat: heartbeat * 1000, lessonsHere });
+  const allowedHosts = (flags["allowed-host"] as unknown as string[] | undefined) ?? [];
+  const beyondLoopback = host !== DEFAULT_HOST && !/^(127\.|::1$)/.test(host);
+  if (beyondLoopback) allowedHosts.push(...machineNames(host));
+  const app = createApp({ quiet, flags, heartbeat: heartbeat * 1000, lessonsHere, allowedHosts });
   await install(app, lessons);
   const listeners = await listen(app.server, host, port);
   const actualPort = (app.server.address() as net.AddressInfo).port;

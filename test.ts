@@ -41,3 +41,6 @@ import "./test/ws.ts";
 
 // The wall (lessons/wall.ts): both servers on one screen for a workshop.
 import "./test/wall.ts";
+
+// Lesson 5 (lessons/proxy.ts): a real nginx in front, the settings that break a stream.
+import "./test/proxy.ts";

@@ -157,7 +157,9 @@ async function main() {
   clearInterval(reporter);
   clearTimeout(deadline);
   if (report.stoppedBy !== "stopped" && report.connected === 0) {
-    exitWith(1, `No stream opened at ${url} (${Object.keys(report.failures).join(", ")}); is the server running? Start it with: npx tsx server.ts`);
+    const failures = Object.keys(report.failures).join(", ");
+    const start = `npx -y tsx server.ts --port ${new URL(url).port || DEFAULT_PORT}`;
+    exitWith(1, `No stream opened at ${url} (${failures}); is the server running? Start it with: ${start}`);
   }
   if (report.stoppedBy === "every stream ended") console.log("Every stream ended: the server closed them.");
   console.log(summary(report));

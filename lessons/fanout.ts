@@ -17,12 +17,16 @@
  *   - curl http://localhost:8000/api/aggregated/sequential/ makes the same calls one
  *     after another: about ten seconds, and every countdown tab keeps counting;
  *   - curl "http://localhost:8000/api/blocking/?delay=3000" while a tab counts: the
- *     tab stops for three seconds, then catches up: a sync sleep blocks everything;
- *   - curl "http://localhost:8000/api/aggregated/?via=blocking&n=4" makes four such
- *     calls: four seconds frozen. curl -i "http://localhost:8000/api/aggregated/?via=blocking"
- *     makes ten: the last wait longer than the 5 s a call gets, and the view answers
- *     504. The calls it gave up on still sleep, one after another: a request made right
- *     after waits for them too.
+ *     tab stops for three seconds, then catches up, and says its one thread kept it
+ *     waiting about 3,000 ms: a sync sleep blocks everything;
+ *   - curl "http://localhost:8000/api/blocking/?in=thread&delay=3000": the very same
+ *     sleep on a thread of a pool (--threads, default 4): the tab keeps counting;
+ *   - curl "http://localhost:8000/api/aggregated/?via=thread" makes ten such calls:
+ *     about three seconds on 4 threads, one on --threads 10; ?via=blocking&n=4 makes
+ *     four sync sleeps instead: four seconds frozen. A blocking view freezes this
+ *     process for at most 10 s in a row (503 past that) and answers this site's pages
+ *     and curl only (403 for another site's <img>). The calls a view gave up on (504)
+ *     still sleep, one after another: a request made right after waits for them too.
  *
  * The second half of the file is this lesson on blocking-server.ts, lesson 1's
  * twin: there an arbiter process hands each connection to a sync worker process,
@@ -37,13 +41,15 @@
  *     second worker serves the ten calls one by one.
  */
 
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type net from "node:net";
 // A sleep as a promise. server.ts writes its own, because a countdown's sleep must end
 // early when its client leaves; /api/'s always runs to its end.
 import { setTimeout as wait } from "node:timers/promises";
 // Called Thread here: in this lesson a "worker" is one of blocking-server.ts's processes.
 import { Worker as Thread } from "node:worker_threads";
-import { bracketed, RequestError, wholeNumber, type Handler, type Lesson } from "../server.ts";
+import { bracketed, flagNumber, RequestError, wholeNumber } from "../server.ts";
+import type { App, Handler, Lesson } from "../server.ts";
 import { sendJson } from "./http.ts";
 
 // ─── Settings ────────────────────────────────────────────────────────────────
@@ -62,7 +68,26 @@ const FAN_OUT_RANGE = { min: 1, max: 50 };
 export const SELF_CALL_TIMEOUT_MS = 5000;
 const TASK_ID = /^[A-Za-z0-9_-]{1,20}$/;
 /** Which endpoint the aggregated view calls, by ?via=. */
-const VIA: Record<string, string> = { api: "/api/", blocking: "/api/blocking/" };
+const VIA: Record<string, string> = {
+  api: "/api/",
+  blocking: "/api/blocking/",
+  thread: "/api/blocking/?in=thread",
+};
+/**
+ * The most the sync sleeps may freeze this process in a row: one GET of ten 2 s sleeps once
+ * froze it for 20 s. Time it runs free pays a freeze back, one millisecond per millisecond.
+ */
+export const FREEZE_LIMIT_MS = 10_000;
+/**
+ * Calls to itself in flight at once, over every view: each holds two file descriptors (the
+ * call's socket and the server's end of it), and a process may open only so many.
+ */
+const SELF_CALLS_LIMIT = 100;
+/** --threads: the pool's size. libuv's own pool, which runs Node's file and DNS work, has 4. */
+export const THREADS = 4;
+const THREADS_RANGE = { min: 1, max: 64 };
+/** Calls waiting for a busy pool's next free thread, at most: past it, 503. */
+export const THREAD_QUEUE_LIMIT = 100;
 
 // ─── Asking and answering ────────────────────────────────────────────────────
 //
@@ -108,7 +133,7 @@ function apiView(waitFor: (ms: number) => unknown, log?: (line: string) => void)
 
 /** The n calls of one aggregated view: task_id 0 to n - 1, each passing the delay on. */
 function taskUrls(origin: string, path: string, { n, delay }: { n: number; delay: number }) {
-  const query = (taskId: number) => `?task_id=${taskId}&delay=${delay}`;
+  const query = (taskId: number) => `${path.includes("?") ? "&" : "?"}task_id=${taskId}&delay=${delay}`;
   return Array.from({ length: n }, (_, taskId) => `${origin}${path}${query(taskId)}`);
 }
 
@@ -141,6 +166,7 @@ function answerOf(url: string, { outcome, status, text }: CallResult, why = ""):
   const late = `got no answer within ${SELF_CALL_TIMEOUT_MS / 1000} s (its read timeout)`;
   if (outcome === "timed out") throw new RequestError(504, `${call} ${late}${why}.`);
   if (outcome === "failed") throw new RequestError(502, `${call} failed: ${text}.`);
+  if (status === 503) throw new RequestError(503, `${call} answered 503: ${text.trim()}`);
   if (status !== 200) throw new RequestError(502, `${call} failed: it answered ${status}.`);
   return JSON.parse(text);
 }
@@ -153,6 +179,26 @@ export function selfOrigin(server: net.Server): string {
   const { address, port } = server.address() as net.AddressInfo;
   const host = address === "0.0.0.0" ? "127.0.0.1" : address === "::" ? "::1" : address;
   return `http://${bracketed(host)}:${port}`;
+}
+
+// ─── Each app's share: its pool, its freeze, its calls in flight ─────────────
+
+interface FanOut {
+  threads: number; // --threads
+  pool?: Pool; // made at the first call that needs a thread
+  stopped: boolean;
+  selfCalls: number; // calls to itself in flight, every view's
+  frozenMs: number; // how much freeze the sync sleeps still owe
+  frozenAt: number; // when the last one ended
+  reached: Set<string>; // the bounds reached and logged, until they clear
+}
+const states = new WeakMap<App, FanOut>();
+const stateOf = (app: App) => states.get(app)!;
+
+/** Logs that a bound is reached, once until it clears (`stateOf(app).reached.delete`). */
+function reached(app: App, bound: string, line: string) {
+  if (!stateOf(app).reached.has(bound)) app.log(line);
+  stateOf(app).reached.add(bound);
 }
 
 // ─── The async views ─────────────────────────────────────────────────────────
@@ -178,30 +224,54 @@ async function fetchResult(url: string): Promise<CallResult> {
   }
 }
 
-/** Reads ?n=, ?delay= and ?via=, and lists the calls to make to this server. */
-function plannedCalls(url: URL, server: net.Server): string[] {
-  const path = VIA[url.searchParams.get("via") ?? "api"];
-  const endpoints = Object.keys(VIA).join(" or ");
-  if (path === undefined) throw new RequestError(400, `via must be ${endpoints}.`);
-  return taskUrls(selfOrigin(server), path, readFanOutOptions(url));
+/**
+ * Reads ?n=, ?delay= and ?via=, lists the calls to make to this server, and
+ * counts them in flight within SELF_CALLS_LIMIT until `done`.
+ */
+function plannedCalls(req: IncomingMessage, url: URL, app: App) {
+  const via = url.searchParams.get("via") ?? "api";
+  const path = Object.hasOwn(VIA, via) ? VIA[via] : undefined;
+  if (path === undefined) throw new RequestError(400, "via must be api, blocking or thread.");
+  const options = readFanOutOptions(url);
+  if (via !== "api") checkSameSite(req);
+  if (via === "blocking" && options.n * options.delay > FREEZE_LIMIT_MS) {
+    const sleeps = "via=blocking makes n sync sleeps of delay ms, one after another";
+    throw new RequestError(400, `${sleeps}: n × delay must be at most ${FREEZE_LIMIT_MS} ms.`);
+  }
+  const state = stateOf(app);
+  if (state.selfCalls + options.n > SELF_CALLS_LIMIT) {
+    const limit = `${state.selfCalls} calls to itself are in flight, and the limit is ${SELF_CALLS_LIMIT}`;
+    reached(app, "self calls", `fan-out: ${limit} (two file descriptors each); 503 until fewer`);
+    throw new RequestError(503, `${limit}: try again in a moment.`);
+  }
+  state.selfCalls += options.n;
+  const done = () => {
+    state.selfCalls -= options.n;
+    if (state.selfCalls === 0) state.reached.delete("self calls");
+  };
+  return { calls: taskUrls(selfOrigin(app.server), path, options), done };
 }
 
 /** The post's async view: every call starts at once, and Promise.all waits for the last. */
-const serveAggregated: Handler = async (_req, res, url, { server }) => {
-  const calls = plannedCalls(url, server);
+const serveAggregated: Handler = async (req, res, url, app) => {
+  const { calls, done } = plannedCalls(req, url, app);
   const startedAt = performance.now();
   // Promise.all rejects at the first failed call, and the view answers its 504 or 502. The calls
   // already sent are not cancelled; with ?via=blocking each still sleeps in this one thread.
-  const responses = await Promise.all(calls.map(callSelf));
+  const responses = await Promise.all(calls.map(callSelf)).finally(done);
   sendJson(res, 200, aggregatedAnswer(responses, startedAt));
 };
 
 /** The same calls awaited one after another: n waits long, yet the thread is free meanwhile. */
-const serveAggregatedSequential: Handler = async (_req, res, url, { server }) => {
-  const calls = plannedCalls(url, server);
+const serveAggregatedSequential: Handler = async (req, res, url, app) => {
+  const { calls, done } = plannedCalls(req, url, app);
   const startedAt = performance.now();
   const responses: unknown[] = [];
-  for (const call of calls) responses.push(await callSelf(call));
+  try {
+    for (const call of calls) responses.push(await callSelf(call));
+  } finally {
+    done();
+  }
   sendJson(res, 200, aggregatedAnswer(responses, startedAt));
 };
 
@@ -210,19 +280,154 @@ const serveAggregatedSequential: Handler = async (_req, res, url, { server }) =>
 // JavaScript has no sleep that holds the thread, so this one is made of
 // Atomics.wait, which is meant for threads that share memory: it stops this
 // thread until another thread changes an integer in a SharedArrayBuffer, or
-// until `ms` pass. Nobody ever changes this integer, so it is a pure sleep,
-// like Python's time.sleep(): no timer, no request, no tick of this process
-// runs meanwhile.
+// until `ms` pass. Nobody else can even reach this integer, so it is a pure
+// sleep, like Python's time.sleep(): no timer, no request, no tick of this
+// process runs meanwhile.
 
-const sleeper = new Int32Array(new SharedArrayBuffer(4));
-
-/** Blocks this whole thread for `ms`. */
+/** Blocks the thread that calls it for `ms`: the loop here, or one of the pool's below. */
 export function sleepSync(ms: number): void {
-  if (ms > 0) Atomics.wait(sleeper, 0, 0, ms);
+  if (ms > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
-/** The same endpoint with the mistake: a sync sleep stops every countdown of this process. */
-const serveBlockingApi = apiView(sleepSync);
+/**
+ * The blocking views answer only this site's own pages and curl. Browsers say
+ * who asked in Sec-Fetch-Site: "same-origin" for this page's fetch, "none" for
+ * an address typed in; curl sends nothing. An <img> on another site's page
+ * says "cross-site", and must not freeze this server for its every visitor.
+ */
+function checkSameSite(req: IncomingMessage) {
+  const site = req.headers["sec-fetch-site"];
+  if (site === undefined || site === "none" || site === "same-origin") return;
+  const asked = `this request came from a ${site} page`;
+  throw new RequestError(403, `The blocking views answer this site's own pages only; ${asked}.`);
+}
+
+/**
+ * The sync sleep, within FREEZE_LIMIT_MS: what the last sleeps froze, less the
+ * time run free since, plus `ms`. Past the limit, 503 and when to come back.
+ */
+function freeze(app: App, res: ServerResponse, ms: number) {
+  const state = stateOf(app);
+  const owed = Math.max(0, state.frozenMs - (performance.now() - state.frozenAt));
+  if (owed + ms > FREEZE_LIMIT_MS) {
+    const seconds = Math.ceil((owed + ms - FREEZE_LIMIT_MS) / 1000);
+    res.setHeader("Retry-After", seconds);
+    const frozen = `The sync sleeps froze this process for ${Math.round(owed)} ms in a row`;
+    const line = `${frozen}; ${ms} more would pass the limit of ${FREEZE_LIMIT_MS} ms`;
+    reached(app, "freeze", `fan-out: ${line}; 503 until it has run free again`);
+    throw new RequestError(503, `${line}: try again in ${seconds} s.`);
+  }
+  state.reached.delete("freeze");
+  sleepSync(ms);
+  state.frozenMs = owed + ms;
+  state.frozenAt = performance.now();
+}
+
+/**
+ * /api/blocking/: the same endpoint with the mistake, a sync sleep that stops every countdown
+ * of this process; ?in=thread moves the very same sleep to a thread of the pool.
+ */
+const serveBlockingApi: Handler = (req, res, url, app) => {
+  checkSameSite(req);
+  const where = url.searchParams.get("in") ?? "loop";
+  const call = url.pathname + url.search;
+  if (where === "thread") return apiView((ms) => onThread(app, call, ms))(req, res, url, app);
+  if (where !== "loop") throw new RequestError(400, "in must be loop or thread.");
+  return apiView((ms) => freeze(app, res, ms))(req, res, url, app);
+};
+
+// ─── The way out: the same sleep on a thread ─────────────────────────────────
+//
+// The post's advice for sync code in an async server: run it on a thread, as
+// Django's sync_to_async does. A worker_threads thread has a loop and a heap of
+// its own, so while it sleeps, this thread serves every tab. Threads cost
+// memory (docs/fanout.md measures it), so there are --threads of them, made at
+// first use and kept; a call that finds all of them busy waits in a bounded queue.
+
+/** A pool thread, as plain JavaScript (no TypeScript loader runs there): sleepSync's own text. */
+const POOL_THREAD = `
+  const { parentPort } = require("node:worker_threads");
+  const sleepSync = ${sleepSync};
+  parentPort.on("message", (ms) => {
+    sleepSync(ms);
+    parentPort.postMessage("slept");
+  });
+`;
+
+/** The pool: up to `size` threads; a call that finds none idle waits in `queue` for one. */
+interface Pool {
+  size: number;
+  all: Set<Thread>;
+  idle: Thread[];
+  queue: ((thread: Thread | undefined) => void)[]; // undefined: the server is stopping
+}
+
+/** Runs sleepSync(ms) on a thread of the pool, logging when it starts and ends. */
+async function onThread(app: App, call: string, ms: number): Promise<void> {
+  const state = stateOf(app);
+  const pool = (state.pool ??= { size: state.threads, all: new Set(), idle: [], queue: [] });
+  const thread = state.stopped ? undefined : await takeThread(app, pool);
+  if (!thread) throw new RequestError(503, "The server is stopping.");
+  const busy = `of ${pool.size} threads busy`;
+  const figures = () => `${pool.all.size - pool.idle.length} ${busy}, ${pool.queue.length} waiting`;
+  if (!app.quiet) app.log(`${call}: sleeping ${ms} ms on a thread (${figures()})`);
+  const failure = await sleepOn(thread, ms);
+  giveBack(app, pool, thread, failure !== undefined);
+  if (failure) throw failure;
+  if (!app.quiet) app.log(`${call}: answered (${figures()})`);
+}
+
+/** An idle thread, a new one while there are fewer than `size`, else a turn in the queue. */
+function takeThread(app: App, pool: Pool): Thread | Promise<Thread | undefined> {
+  const idle = pool.idle.pop();
+  if (idle) return idle;
+  if (pool.all.size < pool.size) return startThread(pool);
+  if (pool.queue.length >= THREAD_QUEUE_LIMIT) {
+    const full = `All ${pool.size} threads are busy and ${THREAD_QUEUE_LIMIT} calls wait for one`;
+    reached(app, "thread queue", `fan-out: ${full}; 503 until the queue shortens`);
+    throw new RequestError(503, `${full}: try again in a moment.`);
+  }
+  return new Promise((resolve) => pool.queue.push(resolve));
+}
+
+function startThread(pool: Pool): Thread {
+  const thread = new Thread(POOL_THREAD, { eval: true, execArgv: [] });
+  thread.unref(); // an idle thread keeps no process alive; on stop, closePool ends them all
+  pool.all.add(thread);
+  return thread;
+}
+
+/** Back from a call: to the first call waiting, else idle. A failed thread is ended and replaced. */
+function giveBack(app: App, pool: Pool, thread: Thread, failed: boolean) {
+  if (failed) pool.all.delete(thread);
+  if (failed) void thread.terminate();
+  const next = pool.queue.shift();
+  if (pool.queue.length === 0) stateOf(app).reached.delete("thread queue");
+  if (next) next(failed ? startThread(pool) : thread);
+  else if (!failed) pool.idle.push(thread);
+}
+
+/** Sends the sleep and waits for its end: nothing, or the 502 of a thread that threw or ended. */
+function sleepOn(thread: Thread, ms: number): Promise<RequestError | undefined> {
+  return new Promise((resolve) => {
+    const settle = (failure?: string) => {
+      thread.off("message", slept).off("error", threw).off("exit", ended);
+      resolve(failure && new RequestError(502, `The thread for this call ${failure}.`));
+    };
+    const slept = () => settle();
+    const threw = (error: Error) => settle(`failed: ${error.message}`);
+    const ended = (code: number) => settle(`ended (exit code ${code}) before its sleep did`);
+    thread.on("message", slept).on("error", threw).on("exit", ended);
+    thread.postMessage(ms);
+  });
+}
+
+/** On stop: ends every thread, and answers the calls still queued; says how many threads ended. */
+function closePool(pool: Pool): number {
+  for (const thread of pool.all) void thread.terminate();
+  for (const next of pool.queue.splice(0)) next(undefined);
+  return pool.all.size;
+}
 
 // ─── The blocking twin: lesson 2 on a sync worker ────────────────────────────
 //
@@ -350,12 +555,24 @@ function getSync(url: string, timeoutMs: number): CallResult {
 // /api/aggregated/ itself; here are server.ts's four.
 
 export const fanOut: Lesson = {
+  flags: { threads: { type: "string" } },
+  help: `  --threads N      Runs /api/blocking/?in=thread on a pool of N threads (default ${THREADS},
+                   as libuv's own pool), made at first use.`,
   banner: (url) => [
     `  Lesson 2, fan-out: curl ${url}api/aggregated/ ` +
       `(${FAN_OUT} calls at once, about ${API_DELAY_MS / 1000} s)`,
   ],
 
   install(app) {
+    const threads = flagNumber("threads", app.flags.threads, "", THREADS, THREADS_RANGE);
+    const state: FanOut = { threads, stopped: false, selfCalls: 0, frozenMs: 0, frozenAt: 0,
+      reached: new Set() };
+    states.set(app, state);
+    app.onStop(() => {
+      state.stopped = true;
+      const ended = state.pool ? closePool(state.pool) : 0;
+      if (ended > 0) return `${ended} thread${ended === 1 ? "" : "s"}`;
+    });
     Object.assign(app.routes, {
       "/api/": { GET: serveApi },
       "/api/aggregated/": { GET: serveAggregated },

@@ -8,10 +8,12 @@
  * and a countdown has no body and no visitor.
  */
 
-import { createHash, randomBytes } from "node:crypto";
+import cluster from "node:cluster";
+import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { RequestError, sendPage, type Handler } from "../server.ts";
+import type { Hub } from "./hub.ts";
 
 // ─── Settings ────────────────────────────────────────────────────────────────
 
@@ -19,11 +21,24 @@ import { RequestError, sendPage, type Handler } from "../server.ts";
 export const BODY_LIMIT_BYTES = 4 * 1024;
 
 export const VISITOR_COOKIE = "visitor";
-/** The cookie's value: 128 random bits, as hex. */
+/** The cookie's value: 128 random bits as hex, a dot, and this server's signature of them. */
 const VISITOR_SECRET_BYTES = 16;
-const VISITOR_SECRET = /^[0-9a-f]{32}$/;
+const VISITOR_COOKIE_VALUE = /^([0-9a-f]{32})\.([0-9a-f]{64})$/;
 /** Hex digits of the public visitor id: 64 bits, plenty to tell visitors apart. */
 const PUBLIC_ID_LENGTH = 16;
+/** The key that signs visitor cookies: 256 random bits, as long as SHA-256's own block wants. */
+const VISITOR_KEY_BYTES = 32;
+/** Where the primary of --workers leaves the key for its workers (see "Who is asking"). */
+const VISITOR_KEY_ENV = "COUNTDOWN_VISITOR_KEY";
+/** The hub topic that keeps the key with --database: every process and every restart agree. */
+const VISITOR_KEY_TOPIC = "visitor-key";
+
+/** Posts a sender may make in a row, then how many a second after that: a person types slower. */
+export const POSTS_PER_SENDER = { burst: 20, perSecond: 1 };
+/** Posts every sender together may make: each one is written to every open stream. */
+export const POSTS_PER_SERVER = { burst: 50, perSecond: 10 };
+/** Senders whose rate is kept at once; past this the longest untouched goes (see PostRate). */
+const RATE_SENDERS_MAX = 10_000;
 
 // ─── Pages and answers ───────────────────────────────────────────────────────
 
@@ -159,6 +174,9 @@ export function checkField(fields: Record<string, unknown>, name: string, max: n
   // [...text] splits by character (code point), not by UTF-16 unit: "é" or an emoji is one.
   else if ([...text].length > max) problem = `is too long: at most ${max} characters`;
   else if (/\p{Cc}/u.test(text)) problem = plainText;
+  // A lone surrogate ("\ud800" in JSON) is half of a character: no UTF-8 can carry it, and
+  // PostgreSQL refuses it. Under the u flag, \p{Cs} matches only a half with no partner.
+  else if (/\p{Cs}/u.test(text)) problem = "must be well-formed Unicode: it holds half a character";
   if (problem) throw new RequestError(400, `${name} ${problem}.`);
   return text;
 }
@@ -170,9 +188,45 @@ export function checkField(fields: Record<string, unknown>, name: string, max: n
 // wrapping every page. Without them, or from curl, a request has none, so a room
 // message's `poster` is null. The public id names the visitor in topics, logs
 // and toast ids, so the secret itself never leaves the cookie.
+//
+// The cookie carries an HMAC of its secret under a key only this server knows, so a
+// client cannot make up visitors by the thousand: only a cookie this server issued
+// counts. The key is new with each run (a cookie from an earlier run is a stranger, and
+// its browser gets a new one), and the primary of --workers hands its own to its
+// workers in the environment, which cluster.fork copies. With --database the key is
+// kept in the hub (lessons/postgres.ts calls shareVisitorKey), so every process and
+// every restart sign alike, as the room and the toasts they keep outlive a restart too.
+
+/** This process's key: its primary's under --workers, else a new one. */
+let visitorKey = (cluster.isWorker && process.env[VISITOR_KEY_ENV])
+  || randomBytes(VISITOR_KEY_BYTES).toString("hex");
+if (cluster.isPrimary) process.env[VISITOR_KEY_ENV] = visitorKey; // for the workers it forks
 
 /**
- * The public visitor id: the first hex digits of the cookie's SHA-256. The
+ * Signs with the key kept in `hub`: the first ever stored there, else this run's, stored
+ * now. Two processes that store at once both read back the first, so they agree.
+ */
+export async function shareVisitorKey(hub: Hub): Promise<void> {
+  const first = async () => (await hub.history(VISITOR_KEY_TOPIC))[0]?.data;
+  let kept = await first();
+  if (typeof kept !== "string") {
+    await hub.publish(VISITOR_KEY_TOPIC, "key", visitorKey);
+    kept = await first();
+  }
+  if (typeof kept === "string") visitorKey = kept;
+}
+
+function signature(secret: string): string {
+  return createHmac("sha256", visitorKey).update(secret).digest("hex");
+}
+
+/** The cookie's value for a secret: `secret.signature`; tests use it to make visitors. */
+export function signedVisitor(secret: string): string {
+  return `${secret}.${signature(secret)}`;
+}
+
+/**
+ * The public visitor id: the first hex digits of the secret's SHA-256. The
  * same in every process with no table to keep, safe to show in a page, a log
  * or a topic name, and the secret cannot be worked back out of it.
  */
@@ -180,11 +234,14 @@ export function publicVisitorId(secret: string): string {
   return createHash("sha256").update(secret).digest("hex").slice(0, PUBLIC_ID_LENGTH);
 }
 
-/** The visitor cookie's secret value, when the request carries a well-formed one. */
+/** The visitor cookie's secret, when the request carries one this server signed. */
 export function visitorSecret(req: IncomingMessage): string | undefined {
   for (const pair of (req.headers.cookie ?? "").split(";")) {
     const [name, value = ""] = pair.trim().split("=");
-    if (name === VISITOR_COOKIE && VISITOR_SECRET.test(value)) return value;
+    const [, secret = "", signed = ""] = VISITOR_COOKIE_VALUE.exec(value) ?? [];
+    if (name !== VISITOR_COOKIE || !secret) continue;
+    // timingSafeEqual takes as long however many digits match: no clue to guess by.
+    if (timingSafeEqual(Buffer.from(signed), Buffer.from(signature(secret)))) return secret;
   }
   return undefined;
 }
@@ -197,10 +254,10 @@ export function visitorSecret(req: IncomingMessage): string | undefined {
  */
 export function newVisitorCookie(): string {
   const secret = randomBytes(VISITOR_SECRET_BYTES).toString("hex");
-  return `${VISITOR_COOKIE}=${secret}; HttpOnly; SameSite=Strict; Path=/`;
+  return `${VISITOR_COOKIE}=${signedVisitor(secret)}; HttpOnly; SameSite=Strict; Path=/`;
 }
 
-/** The public id of the request's visitor, or undefined without a cookie. */
+/** The public id of the request's visitor, or undefined without a cookie this server signed. */
 export function readVisitor(req: IncomingMessage): string | undefined {
   const secret = visitorSecret(req);
   return secret === undefined ? undefined : publicVisitorId(secret);
@@ -214,4 +271,62 @@ export function requireVisitor(req: IncomingMessage): string {
     401,
     "No visitor cookie: open a page of this server first, then send the visitor cookie it set.",
   );
+}
+
+// ─── How often one may post ──────────────────────────────────────────────────
+
+/** A rate as a bucket of tokens: `burst` at most, `perSecond` back each second. */
+type Rate = { burst: number; perSecond: number };
+type Bucket = { tokens: number; at: number };
+
+/**
+ * Each post costs every open stream a write, and the room keeps only its last events: a
+ * script posting without pause would make every tab late and push out every real message.
+ * So posting is rationed per sender (its visitor, else its address, for curl) and for the
+ * server as a whole, as token buckets: full at first, one token per post, refilled with
+ * time. An empty bucket answers 429 with Retry-After, the seconds until the next token.
+ */
+export class PostRate {
+  private senders = new Map<string, Bucket>();
+  private server: Bucket;
+  private said = false;
+  private what: string;
+  private log: (line: string) => void;
+
+  constructor(what: string, log: (line: string) => void) {
+    this.what = what;
+    this.log = log;
+    this.server = { tokens: POSTS_PER_SERVER.burst, at: performance.now() };
+  }
+
+  /** Takes a token from the sender's bucket and the server's, or throws a 429 that says when. */
+  take(req: IncomingMessage, res: ServerResponse): void {
+    const sender = readVisitor(req) ?? req.socket.remoteAddress ?? "";
+    const now = performance.now();
+    const own = this.senders.get(sender) ?? { tokens: POSTS_PER_SENDER.burst, at: now };
+    const waitMs = Math.max(
+      refill(own, POSTS_PER_SENDER, now),
+      refill(this.server, POSTS_PER_SERVER, now),
+    );
+    if (waitMs > 0) {
+      const seconds = Math.ceil(waitMs / 1000);
+      if (!this.said) this.log(`${this.what}: a sender posted faster than allowed (said once)`);
+      this.said = true;
+      res.setHeader("Retry-After", seconds);
+      throw new RequestError(429, `Too many ${this.what} at once: try again in ${seconds} s.`);
+    }
+    own.tokens--;
+    this.server.tokens--;
+    this.senders.delete(sender); // put back last: the Map's first is the longest untouched
+    this.senders.set(sender, own);
+    const [oldest] = this.senders.keys();
+    if (this.senders.size > RATE_SENDERS_MAX && oldest !== undefined) this.senders.delete(oldest);
+  }
+}
+
+/** Adds the tokens earned since the bucket was last looked at; the ms until one is there. */
+function refill(bucket: Bucket, rate: Rate, now: number): number {
+  bucket.tokens = Math.min(rate.burst, bucket.tokens + ((now - bucket.at) / 1000) * rate.perSecond);
+  bucket.at = now;
+  return bucket.tokens >= 1 ? 0 : ((1 - bucket.tokens) / rate.perSecond) * 1000;
 }

@@ -67,12 +67,26 @@ export interface Hub {
     topic: string,
     options: { after?: number; signal: AbortSignal },
   ): AsyncGenerator<HubEvent | HubGap>;
+  /**
+   * Calls `listener` with each new event of a topic, at once, in id order, until the returned
+   * function is called: to keep a copy (edits.ts's messages). No replay, no queue, not counted.
+   */
+  watch(topic: string, listener: (event: HubEvent) => void): () => void;
+  /**
+   * Runs `work` while no other work on the same topic and key runs, in any process sharing the
+   * hub: what it reads through `hub` is fresh, what it publishes is stored before the next
+   * starts, so a check and the publish it allows never interleave with another's (edits.ts).
+   */
+  exclusive<T>(topic: string, key: number, work: (hub: HubSection) => Promise<T>): Promise<T>;
   /** Live subscribers of a topic in this process. */
   subscribers(topic: string): number;
   /** Drops what is kept of a topic; its ids go on from where they were. */
   forget(topic: string): Promise<void>;
   close(): Promise<void>;
 }
+
+/** What exclusive work may do: read and publish, inside the lock. */
+export type HubSection = Pick<Hub, "history" | "publish">;
 
 /**
  * A gap is the one thing a subscription yields that has no id. `item is HubGap` is
@@ -134,6 +148,7 @@ interface Topic {
   lastId: number;
   kept: HubEvent[];
   subscribers: Set<Subscriber>;
+  watchers: Set<(event: HubEvent) => void>;
 }
 
 export interface MemoryHubOptions {
@@ -153,6 +168,8 @@ export class MemoryHub implements Hub {
   private queueLimit: number;
   private log: (line: string) => void;
   private closed = false;
+  /** Each key's newest exclusive work, settled or not: the next waits for it (see exclusive). */
+  private sections = new Map<string, Promise<unknown>>();
 
   constructor(options: MemoryHubOptions = {}) {
     this.keep = options.keep ?? HUB_KEEP;
@@ -162,8 +179,23 @@ export class MemoryHub implements Hub {
 
   private topic(name: string): Topic {
     let topic = this.topics.get(name);
-    if (!topic) this.topics.set(name, (topic = { lastId: 0, kept: [], subscribers: new Set() }));
+    if (!topic) {
+      topic = { lastId: 0, kept: [], subscribers: new Set(), watchers: new Set() };
+      this.topics.set(name, topic);
+    }
     return topic;
+  }
+
+  // A topic nobody follows or watches that keeps nothing goes: else each fresh visitor whose
+  // toasts were followed once would leave one behind for good. (Not a newer one of that name.)
+  private dropIfEmpty(name: string, topic: Topic) {
+    const empty = topic.subscribers.size + topic.watchers.size + topic.kept.length === 0;
+    if (empty && this.topics.get(name) === topic) this.topics.delete(name);
+  }
+
+  /** Whether this hub holds anything of a topic (the PostgreSQL hub asks before catching up). */
+  holds(topicName: string): boolean {
+    return this.topics.has(topicName);
   }
 
   /**
@@ -189,7 +221,30 @@ export class MemoryHub implements Hub {
     topic.lastId = event.id;
     topic.kept.push(event);
     if (topic.kept.length > this.keep) topic.kept.shift();
+    for (const watcher of topic.watchers) watcher(event);
     for (const subscriber of topic.subscribers) this.deliver(topic, subscriber, event);
+  }
+
+  watch(topicName: string, listener: (event: HubEvent) => void): () => void {
+    const topic = this.topic(topicName);
+    topic.watchers.add(listener);
+    return () => {
+      topic.watchers.delete(listener);
+      this.dropIfEmpty(topicName, topic);
+    };
+  }
+
+  /** One process takes turns without a database: each key's work waits for the one before. */
+  async exclusive<T>(topic: string, key: number, work: (hub: HubSection) => Promise<T>) {
+    const name = `${topic} ${key}`;
+    const mine = (this.sections.get(name) ?? Promise.resolve()).then(() => work(this));
+    const settled = mine.catch(() => {});
+    this.sections.set(name, settled);
+    try {
+      return await mine;
+    } finally {
+      if (this.sections.get(name) === settled) this.sections.delete(name);
+    }
   }
 
   /** The newest id of a topic, 0 before its first event. */
@@ -264,6 +319,7 @@ export class MemoryHub implements Hub {
     } finally {
       topic.subscribers.delete(subscriber);
       signal.removeEventListener("abort", leave);
+      this.dropIfEmpty(topicName, topic);
     }
   }
 
@@ -275,7 +331,7 @@ export class MemoryHub implements Hub {
   async forget(topicName: string): Promise<void> {
     const topic = this.topics.get(topicName);
     if (!topic) return;
-    if (topic.subscribers.size === 0) this.topics.delete(topicName);
+    if (topic.subscribers.size === 0 && topic.watchers.size === 0) this.topics.delete(topicName);
     else topic.kept = [];
   }
 

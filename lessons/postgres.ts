@@ -34,9 +34,10 @@
 
 import { setTimeout as wait } from "node:timers/promises";
 // Types only: the postgres package itself is loaded with await import() when --database is given.
-import type { Sql } from "postgres";
+import type { Sql, TransactionSql } from "postgres";
 import { exitWith, RequestError, type FlagValues, type Lesson } from "../server.ts";
-import { chooseHub, HUB_KEEP, MemoryHub, type Hub, type HubEvent, type HubGap } from "./hub.ts";
+import { chooseHub, HUB_KEEP, MemoryHub } from "./hub.ts";
+import type { Hub, HubEvent, HubGap, HubSection } from "./hub.ts";
 
 // ─── Settings ────────────────────────────────────────────────────────────────
 
@@ -254,40 +255,46 @@ export class PostgresHub implements Hub {
   }
 
   async publish<Data>(topic: string, type: string, data: Data): Promise<HubEvent<Data>> {
-    return this.ask(() => this.sql.begin(async (tx) => {
-      // One statement, two steps: take the topic's next id, then store the event under it.
-      // The topic's row stays locked until commit, so two processes publishing to one topic
-      // take ids in turn and commit in id order: NOTIFYs arrive in commit order. (`as never`:
-      // the driver's JSON type is narrower than Data, and whatever a lesson publishes is JSON.)
-      const [row] = await tx<EventRow[]>`
-        with next as (
-          -- a new topic starts at id 1:
-          insert into hub_topics (topic, last_id) values (${topic}, 1)
-          -- a known topic's row instead takes one more, and stays locked until commit:
-          on conflict (topic) do update set last_id = hub_topics.last_id + 1
-          -- the id just taken, for the step below:
-          returning last_id
-        )
-        -- the event, stored under that id:
-        insert into hub_events (topic, id, type, data)
-        select ${topic}, last_id, ${type}, ${tx.json(data as never)} from next
-        -- the row as stored, with the time the database gave it:
-        returning topic, id, type, data, at`;
-      const stored = rowToEvent(row!) as HubEvent<Data>;
-      const full = JSON.stringify(stored);
-      const small = Buffer.byteLength(full) < NOTIFY_MAX_BYTES;
-      const payload = small ? full : JSON.stringify({ topic, id: stored.id });
-      // A parameter, never SQL built from the text: pg_notify(channel, payload) is a function
-      // call. Listeners hear it when this transaction commits, and not if it rolls back.
-      await tx`select pg_notify(${HUB_CHANNEL}, ${payload})`;
-      return stored;
-    }));
+    return this.ask(() => this.sql.begin((tx) => this.insert(tx, topic, type, data)));
   }
 
-  async history(topic: string, options: { after?: number; limit?: number } = {}) {
+  private async insert<Data>(tx: TransactionSql, topic: string, type: string, data: Data) {
+    // One statement, two steps: take the topic's next id, then store the event under it.
+    // The topic's row stays locked until commit, so two processes publishing to one topic
+    // take ids in turn and commit in id order: NOTIFYs arrive in commit order. (`as never`:
+    // the driver's JSON type is narrower than Data, and whatever a lesson publishes is JSON.)
+    const [row] = await tx<EventRow[]>`
+      with next as (
+        -- a new topic starts at id 1:
+        insert into hub_topics (topic, last_id) values (${topic}, 1)
+        -- a known topic's row instead takes one more, and stays locked until commit:
+        on conflict (topic) do update set last_id = hub_topics.last_id + 1
+        -- the id just taken, for the step below:
+        returning last_id
+      )
+      -- the event, stored under that id:
+      insert into hub_events (topic, id, type, data)
+      select ${topic}, last_id, ${type}, ${tx.json(data as never)} from next
+      -- the row as stored, with the time the database gave it:
+      returning topic, id, type, data, at`;
+    const stored = rowToEvent(row!) as HubEvent<Data>;
+    const full = JSON.stringify(stored);
+    const small = Buffer.byteLength(full) < NOTIFY_MAX_BYTES;
+    const payload = small ? full : JSON.stringify({ topic, id: stored.id });
+    // A parameter, never SQL built from the text: pg_notify(channel, payload) is a function
+    // call. Listeners hear it when this transaction commits, and not if it rolls back.
+    await tx`select pg_notify(${HUB_CHANNEL}, ${payload})`;
+    return stored;
+  }
+
+  async history(
+    topic: string,
+    options: { after?: number; limit?: number } = {},
+    sql: Sql | TransactionSql = this.sql, // exclusive() reads in its transaction
+  ) {
     const { after = 0, limit = HUB_KEEP } = options;
     if (limit <= 0) return [];
-    const rows = await this.ask(() => this.sql<EventRow[]>`
+    const rows = await this.ask(() => sql<EventRow[]>`
       select topic, id, type, data, at from hub_events
       where topic = ${topic} and id > ${after}
       order by id desc limit ${limit}`);
@@ -314,9 +321,29 @@ export class PostgresHub implements Hub {
     topic: string,
     options: { after?: number; signal: AbortSignal },
   ): AsyncGenerator<HubEvent | HubGap> {
-    await this.load(topic);
-    // The same replay, gap and queue limit as a single process's hub.
-    yield* this.local.subscribe(topic, options);
+    do await this.load(topic); while (!this.loaded.has(topic)); // dropped meanwhile (below)?
+    try {
+      // The same replay, gap and queue limit as a single process's hub.
+      yield* this.local.subscribe(topic, options);
+    } finally {
+      // Nobody here follows it, and nothing is kept of it: no catching up at a reconnect either.
+      if (!this.local.holds(topic)) this.loaded.delete(topic);
+    }
+  }
+
+  watch(topic: string, listener: (event: HubEvent) => void): () => void {
+    this.load(topic).catch(() => this.loaded.delete(topic)); // logged; the next call tries again
+    return this.local.watch(topic, listener);
+  }
+
+  /** Turns in this process (one connection per key), then an advisory lock on the pair, held
+   * by the transaction `work` reads and publishes in: the next waits for its commit. */
+  exclusive<T>(topic: string, key: number, work: (hub: HubSection) => Promise<T>): Promise<T> {
+    return this.local.exclusive(topic, key, () => this.ask(() => this.sql.begin(async (tx) => {
+      await tx`select pg_advisory_xact_lock(hashtextextended(${`${topic} ${key}`}, 0))`;
+      const history: HubSection["history"] = (name, options) => this.history(name, options, tx);
+      return work({ history, publish: (name, type, data) => this.insert(tx, name, type, data) });
+    })) as Promise<T>);
   }
 
   subscribers(topic: string): number {

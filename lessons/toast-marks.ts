@@ -1,8 +1,8 @@
 /**
- * lessons/toast-marks.ts: the pure helpers of the toasts (lessons/toasts.ts),
+ * lessons/toast-marks.ts: the bookkeeping of the toasts (lessons/toasts.ts),
  * kept apart so that lesson reads as routes, streams and the middleware: the
- * bookkeeping of read marks, and the merge of a visitor's two subscriptions.
- * Not a lesson of its own: no route and no state.
+ * read marks, the merge of a visitor's two subscriptions, and which visitors
+ * this process remembers. Not a lesson of its own: no route.
  *
  * Why a read toast never comes back. The hub keeps only the last HUB_KEEP
  * events of each topic: call them the topic's window. A read mark for a
@@ -20,7 +20,11 @@
  * read, which writes a new mark (keepUnreadBound in lessons/toasts.ts).
  */
 
+import { RequestError } from "../server.ts";
 import type { HubEvent } from "./hub.ts";
+
+/** Visitors this process remembers the toasts of: past this, the least recently seen idle goes. */
+export const VISITORS_MAX = 10_000;
 
 /** A "read" event's data: the toast acknowledged, and every one acknowledged that is still kept. */
 export interface ReadMark {
@@ -85,5 +89,63 @@ export async function* merge<T>(sources: AsyncGenerator<T>[]): AsyncGenerator<T>
     // a catch that ignores what they settle with keeps Node from reporting (and, by
     // default, crashing on) an unhandled rejection.
     for (const waiting of pending.values()) waiting.catch(() => {});
+  }
+}
+
+/**
+ * The visitors this process remembers, least recently seen first (a Map keeps insertion
+ * order), each with how many streams and WebSocket subscriptions follow its toasts now.
+ * Every new cookie could be a new visitor, so they are bounded: past VISITORS_MAX, the
+ * least recently seen visitor that nothing follows is forgotten, its toasts and read marks
+ * with it (docs/toasts.md says what that visitor then sees). One that is followed is never
+ * forgotten; when every one is, a newcomer gets a 503 until one leaves.
+ */
+export class Visitors {
+  private following = new Map<string, number>();
+  private said = false;
+  /** Called with the visitor to forget, and with the one line that says the bound was hit. */
+  private forget: (visitor: string) => void;
+  private log: (line: string) => void;
+
+  constructor(forget: (visitor: string) => void, log: (line: string) => void) {
+    this.forget = forget;
+    this.log = log;
+  }
+
+  /** Remembers the visitor as the most recent, making room if need be, or throws a 503. */
+  seen(visitor: string): void {
+    const follows = this.following.get(visitor);
+    this.following.delete(visitor);
+    this.following.set(visitor, follows ?? 0);
+    if (follows !== undefined || this.following.size <= VISITORS_MAX) return;
+    let idle = visitor; // the newcomer itself, when every visitor before it is followed
+    for (const [name, count] of this.following) {
+      if (count > 0) continue;
+      idle = name; // the first one nothing follows: the least recently seen of them
+      break;
+    }
+    if (!this.said) {
+      this.log(`toasts: ${VISITORS_MAX} visitors remembered; from now on the least recently `
+        + "seen idle one is forgotten (said once)");
+      this.said = true;
+    }
+    if (idle === visitor) {
+      this.following.delete(visitor);
+      const sentence = `This server follows ${VISITORS_MAX} visitors' open pages already`;
+      throw new RequestError(503, `${sentence}; try again later.`);
+    }
+    this.following.delete(idle);
+    this.forget(idle);
+  }
+
+  /** One more stream or subscription follows the visitor's toasts: it is not forgotten. */
+  follows(visitor: string): void {
+    this.seen(visitor);
+    this.following.set(visitor, this.following.get(visitor)! + 1);
+  }
+
+  left(visitor: string): void {
+    const count = this.following.get(visitor);
+    if (count !== undefined) this.following.set(visitor, count - 1);
   }
 }

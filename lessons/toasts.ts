@@ -31,9 +31,9 @@ import { setTimeout as wait } from "node:timers/promises";
 import { formatEvent, logLine, RequestError, SSE_HEADERS, wholeNumber } from "../server.ts";
 import type { App, Handler, Lesson } from "../server.ts";
 import { hubOf, OpenStreams, type Hub, type HubEvent } from "./hub.ts";
-import { acknowledge, acknowledgedIn, merge, toastsIn } from "./toast-marks.ts";
+import { acknowledge, acknowledgedIn, merge, toastsIn, Visitors } from "./toast-marks.ts";
 import type { Kept, ReadMark } from "./toast-marks.ts";
-import { checkField, checkOrigin, isObject, newVisitorCookie, pageFile } from "./http.ts";
+import { checkField, checkOrigin, isObject, newVisitorCookie, pageFile, PostRate } from "./http.ts";
 import { readFields, requireVisitor, sendJson, servePageFile, visitorSecret } from "./http.ts";
 
 // ─── Settings ────────────────────────────────────────────────────────────────
@@ -43,13 +43,12 @@ const TOAST_LEVELS = ["info", "success", "warning", "error"] as const;
 /** How long the demo's background task may sleep. */
 const DEMO_SECONDS_RANGE = { min: 0, max: 60 };
 
-// Guards. A client can post the demo without end, and every new cookie is a new visitor:
-// these bounds keep what one process (and the database) holds for them finite. The first
-// also keeps a visitor's newest read mark among the events the hub keeps (toast-marks.ts).
+// Guards. The demo's rate is rationed (PostRate), visitors are bounded (toast-marks.ts's
+// Visitors), and this bound also keeps a visitor's newest read mark in the hub's window.
 /** Unread toasts a visitor keeps: past this, the oldest go, as if closed. */
 export const TOASTS_UNREAD_MAX = 50;
-/** Visitors whose toasts this process remembers: past this, the least recently seen go. */
-export const VISITORS_MAX = 10_000;
+/** Of a browser's 6 connections per host name, the toasts take 1 and a reload 1 more. */
+export const COUNTDOWN_TABS_PER_NAME = 4;
 
 /** Broadcasts are owned by "everyone"; a visitor's own toasts by its public id. */
 export const EVERYONE = "everyone";
@@ -95,11 +94,12 @@ function checkToastMessage(message: string): string {
 /** Making toasts, acknowledging them, streaming them, and the demo's tasks. */
 export class Toasts {
   readonly streams: OpenStreams;
+  /** Who this process remembers; ws.ts calls visitors.seen() before it follows a visitor. */
+  readonly visitors: Visitors;
+  readonly demoRate: PostRate;
   private hub: Hub;
   private log: (line: string) => void;
-  /** Visitors, least recently seen first (a Set keeps insertion order). */
-  private visitors = new Set<string>();
-  /** The guards already reached, each named once in the log (see sayOnce). */
+  /** The guards already reached, each named once in the log. */
   private boundsSaid = new Set<string>();
   /** Aborted on Ctrl-C: every demo task still sleeping stops, with no error and no timer left. */
   private tasks = new AbortController();
@@ -109,6 +109,10 @@ export class Toasts {
     this.hub = hub;
     this.log = log;
     this.streams = new OpenStreams(heartbeat);
+    this.demoRate = new PostRate("toast demos", log);
+    this.visitors = new Visitors((visitor) => {
+      this.hub.forget(toastTopic(visitor)).catch((error: Error) => log(`toasts: ${error.message}`));
+    }, log);
   }
 
   /**
@@ -139,7 +143,7 @@ export class Toasts {
     const id = `${owner}-${randomBytes(TOAST_ID_RANDOM_BYTES).toString("hex")}`;
     const at = new Date().toISOString();
     const toast: Toast = { id, message: checkToastMessage(message), level, at };
-    if (visitor) this.seen(visitor);
+    if (visitor) this.visitors.seen(visitor);
     const published = this.hub.publish(toastTopic(owner), "toast", toast);
     const done = published.then(() => (visitor ? this.keepUnreadBound(visitor) : undefined));
     return { toast, done };
@@ -174,6 +178,7 @@ export class Toasts {
     if (!toast) throw new RequestError(404, NO_SUCH_TOAST);
     // The post's IsOwner: a visitor acknowledges its own toasts and the broadcasts, nobody else's.
     if (owner !== visitor && owner !== EVERYONE) throw new RequestError(403, NOT_YOURS);
+    this.visitors.seen(visitor); // recorded only now: an id that names no toast records nobody
     if (!known.acknowledged.has(toastId)) await this.markRead(visitor, toastId, known);
     return toast;
   }
@@ -196,23 +201,30 @@ export class Toasts {
    * What one visitor's tabs are told: first its unread toasts, own and
    * broadcast, oldest first, at most TOASTS_UNREAD_MAX; then, live, each new
    * toast and each read mark, so every tab removes a toast the moment another
-   * tab closes it. SSE frames it below; the WebSocket (lessons/ws.ts) too.
+   * tab closes it. SSE frames it below; the WebSocket (lessons/ws.ts) too. While it
+   * runs, the visitor counts as followed, and is not forgotten (see Visitors).
    */
   async *follow(visitor: string, signal: AbortSignal): AsyncGenerator<ToastNews> {
-    const { own, everyone, acknowledged } = await this.known(visitor);
-    const unread = [...toastsIn<Toast>(own), ...toastsIn<Toast>(everyone)]
-      .filter((toast) => !acknowledged.has(toast.id))
-      .sort((a, b) => a.at.localeCompare(b.at));
-    for (const toast of unread.slice(-TOASTS_UNREAD_MAX)) yield { type: "toast", toast };
-    // From the last event read above: whatever was published since is replayed by the hub.
-    const live = merge([
-      this.hub.subscribe(toastTopic(visitor), { after: own.at(-1)?.id ?? 0, signal }),
-      this.hub.subscribe(toastTopic(EVERYONE), { after: everyone.at(-1)?.id ?? 0, signal }),
-    ]);
-    for await (const event of live) {
-      // A gap is dropped here: everything kept follows it, and a page knows its toasts by id.
-      if (event.type === "toast") yield { type: "toast", toast: (event as HubEvent<Toast>).data };
-      if (event.type === "read") yield { type: "read", id: (event as HubEvent<ReadMark>).data.id };
+    this.visitors.follows(visitor);
+    try {
+      const { own, everyone, acknowledged } = await this.known(visitor);
+      const unread = [...toastsIn<Toast>(own), ...toastsIn<Toast>(everyone)]
+        .filter((toast) => !acknowledged.has(toast.id))
+        .sort((a, b) => a.at.localeCompare(b.at));
+      for (const toast of unread.slice(-TOASTS_UNREAD_MAX)) yield { type: "toast", toast };
+      // From the last event read above: whatever was published since is replayed by the hub.
+      const live = merge([
+        this.hub.subscribe(toastTopic(visitor), { after: own.at(-1)?.id ?? 0, signal }),
+        this.hub.subscribe(toastTopic(EVERYONE), { after: everyone.at(-1)?.id ?? 0, signal }),
+      ]);
+      for await (const event of live) {
+        // A gap is dropped here: everything kept follows it, and a page knows its toasts by id.
+        const { data } = event as HubEvent<Toast & ReadMark>;
+        if (event.type === "toast") yield { type: "toast", toast: data };
+        if (event.type === "read") yield { type: "read", id: data.id };
+      }
+    } finally {
+      this.visitors.left(visitor);
     }
   }
 
@@ -269,19 +281,6 @@ export class Toasts {
     }
   }
 
-  /** Remembers the visitor as the most recent; past VISITORS_MAX, the least recent is forgotten. */
-  seen(visitor: string): void {
-    this.visitors.delete(visitor);
-    this.visitors.add(visitor);
-    if (this.visitors.size <= VISITORS_MAX) return;
-    const [oldest = ""] = this.visitors; // a Set's first item is the one added longest ago
-    this.visitors.delete(oldest);
-    const bound = `${VISITORS_MAX} visitors remembered; from now on the least recently seen`;
-    this.sayOnce("visitors", `toasts: ${bound} are forgotten (said once)`);
-    const forgotten = this.hub.forget(toastTopic(oldest));
-    forgotten.catch((error: Error) => this.log(`toasts: ${error.message}`));
-  }
-
   private sayOnce(bound: string, line: string) {
     if (this.boundsSaid.has(bound)) return;
     this.boundsSaid.add(bound);
@@ -308,7 +307,7 @@ const serveToastStream: Handler = async (req, res, _url, app) => {
   const { log, quiet } = app;
   const toasts = toastsOf(app);
   const visitor = requireVisitor(req);
-  toasts.seen(visitor);
+  toasts.visitors.seen(visitor); // now, so that a full house is a 503, not a stream that ends
   res.writeHead(200, SSE_HEADERS);
   res.flushHeaders();
   const { sent, why } = await toasts.streams.pump(
@@ -324,7 +323,6 @@ const readToast: Handler = async (req, res, url, app) => {
   checkOrigin(req);
   const toasts = toastsOf(app);
   const visitor = requireVisitor(req);
-  toasts.seen(visitor);
   // Left encoded: a toast id has only letters, digits and dashes, so nothing encoded is an id.
   const toastId = url.pathname.split("/")[2] ?? "";
   const toast = await toasts.read(visitor, toastId);
@@ -338,13 +336,16 @@ const serveDemoPage = servePageFile("toasts.html");
 /** The demo's form: starts the background task, and answers at once with 303 to the page. */
 const startDemo: Handler = async (req, res, _url, app) => {
   checkOrigin(req);
+  const toasts = toastsOf(app);
   const visitor = requireVisitor(req);
   const example = "message=Done&seconds=3";
   const fields = await readFields(req, res, { what: "the demo", example, formOnly: true });
   const text = (name: string) => (typeof fields[name] === "string" ? fields[name] : "");
   const message = checkToastMessage(text("message"));
   const seconds = wholeNumber("seconds", text("seconds"), DEMO_SECONDS_RANGE);
-  void toastsOf(app).sleepTask(visitor, message, seconds);
+  toasts.demoRate.take(req, res); // a good form only: a mistake costs no turn
+  toasts.visitors.seen(visitor);
+  void toasts.sleepTask(visitor, message, seconds);
   const later = `the second toast in ${seconds} s`;
   if (!app.quiet) app.log(`toast demo started for visitor ${visitor}: ${later}`);
   res.writeHead(303, { Location: "/toasts/" }).end();
@@ -419,8 +420,8 @@ Each line on standard input becomes a toast for everyone (with --workers, the pr
 reads it); when standard input ends or is /dev/null, the server goes on serving.`,
   banner: (url) => [
     `  Toasts: type a line here and press Enter: every open page shows it. Demo: ${url}toasts/`,
-    `  The toasts' stream is one more connection per host name, shared by all its tabs:`,
-    `  of the 6 a browser opens per name, 5 are left for countdown tabs.`,
+    `  Of the 6 connections a browser opens per host name, the toasts' stream takes one and a`,
+    `  reload briefly one more: ${COUNTDOWN_TABS_PER_NAME} countdown tabs per name reload at once.`,
   ],
   install(app) {
     Object.assign(app.routes, {

@@ -440,7 +440,7 @@ export const webSocket: Lesson = {
   install(app) {
     const notifications = new Notifications(app);
     // A request that asks to become a WebSocket arrives here, not at the router.
-    app.server.on("upgrade", (req, socket, head) => void notifications.upgrade(req, socket, head));
+    app.onUpgrade((req, socket, head) => void notifications.upgrade(req, socket, head));
     app.onStop(() => {
       const closed = notifications.closeAll();
       if (closed > 0) return closed === 1 ? "1 WebSocket" : `${closed} WebSockets`;

@@ -15,7 +15,7 @@ import path from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import * as assert from "uvu/assert";
-import { COUNTDOWN_FROM, countdownEvent, drainOrClose, formatEvent, PAGE, serverEvent, type App } from "../server.ts";
+import { COUNTDOWN_FROM, countdownEvent, drainOrClose, formatEvent, PAGE, PIPELINED_MAX, serverEvent, type App } from "../server.ts";
 import {
   activeResources,
   BOOT_DEADLINE_MS,
@@ -71,11 +71,13 @@ lesson("stream: the wire format", (test) => {
     assert.is(res.headers["cache-control"], "no-cache, no-transform");
     assert.is(res.headers["x-accel-buffering"], "no");
     // The memory is this process's own (the server runs in it): a whole number of bytes, at most what it holds now.
-    const rss = Number(/"rss": (\d+)\}/.exec(res.body)?.[1]);
+    const rss = Number(/"rss": (\d+),/.exec(res.body)?.[1]);
     assert.ok(rss > 0 && rss <= process.memoryUsage.rss() * 2, `the server's resident memory in bytes: ${rss}`);
+    const delay = Number(/"delay": (\d+)\}/.exec(res.body)?.[1]);
+    assert.ok(delay >= 0, `the loop's worst delay of the last second, in ms: ${delay}`);
     assert.is(
       res.body,
-      `event: server\ndata: {"pid": ${process.pid}, "streams": 1, "rss": ${rss}}\n\n` +
+      `event: server\ndata: {"pid": ${process.pid}, "streams": 1, "rss": ${rss}, "delay": ${delay}}\n\n` +
         `event: i\nid: 2\ndata: {"i": 2}\n\n` +
         `event: i\nid: 1\ndata: {"i": 1}\n\n` +
         `event: i\nid: 0\ndata: {"i": 0}\n\n`,
@@ -86,6 +88,10 @@ lesson("stream: the wire format", (test) => {
     assert.is(countdownEvent(7), 'event: i\nid: 7\ndata: {"i": 7}\n\n');
     assert.is(formatEvent("x", "y"), "event: x\ndata: y\n\n");
     assert.is(serverEvent(12, 3, 45_000_000), 'event: server\ndata: {"pid": 12, "streams": 3, "rss": 45000000}\n\n');
+    assert.is(
+      serverEvent(12, 3, 45_000_000, 7),
+      'event: server\ndata: {"pid": 12, "streams": 3, "rss": 45000000, "delay": 7}\n\n',
+    );
   });
 
   test("without options the countdown starts at 100", async () => {
@@ -140,7 +146,7 @@ lesson("stream: the wire format", (test) => {
     assert.is(page.headers["content-type"], "text/html; charset=utf-8");
     // No later lesson wraps it (the toasts would): the page is lesson 1's, byte for byte.
     assert.is(page.body, PAGE);
-    assert.ok(page.body.includes('new EventSource("/sse/" + location.search)'));
+    assert.ok(page.body.includes('new EventSource("/sse/?" + query)'));
     const head = await request(`${url}/`, { method: "HEAD" });
     assert.is(head.status, 200);
     assert.is(head.headers["content-length"], String(Buffer.byteLength(PAGE)));
@@ -197,6 +203,104 @@ lesson("stream: the wire format", (test) => {
 });
 
 // ─── One process, many streams ───────────────────────────────────────────────
+
+lesson("the one thread: pages are told how long the event loop kept them waiting", (test) => {
+  let app: App | undefined;
+  let url = "";
+  const BLOCKED_MS = 800;
+  test.before(async () => {
+    ({ app, url } = await startServer(LESSON_ONE));
+  });
+  test.after(() => stopServer(app));
+
+  test("a stall of the loop shows in the next server event, and a quiet loop's figure is smaller", async () => {
+    const stream = new SseClient(`${url}/sse/?from=100&interval=50`);
+    try {
+      const delays = () => stream.messages.filter((m) => m.event === "server").map((m) => JSON.parse(m.data).delay as number);
+      // A few ticks first: the loop's monitor compares each of its samples with the one before.
+      for (let tick = 0; tick < 5; tick++) await stream.next("i");
+      const before = delays()[0]!;
+      // This test runs the server in its own process: blocking this thread blocks the server's.
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, BLOCKED_MS);
+      await until("a server event that tells of the stall", () => delays().some((d) => d >= BLOCKED_MS - 100), 3 * DEADLINE_MS);
+      const stalled = Math.max(...delays());
+      assert.ok(before < stalled, `before the stall ${before} ms, after it ${stalled} ms`);
+      assert.ok(stalled >= BLOCKED_MS - 100, `the loop was blocked ${BLOCKED_MS} ms; the page was told ${stalled} ms`);
+    } finally {
+      stream.close();
+    }
+  });
+});
+
+lesson("guards: one client must not hurt the others", (test) => {
+  let app: App | undefined;
+  let lines: string[] = [];
+  let url = "";
+  const sockets: net.Socket[] = [];
+  test.before(async () => {
+    ({ app, lines, url } = await startServer({ ...LESSON_ONE, allowedHosts: ["countdown.test"], connectionsMax: 3 }));
+  });
+  test.after.each(() => {
+    for (const socket of sockets.splice(0)) socket.destroy();
+  });
+  test.after(() => stopServer(app));
+
+  /** A raw connection that writes `text` and keeps everything it gets back. */
+  async function raw(text: string) {
+    const { hostname, port } = new URL(url);
+    const socket = net.connect(Number(port), hostname);
+    sockets.push(socket);
+    let received = "";
+    socket.setEncoding("utf8").on("data", (chunk: string) => (received += chunk));
+    socket.on("error", () => {});
+    const closed = new Promise<void>((resolve) => socket.on("close", () => resolve()));
+    await within("the connection", once(socket, "connect"));
+    socket.write(text);
+    return { socket, closed, received: () => received };
+  }
+
+  test("a Host that does not name this machine gets 400 and a sentence naming --allowed-host", async () => {
+    const evil = await request(`${url}/`, { headers: { Host: "evil.example" } });
+    assert.is(evil.status, 400);
+    assert.is(evil.body, "This server does not answer for the host evil.example: add --allowed-host evil.example.\n");
+    const stream = await request(`${url}/sse/?from=1&interval=10`, { headers: { Host: "rebound.example:8000" } });
+    assert.is(stream.status, 400, "the stream is refused too");
+    for (const host of ["localhost", "tab7.localhost:8000", "127.0.0.9", "[::1]:8000", "countdown.test"]) {
+      assert.is((await request(`${url}/`, { headers: { Host: host } })).status, 200, host);
+    }
+  });
+
+  test("an upgrade for another Host is refused with the same sentence", async () => {
+    const { closed, received } = await raw(
+      "GET /ws HTTP/1.1\r\nHost: evil.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    );
+    await within("the refusal", closed);
+    assert.match(received(), /^HTTP\/1\.1 400 Bad Request\r\n[^]*add --allowed-host evil\.example\.\n$/);
+  });
+
+  test("a client that sends more requests ahead of its answers than PIPELINED_MAX is cut, said once", async () => {
+    const host = `Host: ${new URL(url).host}\r\n\r\n`;
+    // The first answer is a stream that never ends, so every answer after it has to wait.
+    const ahead = `GET /sse/?interval=60000 HTTP/1.1\r\n${host}` + `GET /nope HTTP/1.1\r\n${host}`.repeat(PIPELINED_MAX + 4);
+    const { closed } = await raw(ahead);
+    await within("the server to cut the connection", closed);
+    assert.ok(lines.some((line) => line === `a client sent over ${PIPELINED_MAX} requests ahead: cut (said once)`), lines.join("\n"));
+    const fewer = await raw(`GET /sse/?from=2&interval=10 HTTP/1.1\r\n${host}` + `GET /nope HTTP/1.1\r\n${host}`.repeat(PIPELINED_MAX - 1));
+    await until("every answer, the stream's and each 404", () => (fewer.received().match(/HTTP\/1\.1 404/g) ?? []).length === PIPELINED_MAX - 1);
+  });
+
+  test("past the most connections at once, a new one gets 503 and a sentence, logged once", async () => {
+    const held = [];
+    for (let k = 0; k < 3; k++) held.push(await raw(""));
+    const extra = await raw("");
+    await within("the refusal", extra.closed);
+    assert.match(extra.received(), /^HTTP\/1\.1 503 Service Unavailable\r\n[^]*holds 3 connections already; try again later\.\n$/);
+    for (const { socket } of held) socket.destroy();
+    await Promise.all(held.map(({ closed }) => within("a held connection to close", closed)));
+    assert.is(lines.filter((line) => line.includes("connections open: refusing more")).length, 1);
+    assert.is((await request(`${url}/`)).status, 200, "once some closed, a new one is served");
+  });
+});
 
 lesson("streams: one process serves every tab", (test) => {
   let app: App | undefined;
@@ -306,6 +410,26 @@ lesson("backpressure: waiting for a slow reader", (test) => {
     await within("the wait to end once the reader left", waited!);
     assert.is(accepted, false, "write() said the socket was full");
   });
+
+  test("a reader that takes nothing for the stall bound is cut, and the wait ends", async () => {
+    const STALL_MS = 300;
+    let waited: Promise<void> | undefined;
+    let response: http.ServerResponse | undefined;
+    server!.removeAllListeners("request");
+    server!.on("request", (req, res) => {
+      response = res;
+      res.writeHead(200, { "Content-Type": "text/event-stream" });
+      res.write(": ".padEnd(SLOW_READER_BYTES, "x") + "\n\n");
+      waited = drainOrClose(res, STALL_MS);
+    });
+    const { port } = server!.address() as net.AddressInfo;
+    socket = net.connect(port, "127.0.0.1");
+    socket.pause(); // and never reads, never leaves
+    socket.write("GET /sse/ HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    await until("the server to fill the socket", () => waited !== undefined);
+    await within("the stalled reader to be cut", waited!);
+    assert.ok(response!.destroyed, "the response was destroyed, not left to wait");
+  });
 });
 
 // ─── Running it ──────────────────────────────────────────────────────────────
@@ -338,6 +462,18 @@ lesson("command line: server.ts", (test) => {
       const page = await request(`http://${host}:${port}/`);
       assert.is(page.status, 200, `the page answers on ${host}`);
     }
+    assert.is(await child.stop("SIGTERM"), 0);
+  });
+
+  test("--host 0.0.0.0 shares it on the LAN and still answers on ::1, where browsers try localhost", async () => {
+    const child = run(["--port", "0", "--host", "0.0.0.0"]);
+    const [, port] = await child.waitFor(/listening at http:\/\/localhost:(\d+)\//);
+    for (const host of ["127.0.0.1", "[::1]"]) {
+      const page = await request(`http://${host}:${port}/`);
+      assert.is(page.status, 200, `the page answers on ${host}`);
+    }
+    const rebound = await request(`http://127.0.0.1:${port}/`, { headers: { Host: "evil.example" } });
+    assert.is(rebound.status, 400, "a name that is not this machine's is still refused");
     assert.is(await child.stop("SIGTERM"), 0);
   });
 

@@ -295,18 +295,31 @@ export function selected(name: string): boolean {
 /** Command lines a server must refuse: its arguments, its environment, the one sentence it prints. */
 export type BadFlags = [args: string[], env: NodeJS.ProcessEnv, sentence: string][];
 
-/** A server started on a port that another socket holds says so in one sentence and exits with code 1. */
+/**
+ * A server started on a port that another socket holds says so in one sentence and exits with
+ * code 1, suggesting a port that is free: here the next one it would try is taken too.
+ */
 export function refusesBusyPort(test: Test, run: (args: string[]) => Child) {
-  test("a busy port is one sentence and exit code 1", async () => {
-    const blocker = net.createServer().listen(0, "127.0.0.1");
-    await within("the blocker to listen", once(blocker, "listening"));
+  test("a busy port is one sentence and exit code 1, and the port it suggests is free", async () => {
+    const listenOn = async (port: number) => {
+      const blocker = net.createServer().listen(port, "127.0.0.1");
+      await within("a blocker to listen", Promise.race([once(blocker, "listening"), once(blocker, "error")]));
+      return blocker;
+    };
+    const blockers = [await listenOn(0)];
     try {
-      const { port } = blocker.address() as net.AddressInfo;
+      const { port } = blockers[0]!.address() as net.AddressInfo;
+      blockers.push(await listenOn(port + 2)); // the first it would suggest: now taken
       const child = run(["--port", String(port), "--host", "127.0.0.1"]);
       assert.is(await within("the server to give up", child.exited), 1);
-      assert.is(child.output.trim(), `port ${port} is in use; try --port ${port + 2}`);
+      const [, suggested = ""] = /^port \d+ is in use; try --port (\d+)$/.exec(child.output.trim()) ?? [];
+      assert.is(child.output.trim(), `port ${port} is in use; try --port ${suggested}`);
+      assert.ok(Number(suggested) > port + 2, `it skipped the taken port ${port + 2}: ${suggested}`);
+      const probe = await listenOn(Number(suggested));
+      blockers.push(probe);
+      assert.ok(probe.listening, `the suggested port ${suggested} is free`);
     } finally {
-      blocker.close();
+      for (const blocker of blockers) blocker.close();
     }
   });
 }

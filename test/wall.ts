@@ -180,7 +180,7 @@ lesson("wall crowd: npm run crowd opens its streams and closes every one", (test
     assert.is(await within("the crowd to give up", child.exited), 1);
     const sentence =
       `No stream opened at http://127\\.0\\.0\\.1:${nobody}/sse/ \\(ECONNREFUSED\\); ` +
-      `is the server running\\? Start it with: npx tsx server\\.ts\\n$`;
+      `is the server running\\? Start it with: npx -y tsx server\\.ts --port ${nobody}\\n$`;
     assert.match(child.output, new RegExp(sentence));
   });
 
