@@ -1,34 +1,37 @@
 /**
- * blocking-server.ts: lesson 1's twin, the same countdown served the way gunicorn's
- * sync workers serve it, as in the WSGI half of the post "Why I am excited about
- * ASGI & Django" (seed 001); its log writes the lines of the post's gunicorn log.
+ * blocking-server.ts: lesson 1's twin, the same countdown served the way gunicorn's sync workers
+ * serve it, as in the WSGI half of the post "Why I am excited about ASGI & Django" (seed 001);
+ * its log writes the lines of the post's gunicorn log.
  *
- * This file runs as two programs. Run plainly, it is the arbiter: the process that
- * owns the port. The arbiter runs this same file again with --worker for each
- * worker process, and hands each connection, one at a time, to an idle worker.
- * A worker serves one request from its first byte to its last, and the
- * countdown's sleep blocks its whole thread, like Python's time.sleep(1): while
- * one tab counts, that worker does nothing else, not even tell the arbiter it is
- * alive. After --timeout seconds of silence the arbiter kills it, the stream is
- * cut, and a fresh worker serves whoever was waiting. Compare server.ts, where
- * one process serves every tab.
+ * This file runs as two programs. Run plainly, it is the arbiter: the process that owns the
+ * port. It runs this same file again with --worker for each worker process, and hands each
+ * connection, one at a time, to an idle worker. A worker serves one request from its first byte
+ * to its last, and the countdown's sleep blocks its whole thread, like Python's time.sleep(1):
+ * while one tab counts, that worker does nothing else, not even tell the arbiter it is alive.
+ * After --timeout seconds of silence the arbiter kills it, the stream is cut, and a fresh
+ * worker serves whoever was waiting. Compare server.ts, where one process serves every tab.
  *
  * Run it:    npx -y tsx blocking-server.ts   (or: node blocking-server.ts on Node 22.18+ / 24)
  * Then try:
- *   - open http://localhost:8001/ in a tab: it counts down, like server.ts does;
+ *   - open http://localhost:8001/ in a tab: it counts down, like server.ts does (the page
+ *     asks for no favicon, which would wait in the queue behind the tab's own stream);
+ *   - refresh that tab: it freezes until WORKER TIMEOUT (about 30 s), as under gunicorn: the
+ *     browser keeps the old page's stream open until the new page comes, holding the worker;
  *   - open a second tab: it stays blank, because the only worker is busy with the first;
- *   - wait: the log says WORKER TIMEOUT, the first tab stops at 70 and says
- *     "reconnecting", and the second tab loads at last: a new worker served it.
- *     Every 31 seconds or so the next kill comes, as the tabs take turns;
+ *   - wait: the log says WORKER TIMEOUT, the first tab stops at 70 and says "reconnecting", and
+ *     the second tab loads at last, served by a new worker. Every 31 s or so the next kill comes,
+ *     as the tabs take turns;
  *   - curl -N http://localhost:8001/sse/ shows the cut: the events stop at 70, curl exits 18;
  *   - --workers 2 lets two tabs count at once; a third tab waits;
- *   - --timeout 0 lets one tab count down to "Blastoff!" while every other tab waits.
+ *   - --timeout 0 lets one tab count down to "Blastoff!" while every other tab waits;
+ *   - nc localhost 8001, typing nothing: a connection that sends no request holds a worker
+ *     like a stream does, until WORKER TIMEOUT, with a line saying the head never came;
+ *   - past --backlog waiting connections, the next gets 503 and its sentence.
  *
- * The later lessons: lesson 2's blocking twin is served here too (lessons/fanout.ts
- * says what to try). Lessons 3 and 4 have none: a worker blocked in one stream hears
- * nothing of a message posted to another, and a WebSocket would hold a worker for as
- * long as it stays open, so their paths answer 404 (see docs/room.md and docs/ws.md).
- * The pages come without the toasts.
+ * The later lessons: lesson 2's blocking twin is served here too (lessons/fanout.ts says what
+ * to try). Lessons 3 and 4 have none: a worker blocked in one stream hears nothing of a message
+ * posted to another, and a WebSocket would hold a worker for as long as it stays open, so their
+ * paths answer 404 (see docs/room.md and docs/ws.md). The pages come without the toasts.
  */
 
 import type { RequestListener, ServerResponse } from "node:http";
@@ -53,71 +56,49 @@ const WORKERS_RANGE = { min: 1, max: 64 };
 /** gunicorn's default: a worker silent this many seconds is stuck, and gets killed. */
 const DEFAULT_TIMEOUT_S = 30;
 const TIMEOUT_RANGE_S = { min: 0.1, max: 86_400 };
-/**
- * gunicorn's --backlog is the kernel's queue (2048); ours is the arbiter's, where each waiting
- * connection holds a file of this process, whose limit is often 1024. Past it, a 503.
- */
+/** gunicorn's --backlog is the kernel's queue (2048); in ours each waiting connection holds a
+ * file of this process, whose limit is often 1024. Past it, a 503. */
 const DEFAULT_BACKLOG = 100;
 const BACKLOG_RANGE = { min: 1, max: 1000 };
 /** How long a refused client may take to read its 503 and hang up before it is cut. */
 const REFUSED_LINGER_MS = 2000;
-
-/**
- * How long the arbiter's loop sleeps between looks at its workers, as gunicorn's does, or a
- * quarter of --timeout when that is shorter. Idle workers say "alive" as often.
- */
+/** How long the arbiter's loop sleeps between looks at its workers, as gunicorn's does, or a
+ * quarter of --timeout when that is shorter. Idle workers say "alive" as often. */
 const ARBITER_SLEEP_MS = 1000;
-/**
- * Until its first message a worker gets at least this long: starting Node and
- * loading TypeScript can outlast a short timeout.
- */
+/** Until its first message a worker gets at least this long: starting Node and loading
+ * TypeScript can outlast a short timeout. */
 const BOOT_ALLOWANCE_MS = 10_000;
-
 /** The argument with which the arbiter runs this file as a worker; `ps` shows it too. */
 const WORKER_FLAG = "--worker";
 const THIS_FILE = fileURLToPath(import.meta.url);
 
 // ─── The stream ──────────────────────────────────────────────────────────────
-//
-// The sync twin of server.ts's `countdown`: the same schedule and the same
-// events, but a plain generator whose sleep holds the thread. While it sleeps,
-// this process runs nothing else: no other request, no timer, no heartbeat.
-// `sleepSync(ms)` (lesson 2, lessons/fanout.ts) is Atomics.wait on an integer that nobody
-// changes: the thread stops for `ms` and runs nothing meanwhile.
+// The sync twin of server.ts's `countdown`: the same schedule and the same events, but a plain
+// generator whose sleep holds the thread. While it sleeps, this process runs nothing else: no
+// other request, no timer, no heartbeat. `sleepSync(ms)` (lesson 2, lessons/fanout.ts) is
+// Atomics.wait on an integer that nobody changes: the thread stops for `ms`.
 
-/**
- * Yields the SSE messages of one countdown: `from`, `from - 1`, ... 0.
- * Tick k is due at start + k × interval, as in server.ts. It cannot notice a
- * client that hangs up: only a failed write tells (see serveCountdown).
- */
+/** Yields one countdown's messages, tick k due at start + k × interval as in server.ts. It
+ * cannot notice a client that hangs up: only a failed write tells (see serveCountdown). */
 function* countdown(from: number, interval: number, heartbeat = HEARTBEAT_MS) {
   const start = performance.now();
   for (let i = from; i >= 0; i--) {
     yield countdownEvent(i);
     if (i === 0) return;
     const due = start + (from - i + 1) * interval;
-    while (due - performance.now() > heartbeat) {
-      sleepSync(heartbeat);
-      yield HEARTBEAT;
-    }
+    while (due - performance.now() > heartbeat) { sleepSync(heartbeat); yield HEARTBEAT; }
     sleepSync(due - performance.now());
   }
 }
 
-/**
- * Writes one message while the thread is blocked, and pushes it to the kernel
- * now. Returns false when the client has gone: the kernel refused the bytes
- * and the socket is errored.
- */
+/** Writes one message and pushes it to the kernel now, while the thread is blocked. False when
+ * the client has gone: the kernel refused the bytes and the socket is errored. */
 function sendNow(res: ServerResponse, message: string): boolean {
   res.write(message);
-  const socket = res.socket;
-  if (!socket) return false;
-  // node:http holds writes back (corks the socket) until the next tick, which never comes
-  // while this thread sleeps, so we send them now; the socket's own uncork, since on Node 22+
-  // res.uncork() would hold back every later chunk.
-  socket.uncork();
-  return !socket.destroyed && socket.errored === null;
+  // node:http corks the socket until the next tick, which never comes while this thread sleeps;
+  // the socket's own uncork, since on Node 22+ res.uncork() would hold back every later chunk.
+  res.socket?.uncork();
+  return res.socket ? !res.socket.destroyed && res.socket.errored === null : false;
 }
 
 // ─── Handlers and routes ─────────────────────────────────────────────────────
@@ -128,15 +109,14 @@ const serveCountdown: Handler = (req, res, url, { heartbeat }) => {
   const { from, interval } = readCountdownOptions(req, url);
   if (from < 0) return void res.writeHead(204).end(); // over already, as in server.ts
   res.writeHead(200, SSE_HEADERS);
-  // Sent with the first message: the `server` event, whose pid the page shows, and its one
-  // stream, since a sync worker never holds more.
+  // The `server` event, whose pid the page shows, goes with the first message: one stream,
+  // since a sync worker never holds more.
   let serverNews = serverEvent(process.pid, 1, process.memoryUsage.rss());
   let eventsSent = 0;
   for (const message of countdown(from, interval, heartbeat)) {
     if (!sendNow(res, serverNews + message)) {
       const why = "the client left, so a write failed; this worker is free";
-      log("INFO", `Stream stopped after ${eventsSent} events: ${why}`);
-      return;
+      return log("INFO", `Stream stopped after ${eventsSent} events: ${why}`);
     }
     serverNews = "";
     if (message !== HEARTBEAT) eventsSent++;
@@ -145,25 +125,20 @@ const serveCountdown: Handler = (req, res, url, { heartbeat }) => {
 };
 
 /** A later lesson's path with no blocking twin: 404, and the sentence that says why. */
-const noTwin = (sentence: string): Handler => () => {
-  throw new RequestError(404, sentence);
-};
+const noTwin = (sentence: string): Handler => () => { throw new RequestError(404, sentence); };
 const noRoom = noTwin("The room is served by server.ts only: a blocking worker cannot push" +
   " (see docs/room.md).");
 const noWebSocket = noTwin("WebSockets are served by server.ts only: each one would hold a" +
   " blocking worker for as long as it stays open (see docs/ws.md).");
 
-/**
- * What a worker adds to lesson 1's routes (its page stays as it is). `onlyWorker`:
- * this worker is the server's one, so a call to itself deadlocks (lesson 2 says so).
- * The wall (/wall) has no twin: server.ts serves it, and its right column streams from here.
- */
+/** What a worker adds to lesson 1's routes (its page stays as it is). `onlyWorker`: this worker
+ * is the server's one, so a call to itself deadlocks (lesson 2 says so). The wall (/wall) has no
+ * twin: server.ts serves it, and its right column streams from here. */
 function workerRoutes(origin: string, onlyWorker: boolean): Routes {
   return {
     "/sse/": { GET: serveCountdown },
     "/api/": { GET: syncApi((line) => log("INFO", line)) },
     "/api/aggregated/": { GET: syncAggregated(origin, onlyWorker) },
-    // Lessons 3 and 4 have no blocking twin.
     "/room/": { GET: noRoom, HEAD: noRoom },
     "/room/messages": { GET: noRoom, POST: noRoom },
     "/room/stream": { GET: noRoom },
@@ -173,13 +148,10 @@ function workerRoutes(origin: string, onlyWorker: boolean): Routes {
 }
 
 // ─── The log, in gunicorn's format ───────────────────────────────────────────
-//
 // `[2026-11-21 23:40:01 +0000] [pid] [LEVEL] message`, local time and its offset from UTC:
 // readers (and the workshop, beside the wall) hold it against gunicorn's real log.
 
-type Level = "INFO" | "ERROR" | "CRITICAL";
-
-function log(level: Level, message: string, pid = process.pid): void {
+function log(level: "INFO" | "ERROR" | "CRITICAL", message: string, pid = process.pid): void {
   const east = -new Date().getTimezoneOffset(); // minutes ahead of UTC
   // toISOString prints UTC; shifted by `east` it prints the local time, and from `east`
   // alone the offset's hours and minutes ("05:30" for +0530).
@@ -190,22 +162,18 @@ function log(level: Level, message: string, pid = process.pid): void {
 }
 
 // ─── The worker ──────────────────────────────────────────────────────────────
-//
-// A worker is this file, run by the arbiter with --worker. It talks to the arbiter
-// over the IPC channel `fork` opened: "ready" when it can take a connection, "head"
-// when a request's head has come, and "alive" from a timer, as gunicorn's workers
-// notify() theirs, only between connections: from the moment it takes one until it
-// closes, a worker is busy, reading the request's head or blocked in its answer, and
-// says nothing. A client that connects and sends nothing is then a stuck request too,
-// and --timeout ends it, as it ends a gunicorn sync worker stuck reading one.
+// A worker is this file, run by the arbiter with --worker. Over the IPC channel `fork` opened it
+// says "ready" when it can take a connection, "head" when a request's head has come, and "alive"
+// from a timer, as gunicorn's workers notify() theirs, but only between connections: from taking
+// one until it closes, a worker is busy, reading the request's head or blocked in its answer, and
+// says nothing. A client that connects and sends nothing is then a stuck request too, and
+// --timeout ends it, as it ends a gunicorn sync worker stuck reading one.
 
 type WorkerMessage = "ready" | "head" | "alive";
 
-/**
- * Runs `then` after the next round of I/O. A client that left while it waited in the queue
- * left its request and its goodbye (FIN, or RST) together in the kernel; Node reads the
- * request first and only sees the goodbye on its next read, one round of the event loop later.
- */
+/** Runs `then` after the next round of I/O. A client that left while it waited in the queue left
+ * its request and its goodbye (FIN, or RST) together in the kernel; Node reads the request first
+ * and only sees the goodbye on its next read, one round of the event loop later. */
 const afterNextRead = (then: () => void) => setImmediate(() => setImmediate(then));
 
 /** Serves what the arbiter hands over; says it is alive every `notifyEveryMs`. */
@@ -240,10 +208,7 @@ function runWorker(notifyEveryMs: number, origin: string, workers: number): void
   process.on("message", (message, socket) => {
     if (message !== "connection" || !(socket instanceof net.Socket)) return;
     busy = true;
-    socket.once("close", () => {
-      busy = false;
-      tell("ready");
-    });
+    socket.once("close", () => { busy = false; tell("ready"); });
     app.server.emit("connection", socket);
   });
   setInterval(() => busy || tell("alive"), notifyEveryMs);
@@ -253,33 +218,26 @@ function runWorker(notifyEveryMs: number, origin: string, workers: number): void
 }
 
 // ─── The arbiter ─────────────────────────────────────────────────────────────
-//
-// The main process: it accepts connections but reads none of their bytes,
-// queues them in order, and gives each to an idle worker. It keeps the right
-// number of workers alive and kills the ones that fall silent.
+// The main process: it accepts connections but reads none of their bytes, queues them in
+// order, and gives each to an idle worker. It keeps the right number of workers alive and
+// kills the ones that fall silent.
 
-/** "booting" until its first "ready"; "killed" by the arbiter, so that its exit is expected. */
-type WorkerState = "booting" | "idle" | "busy" | "killed";
+type Connection = { client: string; since: number };
 
 interface Worker {
-  process: ChildProcess;
-  pid: number;
+  process: ChildProcess; pid: number;
   /** When it last said anything (performance.now()): a blocked worker says nothing. */
   lastHeard: number;
-  state: WorkerState;
+  /** "booting" until its first "ready"; "killed" by the arbiter, so that its exit is expected. */
+  state: "booting" | "idle" | "busy" | "killed";
   /** The connection it was handed last, and whether that connection's request head came. */
-  serving: { client: string; since: number; head: boolean } | undefined;
+  serving?: Connection & { head: boolean };
   /** Set once its process has ended; `state` keeps what it was then. */
-  exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+  exited?: { code: number | null; signal: NodeJS.Signals | null };
 }
 
-interface WaitingConnection {
-  socket: net.Socket;
-  client: string;
-  since: number;
-  /** It found every worker busy and was logged as waiting, so its hand-out is logged too. */
-  logged: boolean;
-}
+/** `logged`: it found every worker busy and was logged as waiting, so its hand-out is too. */
+type WaitingConnection = Connection & { socket: net.Socket; logged: boolean };
 
 class Arbiter {
   workers = new Set<Worker>();
@@ -287,14 +245,13 @@ class Arbiter {
   listeners: net.Server[] = [];
   stopping = false;
   exitCode = 0;
-  /** Where the workers call this server (lesson 2), known once it listens. */
-  origin = "";
+  origin = ""; // where the workers call this server (lesson 2), known once it listens
   private numWorkers: number;
   private timeoutMs: number;
   private backlog: number;
   /** Connections refused since the queue filled; undefined while it has room. */
   private refused: number | undefined;
-  /** ARBITER_SLEEP_MS, or less for a short --timeout. */
+  /** ARBITER_SLEEP_MS, or a quarter of --timeout when that is shorter (0 is no timeout). */
   private checkEveryMs: number;
   private wake = () => {};
 
@@ -302,11 +259,10 @@ class Arbiter {
     this.numWorkers = numWorkers;
     this.backlog = backlog;
     this.timeoutMs = timeoutSeconds * 1000;
-    this.checkEveryMs =
-      this.timeoutMs > 0 ? Math.min(ARBITER_SLEEP_MS, this.timeoutMs / 4) : ARBITER_SLEEP_MS;
+    this.checkEveryMs = Math.min(ARBITER_SLEEP_MS, this.timeoutMs / 4 || ARBITER_SLEEP_MS);
   }
 
-  /** Until a signal: sleep, reap the dead, murder the silent, replace them. */
+  /** Until a signal: sleep, reap the dead, murder the silent, replace them. Then shut down. */
   async run(): Promise<void> {
     this.manageWorkers();
     while (!this.stopping) {
@@ -316,17 +272,15 @@ class Arbiter {
       this.manageWorkers();
     }
     await this.stop();
-    this.halt();
+    log("INFO", "Shutting down: Master");
+    process.exit(this.exitCode);
   }
 
   /** Waits a moment, or less when a worker exits or a signal comes (gunicorn sleeps on a pipe). */
   private sleep(): Promise<void> {
     return new Promise((resolve) => {
       const timer = setTimeout(resolve, this.checkEveryMs);
-      this.wake = () => {
-        clearTimeout(timer);
-        resolve();
-      };
+      this.wake = () => { clearTimeout(timer); resolve(); };
     });
   }
 
@@ -334,18 +288,13 @@ class Arbiter {
   spawnWorker(): void {
     const settings = [String(this.checkEveryMs), this.origin, String(this.numWorkers)];
     const child = fork(THIS_FILE, [WORKER_FLAG, ...settings]);
-    const worker: Worker = {
-      process: child, pid: child.pid ?? 0, lastHeard: performance.now(),
-      state: "booting", serving: undefined, exited: undefined,
-    };
+    const worker: Worker =
+      { process: child, pid: child.pid ?? 0, lastHeard: performance.now(), state: "booting" };
     this.workers.add(worker);
     // gunicorn's worker logs this itself; a Node child is slow to start, so the arbiter does.
     log("INFO", `Booting worker with pid: ${worker.pid}`, worker.pid);
     child.on("message", (message) => this.heard(worker, message as WorkerMessage));
-    child.on("exit", (code, signal) => {
-      worker.exited = { code, signal };
-      this.wake();
-    });
+    child.on("exit", (code, signal) => { worker.exited = { code, signal }; this.wake(); });
     // An "error" event with no listener would end the arbiter. A send to a worker that just
     // died fails this way, and there is nothing to do: reapWorkers handles its exit.
     child.on("error", () => {});
@@ -356,26 +305,21 @@ class Arbiter {
     if (this.timeoutMs === 0) return;
     const now = performance.now();
     for (const worker of this.workers) {
-      const booting = worker.state === "booting";
-      const limit = booting ? Math.max(this.timeoutMs, BOOT_ALLOWANCE_MS) : this.timeoutMs;
+      const limit = Math.max(this.timeoutMs, worker.state === "booting" ? BOOT_ALLOWANCE_MS : 0);
       if (worker.state === "killed" || worker.exited || now - worker.lastHeard <= limit) continue;
       log("CRITICAL", `WORKER TIMEOUT (pid:${worker.pid})`);
       // gunicorn says no more; this line says why, when the client never sent its request.
-      const { serving } = worker;
-      if (worker.state === "busy" && serving && !serving.head) {
-        const waited = ((now - serving.since) / 1000).toFixed(1);
-        const why = `waited ${waited} s for the head of a request from ${serving.client}`;
+      if (worker.state === "busy" && worker.serving && !worker.serving.head) {
+        const waited = ((now - worker.serving.since) / 1000).toFixed(1);
+        const why = `waited ${waited} s for the head of a request from ${worker.serving.client}`;
         log("INFO", `Worker ${worker.pid} ${why}, which never came`);
       }
       this.kill(worker);
     }
   }
 
-  /**
-   * SIGKILL, because a worker blocked in sleepSync runs no JavaScript: a handler
-   * for a gentler signal would only run after its stream. For the same reason it
-   * cannot log its own "Worker exiting": reapWorkers writes that line for it.
-   */
+  /** SIGKILL: a worker blocked in sleepSync runs no JavaScript, so a gentler signal's handler
+   * would run only after its stream, and its "Worker exiting" line is reapWorkers' to write. */
   private kill(worker: Worker): void {
     worker.state = "killed";
     worker.process.kill("SIGKILL");
@@ -389,11 +333,11 @@ class Arbiter {
       // A Ctrl-C in a terminal reaches every process of the group, workers included: expected too.
       if (worker.state === "killed" || this.stopping) {
         log("INFO", `Worker exiting (pid: ${worker.pid})`, worker.pid);
-      } else {
-        const { code, signal } = worker.exited;
-        log("ERROR", `Worker (pid:${worker.pid}) exited with ${signal ?? `code ${code}`}`);
-        if (worker.state === "booting") this.fail("Worker failed to boot.");
+        continue;
       }
+      const { code, signal } = worker.exited;
+      log("ERROR", `Worker (pid:${worker.pid}) exited with ${signal ?? `code ${code}`}`);
+      if (worker.state === "booting") this.stopFor("Worker failed to boot.", 3);
     }
   }
 
@@ -417,17 +361,17 @@ class Arbiter {
 
   /** The queue is full: a 503 and its sentence, and one line when the queue fills. */
   private refuse(socket: net.Socket): void {
-    if (this.refused === undefined) {
-      const full = `${this.waiting.length} connections wait for a worker (--backlog)`;
-      log("ERROR", `Backlog full: ${full}; new ones get 503 until one is taken`);
-    }
+    const waiting = this.waiting.length;
+    const full = `Backlog full: ${waiting} connections wait for a worker (--backlog)`;
+    if (this.refused === undefined) log("ERROR", `${full}; new ones get 503 until one is taken`);
     this.refused = (this.refused ?? 0) + 1;
+    // Ignore its errors (it is refused anyway); read and drop its request, so that the 503 is not
+    // lost to a reset; then hang up.
     socket.on("error", () => {});
-    // Read and drop the request, so that the 503 is not lost to a reset; then hang up.
     socket.resume();
     socket.setTimeout(REFUSED_LINGER_MS, () => socket.destroy());
-    const waiting = `${this.waiting.length} connections already wait`;
-    refuse(socket, 503, `Every worker is busy and ${waiting}; try again in a moment.`);
+    refuse(socket, 503, `Every worker is busy and ${waiting} connections already wait;` +
+      " try again in a moment.");
   }
 
   /** Gives the longest-waiting connections to idle workers, one connection per worker. */
@@ -466,18 +410,14 @@ class Arbiter {
     this.handOutConnections();
   }
 
-  /** gunicorn's signal handling: log it, then leave the main loop. */
-  handleSignal(name: string): void {
+  /** Logs why and leaves the main loop: on a signal, as gunicorn does, or with an exit code and
+   * an ERROR line when a worker fails to boot. */
+  stopFor(reason: string, exitCode = 0): void {
     if (this.stopping) return;
-    log("INFO", `Handling signal: ${name}`);
+    log(exitCode ? "ERROR" : "INFO", reason);
+    this.exitCode = exitCode;
     this.stopping = true;
     this.wake();
-  }
-
-  private fail(reason: string): void {
-    log("ERROR", reason);
-    this.exitCode = 3;
-    this.stopping = true;
   }
 
   /** Stops taking connections, drops the waiting ones, kills the workers, waits for their exits. */
@@ -485,16 +425,7 @@ class Arbiter {
     for (const listener of this.listeners) listener.close();
     for (const { socket } of this.waiting.splice(0)) socket.destroy();
     for (const worker of this.workers) if (!worker.exited) this.kill(worker);
-    while (this.workers.size > 0) {
-      await this.sleep();
-      this.reapWorkers();
-    }
-  }
-
-  /** The arbiter's last line. */
-  halt(): never {
-    log("INFO", "Shutting down: Master");
-    process.exit(this.exitCode);
+    while (this.workers.size > 0) { await this.sleep(); this.reapWorkers(); }
   }
 }
 
@@ -510,14 +441,9 @@ function timeoutSeconds(text: string | undefined): number {
   exitWith(2, `--timeout must be 0 (never) or ${range}.`);
 }
 
-const FLAGS = {
-  port: { type: "string" },
-  host: { type: "string" },
-  workers: { type: "string" },
-  timeout: { type: "string" },
-  backlog: { type: "string" },
-  help: { type: "boolean", default: false },
-} as const;
+const STRING = { type: "string" } as const;
+const FLAGS = { port: STRING, host: STRING, workers: STRING, timeout: STRING, backlog: STRING,
+  help: { type: "boolean", default: false } } as const;
 
 const HELP = `Usage: npx tsx blocking-server.ts [--port N] [--host H] [--workers N] [--timeout S]
                                       [--backlog N]
@@ -550,18 +476,16 @@ async function main() {
   const server = net.createServer({ pauseOnConnect: true }, (socket) => arbiter.accept(socket));
   arbiter.listeners = await listen(server, host, port, true);
   arbiter.origin = selfOrigin(server);
-  const actualPort = (server.address() as net.AddressInfo).port;
+  const { port: actualPort } = server.address() as net.AddressInfo;
   const urls = urlsFor(host, actualPort).map((url) => url.replace(/\/$/, ""));
   log("INFO", "Starting blocking-server.ts (the sync twin of server.ts)");
   log("INFO", `Listening at: ${urls.join(" and ")} (${process.pid})`);
   log("INFO", "Using worker: sync");
 
-  process.on("SIGINT", () => arbiter.handleSignal("int"));
-  process.on("SIGTERM", () => arbiter.handleSignal("term"));
+  process.on("SIGINT", () => arbiter.stopFor("Handling signal: int"));
+  process.on("SIGTERM", () => arbiter.stopFor("Handling signal: term"));
   // However the arbiter ends, even by an error, it takes its workers with it.
-  process.on("exit", () => {
-    for (const worker of arbiter.workers) worker.process.kill("SIGKILL");
-  });
+  process.on("exit", () => arbiter.workers.forEach((worker) => worker.process.kill("SIGKILL")));
   await arbiter.run();
 }
 

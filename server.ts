@@ -641,13 +641,14 @@ let aheadSaid = false;
  * more than PIPELINED_MAX ahead is cut.
  */
 function tooManyAhead(app: App, req: IncomingMessage, res: ServerResponse): boolean {
-  const count = (ahead.get(req.socket) ?? 0) + 1;
-  ahead.set(req.socket, count);
-  res.once("close", () => ahead.set(req.socket, (ahead.get(req.socket) ?? 1) - 1));
+  const { socket } = req; // kept: by the time the answer closes, req.socket may be gone
+  const count = (ahead.get(socket) ?? 0) + 1;
+  ahead.set(socket, count);
+  res.once("close", () => ahead.set(socket, (ahead.get(socket) ?? 1) - 1));
   if (count <= PIPELINED_MAX) return false;
   if (!aheadSaid) app.log(`a client sent over ${PIPELINED_MAX} requests ahead: cut (said once)`);
   aheadSaid = true;
-  req.socket.destroy();
+  socket.destroy();
   return true;
 }
 

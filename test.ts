@@ -15,6 +15,9 @@
 // Lesson 1 (server.ts): the countdown. One process serves every tab; a blocking worker one.
 import "./test/countdown.ts";
 
+// Lesson 1's blocking twin (blocking-server.ts): silent, departed and too many clients.
+import "./test/blocking.ts";
+
 // Lesson 2 (lessons/fanout.ts): ten calls awaited at once, one after another, or blocking.
 import "./test/fanout.ts";
 

@@ -9,9 +9,13 @@
  *     (?via=blocking); on blocking-server.ts with two workers, and with one
  *     (which answers 504 when the read timeout ends its deadlock);
  *   - lateness: --streams countdowns on one server.ts, measured by the load
- *     client (bench/client.ts), while nothing else runs, while /api/aggregated/
- *     runs again and again, and while /api/aggregated/?via=blocking does (the
- *     views start once the countdowns have ticked twice, so every stream is open).
+ *     client (bench/client.ts), with the loop's worst delay as the server's own
+ *     `server` events say it: while nothing else runs, and while one
+ *     /api/aggregated/ runs, awaited, ?via=blocking (the sync sleeps on the loop),
+ *     and ?via=thread on 4 threads and on 10 (the view starts once the countdowns
+ *     have ticked twice, so every stream is open), with the view's own time;
+ *   - memory per pool thread: server.ts --threads 10's RSS before and after its
+ *     ten threads exist.
  *
  * Run:  npx tsx bench/fanout.ts [--n 10] [--delay 1000] [--runs 3] [--streams 200]
  *                               [--seconds 20] [--interval 1000] [--json]
@@ -20,6 +24,7 @@
  * It asserts nothing about speed; it exits 1 when a server does not start.
  */
 
+import http from "node:http";
 import { setTimeout as delay } from "node:timers/promises";
 import { exitWith, isMain, readFlags, wholeNumber } from "../server.ts";
 import type { ClientReport } from "./client.ts";
@@ -30,6 +35,8 @@ import {
   median,
   messageOf,
   plural,
+  rssKB,
+  SseReader,
   startFile,
   startServer,
   stop,
@@ -63,9 +70,11 @@ export interface LatencyRow {
 
 export interface LatenessRow {
   label: string;
-  /** How many views answered while the countdowns ran. */
-  views: number;
+  /** The one view run while the countdowns ran: its status and seconds, if there was one. */
+  view?: { status: number; seconds: number };
   lateness: ClientReport["lateness"];
+  /** The worst event-loop delay the server reported in its `server` events, in ms. */
+  worstDelay: number;
   eventsReceived: number;
   eventsExpected: number;
 }
@@ -74,12 +83,14 @@ export interface FanOutReport {
   options: FanOutOptions;
   latency: LatencyRow[];
   lateness: LatenessRow[];
+  /** RSS per thread of server.ts's pool, in KB. */
+  threadKB: number;
 }
 
 // ─── The servers, each its own process (bench/common.ts) ─────────────────────
 
-async function startAsync(): Promise<Server> {
-  const server = await startServer("server.ts", ["--quiet"]);
+async function startAsync(threads = 4): Promise<Server> {
+  const server = await startServer("server.ts", ["--quiet", "--threads", String(threads)]);
   await warmUp(server.url);
   return server;
 }
@@ -145,9 +156,9 @@ async function latency(options: FanOutOptions): Promise<LatencyRow[]> {
 
   const one = await startBlocking(1);
   try {
-    // After its 504 the worker still serves the call that timed out: wait for that,
-    // so each run starts idle.
-    const answered = /: answered$/;
+    // After its 504 the worker still takes the call that timed out (and serves it, or drops it
+    // because its client left): wait for that, so each run starts idle.
+    const answered = /: answered$|Not serving GET/;
     const orphanServed = () => {
       const times = linesMatching(one, answered) + 1;
       return waitForLines(one, answered, "the orphaned call", times, VIEW_DEADLINE_MS);
@@ -162,13 +173,41 @@ async function latency(options: FanOutOptions): Promise<LatencyRow[]> {
 
 // ─── Lateness of the countdowns beside the views ─────────────────────────────
 
-/** Runs the load client against `origin` while `view` (if any) is requested again and again. */
+/**
+ * The worst loop delay one extra stream hears from the server: each `server` event carries the
+ * worst of the last second, whenever it moved. `from()` forgets what came before (the streams
+ * opening); `stop()` ends the stream and says the worst since.
+ */
+function watchDelay(origin: string) {
+  let worst = 0;
+  const reader = new SseReader();
+  const request = http.get(`${origin}/sse/?from=100000`, (answer) => {
+    answer.setEncoding("utf8").on("data", (text: string) => {
+      for (const message of reader.read(text)) {
+        if (message.event !== "server") continue;
+        const { delay } = JSON.parse(message.data ?? "{}") as { delay?: number };
+        worst = Math.max(worst, delay ?? 0);
+      }
+    });
+  });
+  request.on("error", () => {}); // ended by stop(), or by the server's end
+  return {
+    from: () => void (worst = 0),
+    stop: () => {
+      request.destroy();
+      return worst;
+    },
+  };
+}
+
+/** Runs the load client against `origin`, and `view` (if any) once the countdowns run. */
 async function latenessBeside(
   label: string,
   origin: string,
   view: string | undefined,
   options: FanOutOptions,
 ): Promise<LatenessRow> {
+  const watching = watchDelay(origin);
   const client = startFile("bench/client.ts", [
     "--json",
     ...["--url", `${origin}/sse/`],
@@ -177,36 +216,35 @@ async function latenessBeside(
     ...["--interval", String(options.interval)],
     ...["--grace", "5"],
   ]);
-  let running = true;
-  client.exited.then(() => (running = false));
-  // The views start once the countdowns run, so they measure ticks on schedule, not
+  // The view starts once the countdowns run, so it measures ticks on schedule, not
   // connections waiting to be accepted.
   await Promise.race([delay(RAMP_INTERVALS * options.interval), client.exited]);
-  let views = 0;
-  while (running && view) {
-    await timeView(`${origin}${view}`);
-    views++;
-  }
+  watching.from();
+  const timed = view ? await timeView(`${origin}${view}`) : undefined;
   await client.closed;
+  const worstDelay = watching.stop();
   const report = jsonLine<ClientReport>(client, "the load client");
   const { lateness, eventsReceived, eventsExpected } = report;
+  const viewPart = timed ? `, the view ${timed.status} in ${timed.seconds.toFixed(2)} s` : "";
   console.error(
     `fan-out: countdowns ${label}: lateness p99 ${lateness.p99} ms, max ${lateness.max} ms, ` +
-      `${views} views`,
+      `worst loop delay ${worstDelay} ms${viewPart}`,
   );
-  return { label, views, lateness, eventsReceived, eventsExpected };
+  return { label, view: timed, lateness, worstDelay, eventsReceived, eventsExpected };
 }
 
 async function lateness(options: FanOutOptions): Promise<LatenessRow[]> {
   const query = `n=${options.n}&delay=${options.delay}`;
   const rows: LatenessRow[] = [];
-  for (const [label, view] of [
-    ["alone", undefined],
-    ["while /api/aggregated/ runs", `/api/aggregated/?${query}`],
-    ["while /api/aggregated/?via=blocking runs", `/api/aggregated/?${query}&via=blocking`],
+  for (const [label, view, threads] of [
+    ["alone", undefined, 4],
+    ["while /api/aggregated/ runs (awaited)", `/api/aggregated/?${query}`, 4],
+    ["while ?via=blocking runs (sync sleeps on the loop)", `/api/aggregated/?${query}&via=blocking`, 4],
+    ["while ?via=thread runs, --threads 4", `/api/aggregated/?${query}&via=thread`, 4],
+    ["while ?via=thread runs, --threads 10", `/api/aggregated/?${query}&via=thread`, 10],
   ] as const) {
     // A fresh server each time, so one measurement's leftovers cannot slow the next.
-    const server = await startAsync();
+    const server = await startAsync(threads);
     try {
       rows.push(await latenessBeside(label, server.url, view, options));
     } finally {
@@ -216,14 +254,36 @@ async function lateness(options: FanOutOptions): Promise<LatenessRow[]> {
   return rows;
 }
 
+/** How much RSS a thread of the pool adds: server.ts --threads 10, before and after its ten. */
+async function memoryPerThread(): Promise<number> {
+  const threads = 10;
+  const server = await startAsync(threads);
+  try {
+    const before = rssKB(server.child.pid!);
+    // Ten calls at once make the ten threads; they stay, idle, for the next calls.
+    await timeView(`${server.url}/api/aggregated/?via=thread&n=${threads}&delay=${WARM_UP_DELAY_MS}`);
+    await delay(WARM_UP_DELAY_MS);
+    const kbPerThread = (rssKB(server.child.pid!) - before) / threads;
+    console.error(`fan-out: a pool thread adds ${(kbPerThread / 1024).toFixed(1)} MB of RSS`);
+    return kbPerThread;
+  } finally {
+    await stop(server);
+  }
+}
+
 // ─── The report ──────────────────────────────────────────────────────────────
 
 export async function runFanOut(options: FanOutOptions): Promise<FanOutReport> {
-  return { options, latency: await latency(options), lateness: await lateness(options) };
+  return {
+    options,
+    latency: await latency(options),
+    lateness: await lateness(options),
+    threadKB: await memoryPerThread(),
+  };
 }
 
 /** The report as Markdown, the way bench/run.ts writes its own sections. */
-export function fanOutSection({ options, latency, lateness }: FanOutReport): string {
+export function fanOutSection({ options, latency, lateness, threadKB }: FanOutReport): string {
   const { n, delay: delayMs, runs, streams, seconds, interval } = options;
   const lines = [
     `**Fan-out** (lesson 2): \`/api/aggregated/?n=${n}&delay=${delayMs}\`, timed from the ` +
@@ -241,20 +301,29 @@ export function fanOutSection({ options, latency, lateness }: FanOutReport): str
   lines.push(
     "",
     `${streams} countdowns on one server.ts (one tick every ${interval} ms for ${seconds} s), ` +
-      `beside the view requested again and again:`,
+      `while one \`/api/aggregated/?n=${n}&delay=${delayMs}\` runs; the loop's worst delay is ` +
+      "what the server's own `server` events said from the view's start (the streams open):",
     "",
     ...tableHead(
       "countdowns",
-      "views answered meanwhile",
+      "the view: answer in",
       "events received / expected",
       "tick lateness p50 · p99 · max",
+      "loop's worst delay",
     ),
   );
   for (const row of lateness) {
     const { p50, p99, max } = row.lateness;
     const events = `${row.eventsReceived} / ${row.eventsExpected}`;
-    lines.push(tableRow(row.label, row.views, events, `${p50} ms · **${p99} ms** · ${max} ms`));
+    const view = row.view ? `${row.view.status} in ${toHundredths(row.view.seconds)}` : "(none)";
+    const late = `${p50} ms · **${p99} ms** · ${max} ms`;
+    lines.push(tableRow(row.label, view, events, late, `**${row.worstDelay} ms**`));
   }
+  lines.push(
+    "",
+    `A thread of the pool adds **${(threadKB / 1024).toFixed(1)} MB** of RSS ` +
+      "(server.ts --threads 10, before and after its ten threads exist).",
+  );
   return lines.join("\n");
 }
 

@@ -1,7 +1,8 @@
 /**
  * lessons/http.ts: the HTTP pieces the later lessons share on top of lesson 1:
  * their pages from pages/, JSON answers, request bodies (JSON or a form), the
- * Origin check, and the visitor cookie that says who is asking.
+ * Origin check, the signed visitor cookie that says who is asking, and how
+ * often one may post.
  *
  * Not a lesson of its own, and it ports no post: the room (lessons/room.ts) is
  * the first to use it. Lesson 1 needs none of this: its one page is a constant,
@@ -263,10 +264,17 @@ export function readVisitor(req: IncomingMessage): string | undefined {
   return secret === undefined ? undefined : publicVisitorId(secret);
 }
 
-/** The public id of the request's visitor, or a 401 with a sentence (the toasts need one). */
-export function requireVisitor(req: IncomingMessage): string {
+/**
+ * The public id of the request's visitor, or a 401 with a sentence (the toasts need one).
+ * Given `res`, a cookie this server did not sign (from an earlier run, or made up) gets a
+ * new one with the 401, so that a page's stream, trying again, follows under it.
+ */
+export function requireVisitor(req: IncomingMessage, res?: ServerResponse): string {
   const visitor = readVisitor(req);
   if (visitor) return visitor;
+  const pairs = (req.headers.cookie ?? "").split(";");
+  const stranger = pairs.some((pair) => pair.trim().startsWith(`${VISITOR_COOKIE}=`));
+  if (res && stranger) res.setHeader("Set-Cookie", newVisitorCookie());
   throw new RequestError(
     401,
     "No visitor cookie: open a page of this server first, then send the visitor cookie it set.",
@@ -310,7 +318,7 @@ export class PostRate {
     );
     if (waitMs > 0) {
       const seconds = Math.ceil(waitMs / 1000);
-      if (!this.said) this.log(`${this.what}: a sender posted faster than allowed (said once)`);
+      if (!this.said) this.log(`${this.what}: posts came faster than allowed: 429 (said once)`);
       this.said = true;
       res.setHeader("Retry-After", seconds);
       throw new RequestError(429, `Too many ${this.what} at once: try again in ${seconds} s.`);

@@ -18,7 +18,7 @@
  */
 
 import type { ServerResponse } from "node:http";
-import { drainOrClose, type App } from "../server.ts";
+import { drainOrClose, RequestError, type App } from "../server.ts";
 
 // ─── Settings ────────────────────────────────────────────────────────────────
 
@@ -204,7 +204,8 @@ export class MemoryHub implements Hub {
    * every subscriber before publish returns.
    */
   async publish<Data>(topic: string, type: string, data: Data): Promise<HubEvent<Data>> {
-    if (this.closed) throw new Error("the hub is closed");
+    // Ctrl-C closes the hub before the last requests are answered: they hear why, as a 503.
+    if (this.closed) throw new RequestError(503, "This server is stopping; try again in a moment.");
     const at = new Date().toISOString();
     const event: HubEvent<Data> = { topic, id: this.lastId(topic) + 1, type, data, at };
     this.relay(event);
@@ -354,12 +355,15 @@ const STILL_HERE = ": still here\n\n";
 
 /**
  * The SSE streams of one kind open in this process (the room's, the toasts'),
- * and the one timer that gives the silent ones a heartbeat: one timer for all
- * of them, not one per stream. It stops when the last stream closes.
+ * and the one timer that gives them a heartbeat: one timer for all of them,
+ * not one per stream. It stops when the last stream closes. Each beat goes to
+ * every stream, even one that was just sent an event: skipping those would let
+ * a stream written to just after a beat wait two intervals for its next byte
+ * (the room's presence line made its first heartbeat come that late), and a
+ * comment line is cheap.
  */
 export class OpenStreams {
-  /** Each open stream, and whether it was written to since the last beat. */
-  protected streams = new Map<ServerResponse, { wrote: boolean }>();
+  protected streams = new Set<ServerResponse>();
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private heartbeat: number;
 
@@ -372,7 +376,7 @@ export class OpenStreams {
   }
 
   protected open(res: ServerResponse) {
-    this.streams.set(res, { wrote: false });
+    this.streams.add(res);
     // `??=` assigns only when the left side is undefined: the first stream starts the timer.
     // --heartbeat 0 sends none: no timer at all.
     if (this.heartbeat > 0) this.heartbeatTimer ??= setInterval(() => this.beat(), this.heartbeat);
@@ -386,17 +390,10 @@ export class OpenStreams {
     this.heartbeatTimer = undefined;
   }
 
-  /** Writes to an open stream; one written to needs no heartbeat this round. */
-  protected write(res: ServerResponse, text: string): boolean {
-    const stream = this.streams.get(res);
-    if (stream) stream.wrote = true;
-    return res.write(text);
-  }
-
   /** Ends every stream cleanly (on Ctrl-C); browsers reconnect with the last id they saw. */
   endAll(): number {
     const count = this.streams.size;
-    for (const res of this.streams.keys()) res.end();
+    for (const res of this.streams) res.end();
     return count;
   }
 
@@ -422,7 +419,7 @@ export class OpenStreams {
     try {
       for await (const message of source(left.signal)) {
         sent++;
-        if (!this.write(res, message)) await drainOrClose(res);
+        if (!res.write(message)) await drainOrClose(res);
       }
       if (res.writableEnded) why = "the server is stopping";
     } catch (error) {
@@ -441,10 +438,7 @@ export class OpenStreams {
   }
 
   private beat() {
-    for (const [res, stream] of this.streams) {
-      // A stream waiting for a slow reader to drain gets nothing more to hold.
-      if (!stream.wrote && !res.writableNeedDrain) res.write(STILL_HERE);
-      stream.wrote = false;
-    }
+    // A stream waiting for a slow reader to drain gets nothing more to hold.
+    for (const res of this.streams) if (!res.writableNeedDrain) res.write(STILL_HERE);
   }
 }

@@ -21,6 +21,7 @@
  * lessons import them. lessons/http.ts: JSON answers, bodies, the Origin
  * check and the visitor cookie. lessons/hub.ts: the hub every lesson from the
  * room on talks to. lessons/toast-marks.ts: the toasts' read-mark bookkeeping.
+ * lessons/ws-frames.ts: what a WebSocket client may send, read and checked.
  */
 
 import type { Lesson } from "../server.ts";

@@ -1,19 +1,17 @@
 /**
  * lessons/postgres.ts: lesson 3, one hub for every process, through PostgreSQL.
  *
- * With --workers 2 (lessons/processes.ts) each process has a hub of its own, so a
- * message reaches only the tabs of the process it was posted to. Víðir Valberg
- * Guðmundsson's "Writing a chat application in Django 4.2 using async StreamingHttpResponse,
- * Server-Sent Events and PostgreSQL LISTEN/NOTIFY" (seed 003) answers with LISTEN/NOTIFY,
- * "batteries included" in the database you already run. Here the hub's events live in a
- * table, and every process hears of each new one through LISTEN, on one connection of its
- * own: a thousand tabs cost one connection per process, not one per tab as in the post.
- * The room, the toasts and the WebSocket talk to the same `Hub` interface (lessons/hub.ts)
- * and never know.
+ * With --workers 2 (lessons/processes.ts) each process has a hub of its own, so a message
+ * reaches only the tabs of the process it was posted to. Víðir Valberg Guðmundsson's "Writing
+ * a chat application in Django 4.2 using async StreamingHttpResponse, Server-Sent Events and
+ * PostgreSQL LISTEN/NOTIFY" (seed 003) answers with LISTEN/NOTIFY, "batteries included" in the
+ * database you already run. Here the hub's events live in a table, and every process hears of
+ * each new one through LISTEN, on one connection of its own: a thousand tabs cost one
+ * connection per process, not one per tab as in the post. The room, the toasts and the
+ * WebSocket talk to the same `Hub` interface (lessons/hub.ts) and never know.
  *
- * It needs a running PostgreSQL with a database in it (docs/postgres.md has the
- * three commands for a local one; its "postgres" database will do), and the
- * postgres package (npm ci).
+ * It needs a running PostgreSQL with a database in it (docs/postgres.md has the three
+ * commands for a local one; its "postgres" database will do), and the postgres package (npm ci).
  * Run it:    npx -y tsx server.ts --workers 2 \
  *              --database postgres://postgres:countdown@localhost:5432/postgres
  * Then try:
@@ -38,25 +36,20 @@ import type { Sql, TransactionSql } from "postgres";
 import { exitWith, RequestError, type FlagValues, type Lesson } from "../server.ts";
 import { chooseHub, HUB_KEEP, MemoryHub } from "./hub.ts";
 import type { Hub, HubEvent, HubGap, HubSection } from "./hub.ts";
+import { shareVisitorKey } from "./http.ts";
+import { databaseErrorSentence, DATABASE_CONNECT_TIMEOUT_S } from "./postgres-faults.ts";
+import { QUERY_DEADLINE_MS, SENTENCES, STOPPING, TOO_LATE } from "./postgres-faults.ts";
 
 // ─── Settings ────────────────────────────────────────────────────────────────
 
-/** How long a connection attempt may take before the database counts as unreachable. */
-const DATABASE_CONNECT_TIMEOUT_S = 5;
+// The deadlines, and the sentences of a 503 or a failed start: lessons/postgres-faults.ts.
 /** The channel every process LISTENs on. */
 const HUB_CHANNEL = "hub_events";
 /** NOTIFY refuses payloads of 8000 bytes or more: a larger event is announced by its id. */
 export const NOTIFY_MAX_BYTES = 7900;
-/** Reconnecting the listener waits this long at first, doubling up to the maximum. */
+/** Reconnecting the listener tries this long after the last try began, doubling to the max. */
 const RECONNECT_FIRST_MS = 250;
 const RECONNECT_MAX_MS = 8000;
-
-/** What the driver and PostgreSQL say when the database is down or went away. */
-const CONNECTION_ERRORS = new Set([
-  "ECONNREFUSED", "ECONNRESET", "ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT",
-  "CONNECT_TIMEOUT", "CONNECTION_CLOSED", "CONNECTION_ENDED", "CONNECTION_DESTROYED",
-  "57P01", "57P02", "57P03", // admin_shutdown, crash_shutdown, cannot_connect_now
-]);
 
 // ─── Connecting ──────────────────────────────────────────────────────────────
 
@@ -73,6 +66,8 @@ function redactUrl(url: string): string {
   return parsed.href;
 }
 
+const POOL_OPTIONS = { connect_timeout: DATABASE_CONNECT_TIMEOUT_S, onnotice: () => {} };
+
 /** Connects and checks the database answers, or exits with one sentence that says why not. */
 async function openDatabase(url: string): Promise<Sql> {
   const parsed = URL.canParse(url) ? new URL(url) : undefined;
@@ -83,7 +78,7 @@ async function openDatabase(url: string): Promise<Sql> {
   const { default: postgres } = await import("postgres").catch(() =>
     exitWith(1, "--database needs the postgres package, which is not installed: run npm ci first."),
   );
-  const sql = postgres(url, { connect_timeout: DATABASE_CONNECT_TIMEOUT_S, onnotice: () => {} });
+  const sql = postgres(url, POOL_OPTIONS);
   try {
     await sql`select 1`;
     return sql;
@@ -93,65 +88,21 @@ async function openDatabase(url: string): Promise<Sql> {
   }
 }
 
-/** A URL part as a person typed it; left encoded when it is not valid percent-encoding. */
-function decodeSafely(text: string): string {
-  try {
-    return decodeURIComponent(text);
-  } catch {
-    return text;
-  }
-}
-
-/** One sentence for what went wrong while connecting, never with the password in it. */
-function databaseErrorSentence(error: NodeJS.ErrnoException, url: URL): string {
-  const where = `${url.hostname}:${url.port || 5432}`;
-  const user = decodeSafely(url.username);
-  const database = decodeSafely(url.pathname.slice(1)) || user;
-  switch (error.code) {
-    case "ECONNREFUSED":
-      return `Cannot reach PostgreSQL at ${where}: the connection was refused. ` +
-        "Is the server running?";
-    case "ENOTFOUND":
-    case "EAI_AGAIN":
-      return `Cannot reach PostgreSQL at ${where}: there is no such host.`;
-    case "CONNECT_TIMEOUT":
-      return `Cannot reach PostgreSQL at ${where}: ` +
-        `no answer within ${DATABASE_CONNECT_TIMEOUT_S} seconds.`;
-    case "28P01":
-    case "28000":
-      return `PostgreSQL at ${where} refused the login of user "${user}": ` +
-        "check the user and password in --database.";
-    case "3D000":
-      return `PostgreSQL at ${where} has no database "${database}": ` +
-        "create it, or name another in --database.";
-    default:
-      return `Cannot use PostgreSQL at ${where}: ${error.message}.`;
-  }
-}
-
 // ─── The tables ──────────────────────────────────────────────────────────────
 
 /** The tables, created at start when missing: a second start changes nothing. */
 const SCHEMA = `
-  create table if not exists hub_topics (
-    topic text primary key,
-    last_id bigint not null
-  );
+  create table if not exists hub_topics (topic text primary key, last_id bigint not null);
   create table if not exists hub_events (
-    topic text not null,
-    id bigint not null,
-    type text not null,
-    data jsonb not null,
-    at timestamptz not null default now(),
-    primary key (topic, id)
+    topic text not null, id bigint not null, type text not null, data jsonb not null,
+    at timestamptz not null default now(), primary key (topic, id)
   );
 `;
 
 /**
- * Creates the tables when missing, or exits with one sentence. Processes that
- * start together, on this machine or another, take turns under a lock: two
- * running "create table if not exists" at the same moment can both try to
- * create, and one of them would fail.
+ * Creates the tables when missing, or exits with one sentence. Processes that start together,
+ * on this machine or another, take turns under a lock: two running "create table if not exists"
+ * at the same moment can both try to create, and one of them would fail.
  */
 async function createTables(sql: Sql, url: string): Promise<void> {
   await sql
@@ -178,12 +129,9 @@ export async function probeDatabase(url: string): Promise<void> {
   await sql.end();
 }
 
+/** A row of hub_events as the driver gives it: a bigint arrives as a string. */
 interface EventRow {
-  topic: string;
-  id: string | number; // bigint arrives as a string
-  type: string;
-  data: unknown;
-  at: Date | string;
+  topic: string; id: string | number; type: string; data: unknown; at: Date | string;
 }
 
 function rowToEvent({ topic, id, type, data, at }: EventRow): HubEvent {
@@ -192,17 +140,14 @@ function rowToEvent({ topic, id, type, data, at }: EventRow): HubEvent {
 
 // ─── The hub of every process ────────────────────────────────────────────────
 //
-// A publish is one transaction: the INSERT, and a NOTIFY that PostgreSQL
-// delivers only when it commits, to every listening session, in commit order.
-// A NOTIFY is not stored: a process whose connection was down misses it. That
-// is why the events are in a table: on reconnect, each process reads what was
-// committed meanwhile, and nothing is lost.
+// A publish is one transaction: the INSERT, and a NOTIFY that PostgreSQL delivers only when it
+// commits, to every listening session, in commit order. A NOTIFY is not stored: a process whose
+// connection was down misses it. That is why the events are in a table: on reconnect, each
+// process reads what was committed meanwhile, and nothing is lost.
 
 /**
- * The hub of every process at once. Events are stored in PostgreSQL; each
- * process keeps the last few per topic in an in-memory hub of its own, which
- * fans them out to its streams, so a thousand tabs cost one LISTEN, not a
- * thousand connections (seed 003 opened one per tab).
+ * The hub of every process at once. Events are stored in PostgreSQL; each process keeps the
+ * last few per topic in an in-memory hub of its own, which fans them out to its streams.
  */
 export class PostgresHub implements Hub {
   private sql: Sql;
@@ -217,13 +162,18 @@ export class PostgresHub implements Hub {
   /** Aborted by close(): ends a reconnect's pause. */
   private closing = new AbortController();
   private reconnecting = false;
+  /** A new pool for `sql`, when a query on the old one missed its deadline. */
+  private connect: () => Sql;
+  /** Since a query missed its deadline, until one is answered: said once each way. */
+  private late = false;
 
   // Private: the way in is PostgresHub.open() below, because a constructor cannot await, and
   // a hub needs its connections open and its tables made before anyone uses it.
-  private constructor(sql: Sql, listener: Sql, log: (line: string) => void) {
+  private constructor(sql: Sql, listener: Sql, log: (line: string) => void, connect: () => Sql) {
     this.sql = sql;
     this.listener = listener;
     this.log = log;
+    this.connect = connect;
     this.local = new MemoryHub({ log });
   }
 
@@ -239,17 +189,12 @@ export class PostgresHub implements Hub {
     // sql.listen() itself: after a drop it tries once, at once, and gives up silently if the
     // database is still down; lost() below retries, says so, and reads what it missed.
     const listenerOptions = {
-      max: 1,
-      idle_timeout: 0,
-      max_lifetime: null,
-      connect_timeout: DATABASE_CONNECT_TIMEOUT_S,
-      onnotice: () => {},
-      onclose: () => hub?.lost(),
+      ...POOL_OPTIONS, max: 1, idle_timeout: 0, max_lifetime: null, onclose: () => hub?.lost(),
       onnotify: (_channel: string, payload: string) => hub?.notified(payload),
     };
     // The cast: `onnotify` is missing from the package's types, though its listen() uses it.
     const listener = postgres(url, listenerOptions as Parameters<typeof postgres>[1]);
-    hub = new PostgresHub(sql, listener, log);
+    hub = new PostgresHub(sql, listener, log, () => postgres(url, POOL_OPTIONS));
     await hub.listen();
     return hub;
   }
@@ -264,18 +209,13 @@ export class PostgresHub implements Hub {
     // take ids in turn and commit in id order: NOTIFYs arrive in commit order. (`as never`:
     // the driver's JSON type is narrower than Data, and whatever a lesson publishes is JSON.)
     const [row] = await tx<EventRow[]>`
-      with next as (
-        -- a new topic starts at id 1:
+      with next as ( -- a new topic starts at id 1; a known topic's row takes one more:
         insert into hub_topics (topic, last_id) values (${topic}, 1)
-        -- a known topic's row instead takes one more, and stays locked until commit:
         on conflict (topic) do update set last_id = hub_topics.last_id + 1
-        -- the id just taken, for the step below:
         returning last_id
-      )
-      -- the event, stored under that id:
+      ) -- the event, stored under that id, and the row as stored, with the database's time:
       insert into hub_events (topic, id, type, data)
       select ${topic}, last_id, ${type}, ${tx.json(data as never)} from next
-      -- the row as stored, with the time the database gave it:
       returning topic, id, type, data, at`;
     const stored = rowToEvent(row!) as HubEvent<Data>;
     const full = JSON.stringify(stored);
@@ -287,11 +227,9 @@ export class PostgresHub implements Hub {
     return stored;
   }
 
-  async history(
-    topic: string,
-    options: { after?: number; limit?: number } = {},
-    sql: Sql | TransactionSql = this.sql, // exclusive() reads in its transaction
-  ) {
+  // `sql` is the transaction of exclusive() when it reads in one.
+  async history(topic: string, options: { after?: number; limit?: number } = {},
+    sql: Sql | TransactionSql = this.sql) {
     const { after = 0, limit = HUB_KEEP } = options;
     if (limit <= 0) return [];
     const rows = await this.ask(() => sql<EventRow[]>`
@@ -302,25 +240,56 @@ export class PostgresHub implements Hub {
   }
 
   /**
-   * A database that does not answer is this server's trouble, not the request's:
-   * a 503 with one sentence (which the router logs).
+   * Every query, with its deadline. A database that fails or does not answer is this
+   * server's trouble, not the request's: a 503 with one sentence (which the router logs).
    */
   private async ask<T>(query: () => Promise<T>): Promise<T> {
+    if (this.closing.signal.aborted) throw new RequestError(503, STOPPING);
+    const pool = this.sql;
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new RequestError(503, TOO_LATE)), QUERY_DEADLINE_MS);
+    });
     try {
-      return await query();
+      const answer = await Promise.race([query(), deadline]);
+      if (this.late && pool === this.sql) {
+        this.late = false;
+        this.log("hub: the database answers again");
+      }
+      return answer;
     } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code ?? "";
-      if (!CONNECTION_ERRORS.has(code)) throw error;
-      const sentence = "The database is not answering right now; try again in a moment.";
-      throw new RequestError(503, sentence);
+      if (error instanceof RequestError) {
+        if (error.message === TOO_LATE) this.renew(pool);
+        throw error; // a 503 already, perhaps from an ask() inside this one
+      }
+      const sentence = SENTENCES.get((error as NodeJS.ErrnoException).code ?? "");
+      if (sentence === undefined) throw error;
+      throw new RequestError(503, this.closing.signal.aborted ? STOPPING : sentence);
+    } finally {
+      clearTimeout(timer);
     }
   }
 
+  /**
+   * After a missed deadline, the pool's connections are closed and new ones opened. Closing
+   * them is what makes PostgreSQL, once it answers again, roll back the transactions of the
+   * requests that got 503: none of them sent its COMMIT. Their queries, and any still queued,
+   * end with the pool (503s too), so a frozen database holds nothing here for long.
+   */
+  private renew(pool: Sql): void {
+    if (pool !== this.sql || this.closing.signal.aborted) return;
+    if (!this.late) {
+      const late = `a query got no answer within ${QUERY_DEADLINE_MS / 1000} s`;
+      this.log(`hub: ${late}; closing the database connections, opening new ones`);
+    }
+    this.late = true;
+    this.sql = this.connect();
+    void pool.end({ timeout: 0 });
+  }
+
   /** The local hub's subscription, once this process holds the topic's recent events. */
-  async *subscribe(
-    topic: string,
-    options: { after?: number; signal: AbortSignal },
-  ): AsyncGenerator<HubEvent | HubGap> {
+  async *subscribe(topic: string, options: { after?: number; signal: AbortSignal }):
+    AsyncGenerator<HubEvent | HubGap> {
     do await this.load(topic); while (!this.loaded.has(topic)); // dropped meanwhile (below)?
     try {
       // The same replay, gap and queue limit as a single process's hub.
@@ -346,9 +315,7 @@ export class PostgresHub implements Hub {
     })) as Promise<T>);
   }
 
-  subscribers(topic: string): number {
-    return this.local.subscribers(topic);
-  }
+  subscribers(topic: string): number { return this.local.subscribers(topic); }
 
   /** Deletes the topic's events; its row in hub_topics stays, so its ids never start again. */
   async forget(topic: string): Promise<void> {
@@ -391,9 +358,7 @@ export class PostgresHub implements Hub {
     return done;
   }
 
-  private async listen(): Promise<void> {
-    await this.listener.unsafe(`listen ${HUB_CHANNEL}`);
-  }
+  private async listen(): Promise<void> { await this.listener.unsafe(`listen ${HUB_CHANNEL}`); }
 
   /** One session's notifications arrive in order; they are handled in that order, one at a time. */
   private notified(payload: string): void {
@@ -424,10 +389,14 @@ export class PostgresHub implements Hub {
   }
 
   private async relisten(since: number): Promise<void> {
+    let triedAt = since;
     for (let pauseMs = RECONNECT_FIRST_MS; ; pauseMs = Math.min(pauseMs * 2, RECONNECT_MAX_MS)) {
-      // close() cuts the pause short: wait() then rejects, and there is nothing to retry.
-      await wait(pauseMs, undefined, { signal: this.closing.signal }).catch(() => {});
+      // From the last try's start: one that waited for a frozen database (its connect timeout)
+      // does not push the next past RECONNECT_MAX_MS. close() cuts the pause short.
+      const pause = Math.max(0, pauseMs - (performance.now() - triedAt));
+      await wait(pause, undefined, { signal: this.closing.signal }).catch(() => {});
       if (this.closing.signal.aborted) return;
+      triedAt = performance.now();
       try {
         await this.listen();
         // NOTIFYs sent while nobody here listened were dropped; their events are in the table.
@@ -456,11 +425,8 @@ export const database: Lesson = {
 
   banner(_url, flags) {
     const url = databaseUrl(flags);
-    if (!url) return [];
-    return [
-      `  The room and the toasts live in PostgreSQL at ${redactUrl(url)}: ` +
-        "every process hears every message.",
-    ];
+    const where = `PostgreSQL at ${redactUrl(url)}: every process hears every message.`;
+    return url ? [`  The room and the toasts live in ${where}`] : [];
   },
 
   /** Installed after the room and the toasts, which ask for the hub only when they serve. */
@@ -469,6 +435,7 @@ export const database: Lesson = {
     if (!url) return;
     const hub = await PostgresHub.open(url, app.log);
     chooseHub(app, hub);
+    await shareVisitorKey(hub); // visitor cookies signed alike by every process, every run
     app.onStop(() => void hub.close());
   },
 };

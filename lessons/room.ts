@@ -38,7 +38,8 @@ import {
   type Routes,
 } from "../server.ts";
 import { hubOf, isGap, OpenStreams, type Hub, type HubEvent, type HubGap } from "./hub.ts";
-import { checkField, checkOrigin, pageFile, readFields, readVisitor, sendJson } from "./http.ts";
+import { checkField, checkOrigin, pageFile, PostRate, readFields, readVisitor } from "./http.ts";
+import { sendJson } from "./http.ts";
 
 // ─── Settings ────────────────────────────────────────────────────────────────
 
@@ -157,16 +158,18 @@ class RoomStreams extends OpenStreams {
   private tellPresence() {
     this.presenceTimer = undefined;
     const tabs = this.size;
-    for (const res of this.streams.keys()) {
+    for (const res of this.streams) {
       if (this.told.get(res) === tabs) continue; // no news for this one
       this.told.set(res, tabs);
-      this.write(res, presenceEvent(tabs));
+      res.write(presenceEvent(tabs));
     }
   }
 }
 
 /** Each app's room streams, made when the lesson installs (per app: see lessons/hub.ts). */
 const rooms = new WeakMap<App, RoomStreams>();
+/** How often each app's room may be posted to (lessons/http.ts says why, and how). */
+const postRates = new WeakMap<App, PostRate>();
 
 // ─── The room's handlers ─────────────────────────────────────────────────────
 
@@ -194,11 +197,13 @@ function readMessageId(
 }
 
 /** Streams the room to one tab: recent messages, then every new one, until the tab closes. */
-const serveRoomStream: Handler = async (req, res, _url, app) => {
+const serveRoomStream: Handler = async (req, res, url, app) => {
   const { log, quiet } = app;
   const room = rooms.get(app)!; // `!`: set in install, before any request
   const hub = hubOf(app);
-  const lastEventId = readMessageId(req.headers["last-event-id"], "Last-Event-ID");
+  // ?after= for a page that opens a new EventSource, which cannot send Last-Event-ID itself.
+  const lastEventId = readMessageId(req.headers["last-event-id"], "Last-Event-ID")
+    ?? readMessageId(url.searchParams.get("after"), "after");
   res.writeHead(200, SSE_HEADERS);
   res.flushHeaders(); // so the browser's `open` fires now, not with the first message
   const from = lastEventId === undefined
@@ -242,6 +247,7 @@ const postMessage: Handler = async (req, res, _url, app) => {
     // browser gets one from the toasts, the next lesson, on its first page).
     poster: readVisitor(req) ?? null,
   };
+  postRates.get(app)!.take(req, res); // a good message only: a mistake costs no turn
   const event = await hubOf(app).publish(ROOM_TOPIC, "message", message);
   // The name's length, never the name or the text: a log is no place for what people write.
   const nameLength = [...message.name].length;
@@ -265,6 +271,7 @@ export const room: Lesson = {
   install(app) {
     const streams = new RoomStreams(app.heartbeat);
     rooms.set(app, streams);
+    postRates.set(app, new PostRate("room messages", app.log));
     // Ended cleanly on Ctrl-C: each browser reconnects with the last id it saw.
     app.onStop(() => {
       const count = streams.endAll();

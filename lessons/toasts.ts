@@ -306,7 +306,7 @@ export function toastsOf(app: App): Toasts {
 const serveToastStream: Handler = async (req, res, _url, app) => {
   const { log, quiet } = app;
   const toasts = toastsOf(app);
-  const visitor = requireVisitor(req);
+  const visitor = requireVisitor(req, res); // with a new cookie for a stranger's
   toasts.visitors.seen(visitor); // now, so that a full house is a 503, not a stream that ends
   res.writeHead(200, SSE_HEADERS);
   res.flushHeaders();
@@ -421,7 +421,7 @@ reads it); when standard input ends or is /dev/null, the server goes on serving.
   banner: (url) => [
     `  Toasts: type a line here and press Enter: every open page shows it. Demo: ${url}toasts/`,
     `  Of the 6 connections a browser opens per host name, the toasts' stream takes one and a`,
-    `  reload briefly one more: ${COUNTDOWN_TABS_PER_NAME} countdown tabs per name reload at once.`,
+    `  reload briefly one more: ${COUNTDOWN_TABS_PER_NAME} countdown tabs per name, then the link.`,
   ],
   install(app) {
     Object.assign(app.routes, {

@@ -9,16 +9,20 @@
  * Run both:  npx -y tsx server.ts     and, in another terminal,   npx -y tsx blocking-server.ts
  *            (the blocking server listens on 8001, where the wall looks for it)
  * Then try:
- *   - open http://localhost:8000/wall: eight tiles count on the left; on the right
+ *   - open http://localhost:8000/wall/: eight tiles count on the left; on the right
  *     one counts and seven wait for the only worker. After about 30 s (the
  *     blocking server's --timeout, as gunicorn's) the arbiter kills the busy
  *     worker (WORKER TIMEOUT), that tile is cut at 70, and a waiting tile takes over;
+ *   - press "Block the loop for 3 s" under the left column: every tile there stops,
+ *     and the column says its one thread kept them waiting about 3,000 ms; then
+ *     "The same on a thread": the very same sleep on lesson 2's thread pool, and
+ *     the tiles keep counting;
  *   - npm run crowd -- --streams 5000 adds 5,000 streams here: the left keeps
  *     counting, and its server line says how many streams the one process holds;
- *   - /wall?from=10&interval=200 gives every tile a short, fast countdown: on the
+ *   - /wall/?from=10&interval=200 gives every tile a short, fast countdown: on the
  *     right each ends long before the kill, and the tiles take turns uncut;
  *   - ?tiles=4 shows four tiles a column; ?blocking=PORT and ?server=PORT find
- *     servers started with --port.
+ *     servers started with --port. The wall fills any screen from 1024x768 up.
  */
 
 import { servePageFile } from "./http.ts";
@@ -36,10 +40,11 @@ const serveWall = servePageFile("wall.html");
 // ─── The routes ──────────────────────────────────────────────────────────────
 
 export const wall: Lesson = {
-  banner: (url) => [`  Both servers side by side: ${url}wall (start blocking-server.ts too)`],
+  banner: (url) => [`  Both servers side by side: ${url}wall/ (start blocking-server.ts too)`],
   install(app) {
     Object.assign(app.routes, {
-      "/wall": { GET: serveWall, HEAD: serveWall },
+      // At /wall/, as the room is at /room/: /wall redirects there (308), as every known path does.
+      "/wall/": { GET: serveWall, HEAD: serveWall },
     });
   },
 };

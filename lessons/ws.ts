@@ -27,7 +27,8 @@
  *     it is posted, and MESSAGE_UPDATED when one is changed (the PUT in lessons/edits.ts);
  *     '{"object_type": "message", "id": 1}' prints the changes of message 1 only, and
  *     '{"object_type": "toasts", "id": "<visitor id>"}' an ERROR: only a socket with that
- *     visitor's cookie (a page's own) may follow its toasts;
+ *     visitor's cookie (a page's own) may follow its toasts; add "request_id": "r1" to a
+ *     frame, and its reply says "request_id":"r1";
  *   - press Ctrl-C and start the server again: the WebSocket tab says
  *     "reconnecting", then asks for what came after the last message it showed.
  *     This in-memory hub starts over from 1, so the page says "some messages were
@@ -40,13 +41,15 @@ import type { Duplex } from "node:stream";
 // `import type` is erased when the TypeScript is stripped, so nothing is loaded here: the ws
 // package itself is loaded with await import() at the first upgrade (see loadWs below).
 import type { WebSocket, WebSocketServer } from "ws";
-import { clientName, HEARTBEAT_MS, RequestError, wholeNumber } from "../server.ts";
+import { clientName, HEARTBEAT_MS, RequestError } from "../server.ts";
 import type { App, Handler, Lesson } from "../server.ts";
 import { hubOf, isGap, SlowSubscriberError, type HubEvent, type HubGap } from "./hub.ts";
-import { checkOrigin, isObject, readVisitor } from "./http.ts";
-import { eventJson, MESSAGE_ID_RANGE, roomEvents } from "./room.ts";
+import { checkOrigin, readVisitor } from "./http.ts";
+import { eventJson, roomEvents } from "./room.ts";
 import { toastsOf } from "./toasts.ts";
 import { findMessage } from "./edits.ts";
+import { keyOf, parseFrame, readRequest, readRequestId, replyOf } from "./ws-frames.ts";
+import type { Id, Target } from "./ws-frames.ts";
 
 // ─── Settings ────────────────────────────────────────────────────────────────
 
@@ -62,12 +65,20 @@ const TOO_MANY =
 /** Bytes a socket may leave unsent before it is cut: a stalled reader must not hoard memory. */
 export const WS_UNSENT_LIMIT_BYTES = 256 * 1024;
 /**
+ * Frames one socket may send per second; past it, it is closed with 1008. Each frame costs a
+ * reply: a client that sends without end must not make the server queue replies without end.
+ * Room for a page and for a client that subscribes to WS_SUBSCRIPTIONS_MAX things at once.
+ */
+export const WS_FRAMES_PER_SECOND = 2 * WS_SUBSCRIPTIONS_MAX;
+export const TOO_FAST = `More than ${WS_FRAMES_PER_SECOND} frames in a second: closed.`;
+/**
  * Every socket is pinged once per this many app heartbeats (lesson 1's HEARTBEAT_MS, which a
  * test shortens); one silent since the last ping is dropped: a vanished peer sends no close.
  */
 const PING_EVERY_HEARTBEATS = 2;
-/** WebSocket close codes (RFC 6455): going away, an error on the server. */
+/** WebSocket close codes (RFC 6455): going away, a policy violation, an error on the server. */
 const WS_GOING_AWAY = 1001;
+const WS_POLICY_VIOLATION = 1008;
 const WS_SERVER_ERROR = 1011;
 
 // ─── Two-way: what a subscriber receives ─────────────────────────────────────
@@ -87,9 +98,18 @@ const WS_MESSAGE_TYPES: Readonly<Record<string, string>> = {
   gap: "GAP",
 };
 
-/** A WebSocket message: `{"type": "MESSAGE_CREATED", "payload": {...}}`, typed by the table. */
-function wsMessage(type: string, payload: unknown): string {
-  return JSON.stringify({ type: WS_MESSAGE_TYPES[type], payload });
+/**
+ * A WebSocket message: `{"type": "MESSAGE_CREATED", "event_id": 42, "payload": {...}}`. A room
+ * event carries its hub id in event_id (what `after` names); a reply, the request_id it answers.
+ */
+function wsMessage(type: string, payload: unknown, ids: { event_id?: number; request_id?: Id }) {
+  return JSON.stringify({ type, ...ids, payload });
+}
+
+/** A room event's payload: the message's fields, and the message's own id in `id`, always. */
+function roomPayload(event: HubEvent): Record<string, unknown> {
+  const { message, ...change } = event.data as { message?: number };
+  return message === undefined ? eventJson(event) : { id: message, ...change, at: event.at };
 }
 
 /**
@@ -98,86 +118,17 @@ function wsMessage(type: string, payload: unknown): string {
  */
 const wsMessages = new WeakMap<HubEvent | HubGap, string>();
 
-/** One hub event as a WebSocket message; its payload is what SSE sends as `data:`. */
+/** One hub event as a WebSocket message; its payload is what SSE sends as `data:`, by id. */
 function hubEventToWs(event: HubEvent | HubGap): string {
   let message = wsMessages.get(event);
   if (message === undefined) {
-    const payload = isGap(event) ? { after: event.after } : eventJson(event);
-    wsMessages.set(event, (message = wsMessage(event.type, payload)));
+    const type = WS_MESSAGE_TYPES[event.type]!;
+    message = isGap(event)
+      ? wsMessage(type, { after: event.after }, {})
+      : wsMessage(type, roomPayload(event), { event_id: event.id });
+    wsMessages.set(event, message);
   }
   return message;
-}
-
-// ─── The frames a client sends ───────────────────────────────────────────────
-//
-// Each frame is one JSON object: `{"object_type": "room", "id": "lobby"}` (with
-// `"after": 41` to resume), `{"object_type": "message", "id": 42}`,
-// `{"object_type": "toasts", "id": "<public visitor id>"}`, or
-// `{"unsubscribe": {...}}` with one of those. A visitor's public id is the
-// `poster` of each message it posted (lessons/http.ts makes it from the
-// cookie). A mistake gets an ERROR with one sentence, never a closed socket.
-
-/** What a client may follow; `kind` says which, and with it, the type of `id`. */
-type Target =
-  | { kind: "room"; id: "lobby"; after?: number }
-  | { kind: "message"; id: number }
-  | { kind: "toasts"; id: string };
-
-/** "room lobby", "message 42": names a subscription in sentences, in the log and in its Map. */
-const keyOf = (target: Target) => `${target.kind} ${target.id}`;
-/** What SUBSCRIBED and UNSUBSCRIBED answer with: the frame's own words. */
-const replyOf = (target: Target) => ({ object_type: target.kind, id: target.id });
-
-const EXAMPLE = '{"object_type": "room", "id": "lobby"}';
-
-/** Reads one frame; throws a RequestError whose sentence the ERROR reply carries. */
-function readFrame(text: string): { unsubscribe: boolean; target: Target } {
-  let frame: unknown;
-  try {
-    frame = JSON.parse(text);
-  } catch {
-    throw new RequestError(400, `The frame is not JSON; send ${EXAMPLE}.`);
-  }
-  if (!isObject(frame)) {
-    throw new RequestError(400, `The frame must be one JSON object, such as ${EXAMPLE}.`);
-  }
-  if (!("unsubscribe" in frame)) return { unsubscribe: false, target: readSubscription(frame) };
-  if (!isObject(frame.unsubscribe)) {
-    const example = `{"unsubscribe": ${EXAMPLE}}`;
-    throw new RequestError(400, `unsubscribe takes what was subscribed to: ${example}.`);
-  }
-  return { unsubscribe: true, target: readSubscription(frame.unsubscribe) };
-}
-
-/**
- * A number in a frame, checked by lesson 1's wholeNumber so a bad one gets
- * the same sentence as in a query. wholeNumber reads text: a JSON number goes
- * in as its digits; anything else fails, the string "42" too (ids are numbers).
- */
-function frameNumber(name: string, value: unknown): number {
-  return wholeNumber(name, typeof value === "number" ? String(value) : "", MESSAGE_ID_RANGE);
-}
-
-function readSubscription(frame: Record<string, unknown>): Target {
-  const { object_type: kind, id, after } = frame;
-  if (id === undefined || id === null || id === "") {
-    const ids = 'the room is "lobby", a message is its number, toasts are your visitor id';
-    throw new RequestError(400, `id is missing: ${ids}.`);
-  }
-  switch (kind) {
-    case "room":
-      if (id !== "lobby") throw new RequestError(400, 'There is one room, and its id is "lobby".');
-      return { kind, id, after: after === undefined ? undefined : frameNumber("after", after) };
-    case "message":
-      return { kind, id: frameNumber("A message id", id) };
-    case "toasts":
-      if (typeof id !== "string") {
-        throw new RequestError(400, "The id of toasts is a visitor id, a string.");
-      }
-      return { kind, id };
-    default:
-      throw new RequestError(400, "object_type must be room, message or toasts.");
-  }
 }
 
 // ─── The WebSocket endpoint ──────────────────────────────────────────────────
@@ -189,6 +140,7 @@ interface Connection {
   subscriptions: Map<string, AbortController>; // by key, each stopped by its own controller
   alive: boolean;
   sent: number;
+  frames: { since: number; count: number }; // what it sent in the second since its first
 }
 
 /**
@@ -202,6 +154,7 @@ class Notifications {
   private pingTimer: NodeJS.Timeout | undefined;
   private server: Promise<WebSocketServer | undefined> | undefined; // ws's, at the first upgrade
   private app: App;
+  private boundsSaid = new Set<string>();
 
   constructor(app: App) {
     this.app = app;
@@ -242,7 +195,8 @@ class Notifications {
     const client = clientName(req.socket);
     const visitor = readVisitor(req);
     const subscriptions = new Map<string, AbortController>();
-    const connection: Connection = { client, visitor, subscriptions, alive: true, sent: 0 };
+    const frames = { since: -Infinity, count: 0 };
+    const connection: Connection = { client, visitor, subscriptions, alive: true, sent: 0, frames };
     connections.set(socket, connection);
     const beat = app.heartbeat || HEARTBEAT_MS; // --heartbeat 0 turns off comments, not pings
     this.pingTimer ??= setInterval(() => this.ping(), beat * PING_EVERY_HEARTBEATS);
@@ -257,15 +211,18 @@ class Notifications {
   }
 
   private async received(socket: WebSocket, connection: Connection, text: string | undefined) {
+    if (socket.readyState !== socket.OPEN || this.tooFast(socket, connection)) return;
+    let requestId: Id | undefined;
     try {
-      const binary = "Send text frames of JSON, not binary ones.";
-      if (text === undefined) throw new RequestError(400, binary);
-      const { unsubscribe, target } = readFrame(text);
-      if (unsubscribe) return this.unsubscribe(socket, connection, target);
-      await this.subscribe(socket, connection, target);
+      const frame = parseFrame(text);
+      requestId = readRequestId(frame);
+      const { unsubscribe, target } = readRequest(frame);
+      if (unsubscribe) return this.unsubscribe(socket, connection, target, requestId);
+      await this.subscribe(socket, connection, target, requestId);
     } catch (error) {
       if (error instanceof RequestError) {
-        return socket.send(JSON.stringify({ type: "ERROR", payload: error.message }));
+        const reply = wsMessage("ERROR", error.message, { request_id: requestId });
+        return this.send(socket, reply);
       }
       // Our fault, not the client's: say so in the log, and close as a handler would answer 500.
       this.app.log(`error: ${error instanceof Error ? error.message : String(error)}`);
@@ -273,36 +230,73 @@ class Notifications {
     }
   }
 
+  /**
+   * Counts the frame in the second that began with the first one counted; past
+   * WS_FRAMES_PER_SECOND the socket is closed with 1008 and the sentence, and what it sends
+   * until it is gone is ignored: no reply queues behind it.
+   */
+  private tooFast(socket: WebSocket, { frames }: Connection): boolean {
+    const now = performance.now();
+    if (now - frames.since >= 1000) Object.assign(frames, { since: now, count: 0 });
+    if (++frames.count <= WS_FRAMES_PER_SECOND) return false;
+    this.sayOnce(`a socket that sent over ${WS_FRAMES_PER_SECOND} frames in a second was closed`);
+    socket.close(WS_POLICY_VIOLATION, TOO_FAST);
+    return true;
+  }
+
+  /** A guard reached is news once, not once per socket that reaches it. */
+  private sayOnce(news: string) {
+    if (this.boundsSaid.has(news)) return;
+    this.boundsSaid.add(news);
+    this.app.log(`websocket: ${news}; from now on, others without a word (said once)`);
+  }
+
+  /**
+   * Every message to a socket goes out here, replies and events alike. A socket that left more
+   * than WS_UNSENT_LIMIT_BYTES unsent is cut, not closed: a close frame would wait behind all it
+   * did not read. Its page reconnects with the last id it read.
+   */
+  private send(socket: WebSocket, message: string): void {
+    if (socket.readyState !== socket.OPEN) return;
+    if (socket.bufferedAmount <= WS_UNSENT_LIMIT_BYTES) return socket.send(message);
+    this.sayOnce(`a socket that left over ${WS_UNSENT_LIMIT_BYTES} bytes unsent was cut`);
+    socket.terminate();
+  }
+
   /** Checks the frame and the permission, answers SUBSCRIBED, then relays the events. */
-  private async subscribe(socket: WebSocket, connection: Connection, target: Target) {
+  private async subscribe(socket: WebSocket, connection: Connection, target: Target, id?: Id) {
     const { subscriptions } = connection;
     const key = keyOf(target);
     if (subscriptions.has(key)) throw new RequestError(400, `Already subscribed to ${key}.`);
     if (subscriptions.size >= WS_SUBSCRIPTIONS_MAX) throw new RequestError(400, TOO_MANY);
-    // Anyone may follow the room and its messages; only the visitor itself may follow its toasts.
+    // Anyone may follow the room and its messages; only the visitor itself may follow its toasts,
+    // and it counts among the visitors the toasts remember (a 503 when they are too many).
     if (target.kind === "toasts" && target.id !== connection.visitor) {
       throw new RequestError(403, "Only the visitor itself may follow its toasts.");
     }
-    const asked = target.kind === "room" ? target.after : undefined; // the room's, to resume
-    let after = asked;
-    if (target.kind === "message") {
-      const found = await findMessage(hubOf(this.app), target.id);
-      const missing = `There is no message ${target.id} in the room.`;
-      if (!found.message) throw new RequestError(404, missing);
-      // Followed from the newest event the lookup read: the hub replays any change published
-      // while we waited, so none falls between the lookup and the subscription.
-      after = found.lastId;
-    }
-    // The socket may have closed, or the same frame come twice, while the message was looked up.
-    if (socket.readyState !== socket.OPEN || subscriptions.has(key)) return;
+    if (target.kind === "toasts") toastsOf(this.app).visitors.seen(target.id);
+    // Held from now, before the lookup below awaits: a burst of frames counts every one of them.
     const leave = new AbortController();
     subscriptions.set(key, leave);
-    socket.send(JSON.stringify({ type: "SUBSCRIBED", payload: replyOf(target) }));
-    // The log says where the client asked to resume; a message's start is ours, not logged.
-    const from = asked === undefined ? "" : ` after ${asked}`;
-    if (!this.app.quiet) this.app.log(`websocket ${connection.client} follows ${key}${from}`);
     try {
-      await this.relay(socket, connection, this.messages(target, after, leave.signal));
+      const asked = target.kind === "room" ? target.after : undefined; // the room's, to resume
+      let after = asked;
+      if (target.kind === "message") {
+        const found = await findMessage(this.app, target.id);
+        const missing = `There is no message ${target.id} in the room.`;
+        if (!found.message) throw new RequestError(404, missing);
+        // Followed from the newest event the lookup read: the hub replays any change published
+        // while we waited, so none falls between the lookup and the subscription.
+        after = found.lastId;
+      }
+      // The socket may have closed, or the client unsubscribed, while the message was looked up.
+      if (leave.signal.aborted || socket.readyState !== socket.OPEN) return;
+      const reply = wsMessage("SUBSCRIBED", replyOf(target), { request_id: id });
+      this.send(socket, reply);
+      // The log says where the client asked to resume; a message's start is ours, not logged.
+      const from = asked === undefined ? "" : ` after ${asked}`;
+      if (!this.app.quiet) this.app.log(`websocket ${connection.client} follows ${key}${from}`);
+      await this.relay(socket, connection, this.messages(target, after, leave.signal), leave);
     } finally {
       // Only if it is still ours: an unsubscribe and a new subscribe to the same key may have
       // come while this one was ending, and that newer one must stay.
@@ -310,15 +304,19 @@ class Notifications {
     }
   }
 
-  /** Sends each message of a subscription, until it ends, or the socket falls too far behind. */
-  private async relay(socket: WebSocket, connection: Connection, messages: AsyncIterable<string>) {
+  /** Sends each message of a subscription, until it ends, is left, or the socket falls behind. */
+  private async relay(
+    socket: WebSocket,
+    connection: Connection,
+    messages: AsyncIterable<string>,
+    { signal: left }: AbortController,
+  ) {
     try {
       for await (const message of messages) {
-        // Cut, not closed: a close frame would wait behind all it did not read. Its page
-        // reconnects with the last id it read.
-        if (socket.bufferedAmount > WS_UNSENT_LIMIT_BYTES) return socket.terminate();
+        // An event already on its way when UNSUBSCRIBED went out stays unsent.
+        if (left.aborted) return;
         connection.sent++;
-        socket.send(message);
+        this.send(socket, message);
       }
     } catch (error) {
       if (!(error instanceof SlowSubscriberError)) throw error;
@@ -333,7 +331,8 @@ class Notifications {
   private async *messages(target: Target, after: number | undefined, signal: AbortSignal) {
     if (target.kind === "toasts") {
       for await (const news of toastsOf(this.app).follow(target.id, signal)) {
-        yield wsMessage(news.type, news.type === "toast" ? news.toast : { id: news.id });
+        const payload = news.type === "toast" ? news.toast : { id: news.id };
+        yield wsMessage(WS_MESSAGE_TYPES[news.type]!, payload, {});
       }
       return;
     }
@@ -349,13 +348,13 @@ class Notifications {
     }
   }
 
-  private unsubscribe(socket: WebSocket, connection: Connection, target: Target) {
+  private unsubscribe(socket: WebSocket, connection: Connection, target: Target, id?: Id) {
     const key = keyOf(target);
     const leave = connection.subscriptions.get(key);
     if (!leave) throw new RequestError(400, `Not subscribed to ${key}.`);
     leave.abort();
     connection.subscriptions.delete(key);
-    socket.send(JSON.stringify({ type: "UNSUBSCRIBED", payload: replyOf(target) }));
+    this.send(socket, wsMessage("UNSUBSCRIBED", replyOf(target), { request_id: id }));
   }
 
   private closed(socket: WebSocket, connection: Connection, code: number) {

@@ -51,6 +51,17 @@
     addEventListener("pagehide", () => worker.port.postMessage("bye"));
     worker.port.start();
   } else {
-    const source = new EventSource("/toasts/stream");
-    for (const kind of ["toast", "read"]) source.addEventListener(kind, (event) => receive({ kind, data: JSON.parse(event.data) }));
+    // The same as the worker does, for this tab alone: try again when an answer closed it.
+    let retryMs = 1000;
+    const follow = () => {
+      const source = new EventSource("/toasts/stream");
+      source.onopen = () => (retryMs = 1000);
+      source.onerror = () => {
+        if (source.readyState !== EventSource.CLOSED) return;
+        setTimeout(follow, retryMs);
+        retryMs = Math.min(retryMs * 2, 30000);
+      };
+      for (const kind of ["toast", "read"]) source.addEventListener(kind, (event) => receive({ kind, data: JSON.parse(event.data) }));
+    };
+    follow();
   }

@@ -58,6 +58,7 @@ lesson("blocking clients: silent, departed and too many connections are bounded"
     const [first] = workerPids(child);
     const silent = await silentConnection(url, sockets);
     const { localPort } = silent;
+    const cut = once(silent, "close"); // listened for now: it may close before the log is read
     const behind = raw(url, "/");
     await behind.connected;
     const timeout = new RegExp(`\\[CRITICAL\\] WORKER TIMEOUT \\(pid:${first}\\)\\n`);
@@ -65,7 +66,7 @@ lesson("blocking clients: silent, departed and too many connections are bounded"
     const why = `Worker ${first} waited [\\d.]+ s for the head of a request from ` +
       `127\\.0\\.0\\.1:${localPort}, which never came`;
     await child.waitFor(new RegExp(why));
-    await within("the silent connection to be cut", once(silent, "close"));
+    await within("the silent connection to be cut", cut);
     // The request queued behind it is served by the worker booted in its place.
     await within("the queued request to be answered", behind.ended, BOOT_DEADLINE_MS);
     assert.match(behind.text, /^HTTP\/1\.1 200 OK\r\n/);

@@ -8,10 +8,20 @@
 
 import * as assert from "uvu/assert";
 import type { App } from "../server.ts";
-import { hubOf } from "../lessons/hub.ts";
+import { HUB_KEEP, hubOf, type Hub } from "../lessons/hub.ts";
+import { MESSAGES_KEPT } from "../lessons/edits.ts";
+import { PostgresHub } from "../lessons/postgres.ts";
 import { ROOM_TOPIC, TEXT_MAX } from "../lessons/room.ts";
-import { lesson, request, SseClient, startServer, stopServer, until } from "./helpers.ts";
+import { BOOT_DEADLINE_MS, databaseLesson, lesson, request, SseClient, startServer, stopServer, until, within } from "./helpers.ts";
 import { ADA, BO, cookie, post, put, remove, socketsOpen, WsClient } from "./ws-client.ts";
+
+/** The room's message_updated events after `after`, as the hub (or its table) keeps them. */
+async function changesAfter(hub: Hub, after: number) {
+  return (await hub.history(ROOM_TOPIC, { after })).filter((event) => event.type === "message_updated");
+}
+
+/** `count` of the same request at once. */
+const atOnce = <T>(count: number, send: () => Promise<T>) => Promise.all(Array.from({ length: count }, send));
 
 lesson("ws: REST edits notify SSE and WebSocket subscribers, only on change", (test) => {
   let app: App | undefined;
@@ -55,10 +65,12 @@ lesson("ws: REST edits notify SSE and WebSocket subscribers, only on change", (t
     // Each subscriber saw the message, then exactly one change: the same-text PUT sent nothing in between.
     const update = await socket.next("MESSAGE_UPDATED");
     assert.equal(socket.received.filter((m) => m.type.startsWith("MESSAGE_")).map((m) => m.type), ["MESSAGE_CREATED", "MESSAGE_UPDATED"]);
-    assert.equal([update.payload.message, update.payload.text], [message.id, "second thoughts"]);
+    assert.equal([update.payload.id, update.payload.text], [message.id, "second thoughts"], "payload.id is the message's id");
     const sse = await stream.next("message_updated");
-    assert.equal(JSON.parse(sse.data), update.payload, "the same change over both transports");
-    assert.is(sse.id, String(update.payload.id), "with an id of its own, so replay stays exact");
+    const { id: eventId, message: about, ...change } = JSON.parse(sse.data);
+    assert.equal([about, change], [update.payload.id, { text: update.payload.text, at: update.payload.at }], "the same change over both transports");
+    assert.is(sse.id, String(update.event_id), "with an id of its own, so replay stays exact");
+    assert.is(eventId, update.event_id);
     assert.equal(stream.messages.filter((m) => m.event.startsWith("message")).map((m) => m.event), ["message", "message_updated"]);
   });
 
@@ -74,7 +86,7 @@ lesson("ws: REST edits notify SSE and WebSocket subscribers, only on change", (t
     const message = await post(url, "soon gone");
     const answer = await remove(url, message.id, ADA);
     assert.is(answer.status, 204);
-    assert.is((await socket.next("MESSAGE_DELETED")).payload.message, message.id);
+    assert.is((await socket.next("MESSAGE_DELETED")).payload.id, message.id);
     assert.is(JSON.parse((await stream.next("message_deleted")).data).message, message.id);
     const gone = await request(`${url}/room/messages/${message.id}`);
     assert.is(gone.status, 404);
@@ -92,7 +104,7 @@ lesson("ws: REST edits notify SSE and WebSocket subscribers, only on change", (t
     await put(url, mine.id, { text: "mine, changed" }, ADA);
     await remove(url, mine.id, ADA);
     await socket.next("MESSAGE_DELETED");
-    assert.equal(socket.received.slice(1).map((m) => [m.type, m.payload.message]), [["MESSAGE_UPDATED", mine.id], ["MESSAGE_DELETED", mine.id]]);
+    assert.equal(socket.received.slice(1).map((m) => [m.type, m.payload.id]), [["MESSAGE_UPDATED", mine.id], ["MESSAGE_DELETED", mine.id]]);
     // The deletion ends the subscription, while the socket stays open.
     await until("the finished subscription to leave the hub", () => hubOf(app!).subscribers(ROOM_TOPIC) === 0);
     assert.is(socketsOpen(lines), 1);
@@ -121,7 +133,7 @@ lesson("ws: REST edits notify SSE and WebSocket subscribers, only on change", (t
       [request(path, { method: "PUT", headers: { "Content-Type": "text/plain", Cookie: cookie(ADA) } }, "hi"), 415, "Send the message as application/json or as a form (application/x-www-form-urlencoded)."],
       [put(url, message.id, { text: "hi" }, ADA, { Origin: "http://evil.example" }), 403, "Posts from another site are refused: Origin http://evil.example is not this server."],
       [remove(url, message.id, ADA, { Origin: "http://evil.example" }), 403, "Posts from another site are refused: Origin http://evil.example is not this server."],
-      [put(url, 999999, { text: "hi" }, ADA), 404, `There is no message 999999 in the room (it may be deleted, or older than the last 100 events).`],
+      [put(url, 999999, { text: "hi" }, ADA), 404, `There is no message 999999 in the room (it may be deleted, or older than the last ${MESSAGES_KEPT} messages).`],
       [request(path, { method: "POST" }), 405, `/room/messages/${message.id} answers GET and PUT and DELETE only.`],
       [request(`${url}/room/messages/abc`), 400, "The message id must be a whole number from 0 to 1000000000000."],
     ];
@@ -143,5 +155,71 @@ lesson("ws: REST edits notify SSE and WebSocket subscribers, only on change", (t
     await put(url, message.id, { text: "polled, changed" }, ADA);
     const list = JSON.parse((await request(`${url}/room/messages?after=${message.id - 1}`)).body);
     assert.equal(list.map((item: { type: string }) => item.type), ["message", "message_updated"]);
+  });
+
+  test("20 identical PUTs at once publish one message_updated; 20 DELETEs at once answer one 204, the rest 404", async () => {
+    const message = await post(url, "raced");
+    const puts = await atOnce(20, () => put(url, message.id, { text: "raced, changed" }, ADA));
+    assert.equal([...new Set(puts.map((answer) => answer.status))], [200]);
+    assert.is((await changesAfter(hubOf(app!), message.id)).length, 1);
+    const deletes = await atOnce(20, () => remove(url, message.id, ADA));
+    assert.equal(deletes.map((answer) => answer.status).sort(), [204, ...Array(19).fill(404)]);
+  });
+
+  // Last: it fills the room past what is kept.
+  test(`a message stays readable and editable after ${HUB_KEEP} newer room events, until ${MESSAGES_KEPT} newer messages`, async () => {
+    const hub = hubOf(app!);
+    const [old, busy] = [await post(url, "old, still shown"), await post(url, "edited a lot")];
+    for (let k = 0; k <= HUB_KEEP; k++) await hub.publish(ROOM_TOPIC, "message_updated", { message: busy.id, text: `edit ${k}` });
+    assert.not.ok((await hub.history(ROOM_TOPIC)).some((event) => event.id === old.id), "the message left the hub's window");
+    assert.is(JSON.parse((await request(`${url}/room/messages/${old.id}`)).body).text, "old, still shown");
+    assert.is(JSON.parse((await put(url, old.id, { text: "still editable" }, ADA)).body).text, "still editable");
+    assert.is(JSON.parse((await request(`${url}/room/messages/${busy.id}`)).body).text, `edit ${HUB_KEEP}`);
+    for (let k = 0; k < MESSAGES_KEPT; k++) await hub.publish(ROOM_TOPIC, "message", { name: "Bo", text: `newer ${k}`, poster: null });
+    const gone = await request(`${url}/room/messages/${old.id}`);
+    assert.equal([gone.status, gone.body], [404, `There is no message ${old.id} in the room (it may be deleted, or older than the last ${MESSAGES_KEPT} messages).\n`]);
+    assert.is(lines.filter((line) => line.startsWith(`edits: ${MESSAGES_KEPT} messages kept;`)).length, 1, "the bound is said once");
+  });
+});
+
+// ─── Across processes, through PostgreSQL ────────────────────────────────────
+
+databaseLesson("database: REST edits through PostgreSQL, one at a time per message", (test, database) => {
+  const apps: App[] = [];
+  const hubs: PostgresHub[] = [];
+  test.after(async () => {
+    for (const app of apps) await stopServer(app);
+    for (const hub of hubs) await hub.close();
+  });
+  /** One server with a PostgresHub of its own, as each process of --workers has. */
+  const serve = async (databaseUrl: string) => {
+    const hub = await within("PostgreSQL to open", PostgresHub.open(databaseUrl, () => {}), BOOT_DEADLINE_MS);
+    hubs.push(hub);
+    const running = await startServer({ hub, quiet: true });
+    apps.push(running.app);
+    return { ...running, hub };
+  };
+
+  test("20 identical PUTs at once, half through each of two servers, publish one message_updated; 20 DELETEs, one 204", async () => {
+    const databaseUrl = await database();
+    const [first, second] = [await serve(databaseUrl), await serve(databaseUrl)];
+    const message = await post(first.url, "raced across processes");
+    const both = <T>(send: (url: string) => Promise<T>) => Promise.all([atOnce(10, () => send(first.url)), atOnce(10, () => send(second.url))]);
+    const puts = (await both((url) => put(url, message.id, { text: "changed once" }, ADA))).flat();
+    assert.equal([...new Set(puts.map((answer) => answer.status))], [200]);
+    assert.is((await changesAfter(first.hub, message.id)).length, 1, "one change in the table");
+    const deletes = (await both((url) => remove(url, message.id, ADA))).flat();
+    assert.equal(deletes.map((answer) => answer.status).sort(), [204, ...Array(19).fill(404)]);
+  });
+
+  test(`a server started after ${HUB_KEEP} newer events reads an older message from the table`, async () => {
+    const databaseUrl = await database();
+    const first = await serve(databaseUrl);
+    const old = await post(first.url, "from before");
+    for (let k = 0; k <= HUB_KEEP; k++) await first.hub.publish(ROOM_TOPIC, "message", { name: "Bo", text: `newer ${k}`, poster: null });
+    const later = await serve(databaseUrl);
+    assert.is(JSON.parse((await request(`${later.url}/room/messages/${old.id}`)).body).text, "from before");
+    assert.is((await put(later.url, old.id, { text: "changed from the later one" }, ADA)).status, 200);
+    assert.is(JSON.parse((await request(`${first.url}/room/messages/${old.id}`)).body).text, "changed from the later one");
   });
 });

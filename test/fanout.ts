@@ -9,11 +9,17 @@
 import type { Test } from "uvu";
 import * as assert from "uvu/assert";
 import type { App } from "../server.ts";
-import { fanOut, SELF_CALL_TIMEOUT_MS } from "../lessons/fanout.ts";
+import { readdirSync } from "node:fs";
+import { fanOut, FREEZE_LIMIT_MS, SELF_CALL_TIMEOUT_MS, THREAD_QUEUE_LIMIT } from "../lessons/fanout.ts";
 import {
+  browserLesson,
   Child,
   DEADLINE_MS,
   lesson,
+  Profile,
+  runner,
+  startLoopbackServer,
+  stopLoopbackServer,
   RawRequest,
   request,
   SseClient,
@@ -181,7 +187,7 @@ lesson("fan-out: server.ts awaits its calls", (test) => {
   test("400 for a ?via= that names no endpoint", async () => {
     const res = await request(`${url}/api/aggregated/?via=elsewhere`);
     assert.is(res.status, 400);
-    assert.is(res.body, "via must be api or blocking.\n");
+    assert.is(res.body, "via must be api, blocking or thread.\n");
   });
 
   test("the aggregated view answers the n answers in task order, all n calls in flight at once", async () => {
@@ -250,6 +256,199 @@ lesson("fan-out: server.ts awaits its calls", (test) => {
     } finally {
       app!.server.maxConnections = Infinity;
     }
+  });
+});
+
+// ─── The one thread's delay, and the way out: a thread pool ──────────────────
+
+/** A sleep long enough that the loop's delay stands out from any busy machine's. */
+const BLOCK_MS = 1500;
+
+/** The delays the stream's server events carried, in order. */
+const delaysOf = (stream: SseClient) =>
+  stream.messages.filter((m) => m.event === "server").map((m) => JSON.parse(m.data).delay as number);
+
+/** The OS threads of this process (Linux): a worker_threads thread is one of them. */
+const osThreads = () => readdirSync("/proc/self/task").length;
+
+/** From the pool's log lines, the most threads busy and the most calls waiting at once. */
+function poolFigures(lines: string[]) {
+  const figures = lines.flatMap((line) => {
+    const match = /\((\d+) of (\d+) threads busy, (\d+) waiting\)$/.exec(line);
+    return match ? [{ busy: Number(match[1]), of: Number(match[2]), waiting: Number(match[3]) }] : [];
+  });
+  return {
+    lines: figures.length,
+    busy: Math.max(...figures.map((f) => f.busy)),
+    waiting: Math.max(...figures.map((f) => f.waiting)),
+  };
+}
+
+lesson("fan-out: the loop's delay, and the same sleep on a thread", (test) => {
+  let app: App | undefined;
+  let url = "";
+  let lines: string[] = [];
+  const streams: SseClient[] = [];
+  test.before(async () => {
+    ({ app, url, lines } = await startServer({ lessons: [fanOut], flags: { threads: "2" } }));
+  });
+  test.after.each(() => {
+    for (const stream of streams.splice(0)) stream.close();
+  });
+  test.after(() => stopServer(app));
+
+  test("the server event carries a delay of at least the blocked time after /api/blocking/, then a small one", async () => {
+    const stream = new SseClient(`${url}/sse/?from=1000&interval=${TICK_MS}`);
+    streams.push(stream);
+    // A few ticks first: the loop's monitor starts with the first stream, and a stall before
+    // its first sample has nothing to be measured against.
+    for (let tick = 0; tick < 3; tick++) await stream.next();
+    const answer = await request(`${url}/api/blocking/?delay=${BLOCK_MS}`, {}, undefined, BLOCK_MS + DEADLINE_MS);
+    assert.is(answer.status, 200);
+    await until("a server event with the block's delay", () => delaysOf(stream).some((d) => d >= BLOCK_MS));
+    await until("a small delay again", () => {
+      const delays = delaysOf(stream);
+      const at = delays.findIndex((d) => d >= BLOCK_MS);
+      return delays.slice(at + 1).some((d) => d < BLOCK_MS / 2);
+    });
+    const before = delaysOf(stream).slice(0, delaysOf(stream).findIndex((d) => d >= BLOCK_MS));
+    assert.ok(before.every((d) => d < BLOCK_MS / 2), `before the block: ${before}`);
+  });
+
+  test("a stream started before ?in=thread gets its next events while the thread sleeps", async () => {
+    const stream = new SseClient(`${url}/sse/?from=1000&interval=${TICK_MS}`);
+    streams.push(stream);
+    await stream.next();
+    const before = stream.numbers.length;
+    const answer = await request(`${url}/api/blocking/?in=thread&delay=${BLOCK_MS}&task_id=t`, {}, undefined, BLOCK_MS + DEADLINE_MS);
+    assert.equal(JSON.parse(answer.body), { message: "Hello Async World!", task_id: "t" });
+    assert.ok(stream.numbers.length >= before + 2, `events while the thread slept: ${stream.numbers.length - before}`);
+    const delays = delaysOf(stream);
+    assert.ok(delays.every((d) => d < BLOCK_MS / 2), `the loop's delays: ${delays}`);
+  });
+
+  test("with --threads 2, four calls via=thread never run more than two at once, and the others wait", async () => {
+    const from = lines.length;
+    assertAggregated(await request(`${url}/api/aggregated/?via=thread&n=4&delay=${OVERLAP_DELAY_MS}`, {}, undefined, 3 * OVERLAP_DELAY_MS + DEADLINE_MS), 4);
+    const figures = poolFigures(lines.slice(from));
+    assert.is(figures.lines, 8, lines.slice(from).join("\n"));
+    assert.is(figures.busy, 2);
+    assert.ok(figures.waiting >= 1, "some call waited for a thread");
+  });
+
+  test("400 for an ?in= that is neither loop nor thread, and for via=blocking past the freeze limit", async () => {
+    const bad = await request(`${url}/api/blocking/?in=elsewhere`);
+    assert.is(bad.status, 400);
+    assert.is(bad.body, "in must be loop or thread.\n");
+    const n = 3;
+    const delay = Math.floor(FREEZE_LIMIT_MS / n) + 1;
+    const tooLong = await request(`${url}/api/aggregated/?via=blocking&n=${n}&delay=${delay}`);
+    assert.is(tooLong.status, 400);
+    const sentence = `via=blocking makes n sync sleeps of delay ms, one after another: n × delay must be at most ${FREEZE_LIMIT_MS} ms.\n`;
+    assert.is(tooLong.body, sentence);
+  });
+
+  test("a cross-site request to a blocking view is 403 with a sentence, and sleeps nothing", async () => {
+    for (const path of ["/api/blocking/?delay=5000", "/api/blocking/?in=thread&delay=5000", "/api/aggregated/?via=blocking&n=1"]) {
+      const res = await request(`${url}${path}`, { headers: { "Sec-Fetch-Site": "cross-site" } });
+      assert.is(res.status, 403, path);
+      assert.is(res.body, "The blocking views answer this site's own pages only; this request came from a cross-site page.\n");
+    }
+    for (const site of ["same-origin", "none"]) {
+      const res = await request(`${url}/api/blocking/?delay=0`, { headers: { "Sec-Fetch-Site": site } });
+      assert.is(res.status, 200, site);
+    }
+  });
+
+  test(`sync sleeps past ${FREEZE_LIMIT_MS} ms in a row answer 503 with Retry-After, logged once`, async () => {
+    const first = FREEZE_LIMIT_MS * 0.6;
+    const deadline = first + DEADLINE_MS;
+    assert.is((await request(`${url}/api/blocking/?delay=${first}`, {}, undefined, deadline)).status, 200);
+    for (let again = 0; again < 2; again++) {
+      const res = await request(`${url}/api/blocking/?delay=${FREEZE_LIMIT_MS / 2}`);
+      assert.is(res.status, 503);
+      assert.match(res.headers["retry-after"] ?? "", /^\d+$/);
+      const sentence = new RegExp(`^The sync sleeps froze this process for \\d+ ms in a row; ${FREEZE_LIMIT_MS / 2} more would pass the limit of ${FREEZE_LIMIT_MS} ms: try again in \\d+ s\\.\\n$`);
+      assert.match(res.body, sentence);
+    }
+    assert.is(lines.filter((line) => line.includes("the sync sleeps reached")).length, 1);
+    // Thread calls freeze nothing: they are not counted.
+    assert.is((await request(`${url}/api/blocking/?in=thread&delay=${FREEZE_LIMIT_MS / 2}`, {}, undefined, deadline)).status, 200);
+  });
+
+  test(`past ${THREAD_QUEUE_LIMIT} calls waiting for a thread, the next is 503 with a sentence`, async () => {
+    // Both threads sleep; then the queue fills with calls of no delay at all.
+    const long = [0, 1].map(() => request(`${url}/api/blocking/?in=thread&delay=3000`, {}, undefined, 3000 + DEADLINE_MS));
+    await until("both threads busy", () => lines.some((line) => line.includes("(2 of 2 threads busy")));
+    const queued = Array.from({ length: THREAD_QUEUE_LIMIT }, () => request(`${url}/api/blocking/?in=thread&delay=0`, {}, undefined, 3000 + DEADLINE_MS));
+    await until("the queue to fill", () => lines.some((line) => line.includes(`, ${THREAD_QUEUE_LIMIT} waiting)`)));
+    const refused = await request(`${url}/api/blocking/?in=thread&delay=0`);
+    assert.is(refused.status, 503);
+    assert.is(refused.body, `All 2 threads are busy and ${THREAD_QUEUE_LIMIT} calls wait for one: try again in a moment.\n`);
+    const answers = await Promise.all([...long, ...queued]);
+    assert.ok(answers.every((answer) => answer.status === 200));
+  });
+
+  test("on stop, a call on a thread answers 502 with a sentence, and no thread remains", async () => {
+    const before = osThreads();
+    const call = request(`${url}/api/blocking/?in=thread&delay=3000`, {}, undefined, 3000 + DEADLINE_MS);
+    await until("the call to reach its thread", () => lines.at(-1)?.includes("ms for a thread") === true);
+    const ended = app!.endStreams();
+    assert.ok(ended.includes("2 threads"), `the stop says so: ${ended}`);
+    const answer = await call;
+    assert.is(answer.status, 502);
+    assert.is(answer.body, "The thread for this call ended (exit code 1) before its sleep did.\n");
+    await until("the pool's threads to end", () => osThreads() <= before - 2);
+    const after = await request(`${url}/api/blocking/?in=thread&delay=0`);
+    assert.is(after.status, 503);
+    assert.is(after.body, "The server is stopping.\n");
+  });
+});
+
+lesson("fan-out: Ctrl-C ends the pool's threads", (test) => {
+  const children: Child[] = [];
+  test.after(() => children.forEach((child) => child.kill()));
+  const run = runner("server.ts", children);
+
+  test("server.ts --threads 3: after three thread calls, SIGINT names the threads it ended and exits 0", async () => {
+    const child = run(["--port", "0", "--threads", "3"]);
+    const [, port] = await child.waitFor(/listening at http:\/\/localhost:(\d+)\//);
+    const base = `http://127.0.0.1:${port}`;
+    assertAggregated(await request(`${base}/api/aggregated/?via=thread&n=3&delay=${DELAY_MS}`), 3);
+    assert.is(await child.stop("SIGINT"), 0);
+    assert.match(child.output, /SIGINT: ending 0 open streams and 3 threads/);
+  });
+
+  test("a bad --threads is one sentence and exit code 2", async () => {
+    const child = run(["--threads", "0"]);
+    assert.is(await child.exited, 2);
+    assert.match(child.output, /^--threads must be a whole number from 1 to 64\.\n$/m);
+  });
+});
+
+browserLesson("browser: a cross-site <img> cannot freeze the server", (test, browser) => {
+  let running: Awaited<ReturnType<typeof startLoopbackServer>> | undefined;
+  let profile: Profile | undefined;
+  test.before(async () => {
+    running = await startLoopbackServer(0, { lessons: [fanOut] });
+    profile = await Profile.open(browser());
+  });
+  test.after(async () => {
+    await profile?.close();
+    await stopLoopbackServer(running);
+  });
+
+  test("an <img> on a page of localhost asking 127.0.0.1's /api/blocking/ gets 403", async () => {
+    const tab = await profile!.open(`http://localhost:${running!.port}/`);
+    const target = `http://127.0.0.1:${running!.port}/api/blocking/?delay=3000`;
+    const [response] = await Promise.all([
+      tab.page.waitForResponse(target),
+      tab.page.evaluate((src) => document.body.append(Object.assign(new Image(), { src })), target),
+    ]);
+    assert.is(response.status(), 403);
+    assert.is((await response.request().headerValue("sec-fetch-site")) ?? "", "cross-site");
+    const same = await tab.page.evaluate(async () => (await fetch("/api/blocking/?delay=0")).status);
+    assert.is(same, 200, "the page's own fetch is served");
   });
 });
 

@@ -4,13 +4,17 @@
  * reach the hub over HTTP, are in test/room.ts.
  */
 
-import { getEventListeners } from "node:events";
+import { getEventListeners, once } from "node:events";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
 import * as assert from "uvu/assert";
+import { RequestError } from "../server.ts";
 import {
   chooseHub,
   HUB_KEEP,
   hubOf,
   MemoryHub,
+  OpenStreams,
   SlowSubscriberError,
   type HubEvent,
   type HubGap,
@@ -246,10 +250,52 @@ lesson("hub: one hub per app", (test) => {
     app.endStreams();
     await made.publish("room:a", "message", {}).then(
       () => assert.unreachable("a closed hub refuses to publish"),
-      (error: Error) => assert.match(error.message, /closed/),
+      (error: RequestError) => assert.equal([error.status, error.message], [503, "This server is stopping; try again in a moment."]),
     );
     const given = new MemoryHub();
     await createTestApp({ lessons: [], hub: given }).then((kept) => kept.endStreams());
     assert.is((await given.publish("room:a", "message", {})).id, 1, "whoever made it closes it");
+  });
+});
+
+lesson("hub: the streams' one heartbeat timer", (test) => {
+  const HEARTBEAT_MS = 300;
+  let server: http.Server | undefined;
+  const responses: http.IncomingMessage[] = [];
+  test.after(async () => {
+    for (const response of responses) response.destroy();
+    server?.closeAllConnections();
+    if (server) await new Promise((resolve) => server!.close(resolve));
+  });
+
+  test("a new stream that was just written to still gets its first heartbeat within one interval", async () => {
+    const streams = new OpenStreams(HEARTBEAT_MS);
+    // /quiet sends nothing of its own; /busy sends one event at once, as the room's presence does.
+    server = http.createServer((req, res) => {
+      res.writeHead(200, { "Content-Type": "text/event-stream" });
+      void streams.pump(res, async function* (signal) {
+        if (req.url === "/busy") yield "data: hello\n\n";
+        await once(signal, "abort").catch(() => {});
+      }, () => {});
+    });
+    server.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    const { port } = server.address() as AddressInfo;
+    const beats: string[] = []; // "quiet" or "busy", in the order their heartbeats arrived
+    const open = (path: string) => http.get({ host: "127.0.0.1", port, path }, (response) => {
+      responses.push(response);
+      response.on("data", (chunk: Buffer) => {
+        const count = chunk.toString().split(": still here").length - 1;
+        for (let k = 0; k < count; k++) beats.push(path.slice(1));
+      });
+    });
+    open("/quiet");
+    await until("the quiet stream's first heartbeat", () => beats.length === 1);
+    open("/busy"); // between two beats of the one timer, which the quiet stream started
+    await until("two more heartbeats of the quiet stream", () => beats.filter((who) => who === "quiet").length === 3);
+    // The quiet stream's third beat is the second tick after the busy stream opened.
+    const quietThird = beats.lastIndexOf("quiet");
+    const busyFirst = beats.indexOf("busy");
+    assert.ok(busyFirst !== -1 && busyFirst < quietThird, `the busy stream beat at the timer's next tick: ${beats.join(", ")}`);
   });
 });

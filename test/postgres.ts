@@ -13,6 +13,7 @@ import postgres from "postgres";
 import {
   BOOT_DEADLINE_MS,
   Child,
+  DEADLINE_MS,
   databaseLesson,
   request,
   runner,
@@ -21,6 +22,7 @@ import {
   within,
 } from "./helpers.ts";
 import { NOTIFY_MAX_BYTES, PostgresHub } from "../lessons/postgres.ts";
+import { RequestError } from "../server.ts";
 
 /** Room streams, opened until each worker serves one; keyed by the pid their presence names. */
 async function roomStreamsOnEveryWorker(url: string, workers: number, clients: SseClient[]) {
@@ -37,11 +39,37 @@ async function roomStreamsOnEveryWorker(url: string, workers: number, clients: S
 }
 
 /** Posts a message to the room; its answer, as sent. */
-function post(url: string, text: string) {
+function post(url: string, text: string, ms = DEADLINE_MS) {
   const headers = { "Content-Type": "application/json" };
   const body = JSON.stringify({ name: "ada", text });
-  return request(`${url}room/messages`, { method: "POST", headers }, body);
+  return request(`${url}room/messages`, { method: "POST", headers }, body, ms);
 }
+
+/**
+ * Whether a server's output shows the URL's password, as a URL carries it: after the user
+ * name and before the host, as typed or decoded. Not the bare word: the docs' password is
+ * "countdown", which the banner says anyway, and the test databases are countdown_test_*.
+ */
+function showsPassword(output: string, databaseUrl: string): boolean {
+  const { username, password } = new URL(databaseUrl);
+  const forms = [password, decodeURIComponent(password)].map((form) => `${username}:${form}@`);
+  return forms.some((form) => output.includes(form));
+}
+
+/** PostgreSQL's ErrorResponse message ("E", its length, then fields) when max_connections is hit. */
+const TOO_MANY_CLIENTS = (() => {
+  const fields = { S: "FATAL", V: "FATAL", C: "53300", M: "sorry, too many clients already" };
+  const body = Buffer.concat([
+    ...Object.entries(fields).map(([key, value]) => Buffer.from(`${key}${value}\0`)),
+    Buffer.from([0]),
+  ]);
+  const length = Buffer.alloc(4);
+  length.writeInt32BE(body.length + 4);
+  return Buffer.concat([Buffer.from("E"), length, body]);
+})();
+
+/** How long the server gives one query (QUERY_DEADLINE_MS in lessons/postgres.ts). */
+const QUERY_DEADLINE_MS = 5000;
 
 /** Posts a message to the room and returns it as stored. */
 async function postMessage(url: string, text: string): Promise<{ id: number; text: string }> {
@@ -60,13 +88,20 @@ function texts(stream: SseClient): string[] {
  * A TCP relay on loopback in front of PostgreSQL. `cut()` closes it and every
  * connection through it, so for a server that reaches the database through
  * the relay, the database is down (its connections refused); `open()` on the
- * same port brings it back.
+ * same port brings it back. `freeze()` stands in for a PostgreSQL under SIGSTOP:
+ * connections stay open, new ones are accepted, and not a byte passes either way
+ * until `thaw()`. One difference: a connection the server closes meanwhile is
+ * closed through to PostgreSQL at once, where a stopped server would read what was
+ * queued for it first; either way nothing uncommitted commits.
  */
 class DatabaseRelay {
   port = 0;
   private listener: net.Server | undefined;
   private sockets = new Set<net.Socket>();
   private target: URL;
+  private frozen = false;
+  /** New connections get what a full PostgreSQL sends them: FATAL 53300, and a hang-up. */
+  full = false;
 
   constructor(databaseUrl: string) {
     this.target = new URL(databaseUrl);
@@ -82,17 +117,33 @@ class DatabaseRelay {
 
   async open(): Promise<void> {
     this.listener = net.createServer((client) => {
+      if (this.full) return void client.once("data", () => client.end(TOO_MANY_CLIENTS));
       const upstream = net.connect(Number(this.target.port || 5432), this.target.hostname);
-      for (const socket of [client, upstream]) {
+      for (const [socket, peer] of [[client, upstream], [upstream, client]] as const) {
         this.sockets.add(socket);
         socket.on("error", () => {});
-        socket.on("close", () => this.sockets.delete(socket));
+        socket.on("close", () => {
+          this.sockets.delete(socket);
+          peer.destroy();
+        });
       }
       client.pipe(upstream).pipe(client);
+      if (this.frozen) for (const socket of [client, upstream]) socket.pause();
     });
     this.listener.listen(this.port, "127.0.0.1");
     await within("the relay to listen", once(this.listener, "listening"));
     this.port = (this.listener.address() as net.AddressInfo).port;
+  }
+
+  /** Not a byte passes, either way, until thaw(). */
+  freeze(): void {
+    this.frozen = true;
+    for (const socket of this.sockets) socket.pause();
+  }
+
+  thaw(): void {
+    this.frozen = false;
+    for (const socket of this.sockets) socket.resume();
   }
 
   async cut(): Promise<void> {
@@ -127,7 +178,7 @@ databaseLesson("database: one room across processes through PostgreSQL", (test, 
     }
     await child.waitFor(/The room and the toasts live in PostgreSQL at postgres:\/\/postgres:\*\*\*@/);
     assert.not.match(child.output, /stay within each process/, "the split is not announced");
-    assert.not.ok(child.output.includes(new URL(databaseUrl).password), "no line shows the password");
+    assert.not.ok(showsPassword(child.output, databaseUrl), "no line shows the password");
   });
 
   test("after a restart the history replays with the same ids, and the tables are not made again", async () => {
@@ -186,7 +237,7 @@ databaseLesson("database: one room across processes through PostgreSQL", (test, 
       assert.equal(ids, [1, 2, 3, 4]);
     }
     assert.match(child.output, /hub: lost the database connection/);
-    assert.not.ok(child.output.includes(new URL(databaseUrl).password), "no line shows the password");
+    assert.not.ok(showsPassword(child.output, databaseUrl), "no line shows the password");
   });
 
   test("while the database is down: countdowns go on, a POST gets 503, and afterwards every message arrives once, in order", async () => {
@@ -231,6 +282,87 @@ databaseLesson("database: one room across processes through PostgreSQL", (test, 
     } finally {
       await relay.cut();
     }
+  });
+
+  test("while the database is frozen, a POST gets 503 at the deadline, not a hang, and is not stored when it wakes", async () => {
+    const databaseUrl = await database();
+    const relay = new DatabaseRelay(databaseUrl);
+    await relay.open();
+    try {
+      const child = run(["--database", relay.url]);
+      const url = await started(child);
+      const stream = new SseClient(`${url}room/stream`);
+      clients.push(stream);
+      await stream.next("presence");
+      await postMessage(url, "before");
+      await stream.next("message");
+
+      relay.freeze(); // as PostgreSQL under SIGSTOP: nothing refused, nothing answered
+      const refused = await post(url, "while frozen", QUERY_DEADLINE_MS + DEADLINE_MS);
+      assert.is(refused.status, 503);
+      assert.is(refused.body, "The database did not answer within 5 seconds; try again in a moment.\n");
+      await child.waitFor(/hub: a query got no answer within 5 s; closing the database connections, opening new ones\n/);
+      const countdown = new SseClient(`${url}sse/?from=2&interval=10`);
+      clients.push(countdown);
+      assert.is(await within("the countdown to end", countdown.ended), true, "a countdown needs no database");
+
+      relay.thaw();
+      await postMessage(url, "after");
+      await child.waitFor(/hub: the database answers again\n/);
+      await until("the stream to get the message after", () => texts(stream).length >= 2);
+      assert.equal(texts(stream), ["before", "after"]);
+      // The refused POST took no id: its transaction never committed.
+      assert.equal(stream.messages.filter((m) => m.event === "message").map((m) => m.id), ["1", "2"]);
+      const admin = postgres(databaseUrl, { max: 1, onnotice: () => {} });
+      try {
+        const [row] = await admin`select count(*)::int as stored from hub_events
+          where data->>'text' = 'while frozen'`;
+        assert.is(row!.stored, 0, "the refused message is not in the table");
+      } finally {
+        await admin.end({ timeout: 1 });
+      }
+    } finally {
+      relay.thaw();
+      await relay.cut();
+    }
+  });
+
+  test("PostgreSQL's \"too many clients\" is a 503 with a sentence, not a 500", async () => {
+    const databaseUrl = await database();
+    // Through a relay that answers new connections as a full PostgreSQL does: a superuser, as
+    // the tests' is, has slots of its own, so a real "too many clients" is hard to reach.
+    const relay = new DatabaseRelay(databaseUrl);
+    await relay.open();
+    const admin = postgres(databaseUrl, { max: 1, onnotice: () => {} });
+    try {
+      const child = run(["--database", relay.url]);
+      const url = await started(child);
+      await postMessage(url, "before");
+      // The server's pool loses its connections, so its next query needs a new one; the
+      // listener keeps its own.
+      relay.full = true;
+      await admin`select pg_terminate_backend(pid) from pg_stat_activity
+        where datname = current_database() and pid <> pg_backend_pid() and query not ilike 'listen %'`;
+      // The first POST may still meet a connection that is closing: the second needs a new one.
+      await post(url, "one too many");
+      const refused = await post(url, "one too many");
+      assert.is(refused.status, 503, refused.body);
+      const sentence = "The database has no connection to spare right now (too many clients);" +
+        " try again in a moment.\n";
+      assert.is(refused.body, sentence);
+    } finally {
+      await admin.end({ timeout: 1 });
+      await relay.cut();
+    }
+  });
+
+  test("a hub that is closed (the shutdown grace) answers 503 with a sentence", async () => {
+    const hub = await PostgresHub.open(await database(), () => {});
+    await hub.close();
+    const error = await hub.publish("room", "message", { text: "too late" }).catch((e) => e);
+    assert.instance(error, RequestError);
+    assert.is((error as RequestError).status, 503);
+    assert.is((error as RequestError).message, "This server is stopping; try again in a moment.");
   });
 
   test("an event too large for a NOTIFY is announced by its id, and every process reads it whole from the table", async () => {

@@ -6,15 +6,18 @@
  * The hub on its own is in test/hub.ts.
  */
 
+import http from "node:http";
 import net from "node:net";
 import { setTimeout as delay } from "node:timers/promises";
 import * as assert from "uvu/assert";
-import type { App } from "../server.ts";
+import { listen, type App } from "../server.ts";
 import { hubOf, MemoryHub } from "../lessons/hub.ts";
 import { NAME_MAX, ROOM_REPLAY, ROOM_TOPIC, TEXT_MAX } from "../lessons/room.ts";
+import { POSTS_PER_SENDER, POSTS_PER_SERVER } from "../lessons/http.ts";
 import {
   activeResources,
   browserLesson,
+  closeListener,
   DEADLINE_MS,
   lesson,
   Profile,
@@ -32,6 +35,7 @@ import {
   untilResourcesReturn,
   within,
   Child,
+  databaseLesson,
   type LoopbackServer,
   type SseMessage,
 } from "./helpers.ts";
@@ -113,6 +117,7 @@ lesson("room: posting and streaming over HTTP", (test) => {
     ["a name too long", { name: "n".repeat(NAME_MAX + 1), text: "hi" }, json, 400, `name is too long: at most ${NAME_MAX} characters.`],
     ["a text too long", { name: "Ada", text: "t".repeat(TEXT_MAX + 1) }, json, 400, `text is too long: at most ${TEXT_MAX} characters.`],
     ["a control character", { name: "Ada", text: "two\nlines" }, json, 400, "text must not contain control characters such as line breaks."],
+    ["a lone surrogate", '{"name": "Ada", "text": "half \\ud800"}', json, 400, "text must be well-formed Unicode: it holds half a character."],
     ["a body that is not JSON", "{name:", json, 400, 'The body is not JSON; send {"name": "...", "text": "..."}.'],
     ["a JSON list", "[1]", json, 400, 'The body must be one JSON object: {"name": "...", "text": "..."}.'],
     ["a body over 4 KB", { name: "Ada", text: "x".repeat(5000) }, json, 413, "The body is over 4096 bytes."],
@@ -162,7 +167,7 @@ lesson("room: posting and streaming over HTTP", (test) => {
   });
 
   test(`a new stream replays the last ${ROOM_REPLAY} messages, then goes on live`, async () => {
-    for (let k = 0; k < ROOM_REPLAY + 5; k++) await post(url, { name: "Ada", text: `number ${k}` });
+    for (let k = 0; k < ROOM_REPLAY + 5; k++) await hubOf(app!).publish(ROOM_TOPIC, "message", { name: "Ada", text: `number ${k}`, poster: null });
     const newest = (await hubOf(app!).history(ROOM_TOPIC, { limit: 1 }))[0]!.id;
     const client = open();
     await until(`${ROOM_REPLAY} replayed messages`, () => messageIds(client).length === ROOM_REPLAY);
@@ -242,6 +247,38 @@ lesson("room: posting and streaming over HTTP", (test) => {
     const wrongMethod = await request(`${url}/room/stream`, { method: "POST" });
     assert.is(wrongMethod.status, 405);
     assert.is(wrongMethod.headers.allow, "GET");
+  });
+});
+
+lesson("room: how often one may post", (test) => {
+  let app: App | undefined;
+  let lines: string[] = [];
+  let url = "";
+  test.before(async () => {
+    ({ app, lines, url } = await startServer());
+  });
+  test.after(() => stopServer(app));
+
+  test("past its burst a sender gets 429 with Retry-After and a sentence; others still post, until the server's own rate is spent", async () => {
+    const from = (address: string, text: string) => request(`${url}/room/messages`, { method: "POST", localAddress: address, headers: { "Content-Type": "application/json" } }, JSON.stringify({ name: "Ada", text }));
+    for (let k = 0; k < POSTS_PER_SENDER.burst; k++) assert.is((await from("127.0.0.1", `n${k}`)).status, 201);
+    const refused = await from("127.0.0.1", "one too many");
+    assert.is(refused.status, 429);
+    assert.match(refused.body, /^Too many room messages at once: try again in \d+ s\.\n$/);
+    assert.ok(Number(refused.headers["retry-after"]) >= 1, `Retry-After: ${refused.headers["retry-after"]}`);
+    assert.is((await from("127.0.0.2", "another sender")).status, 201, "the limit is per sender");
+    // Senders of their own until the server's bucket is empty: then everyone waits.
+    let posted = POSTS_PER_SENDER.burst + 1;
+    let sender = 3;
+    let last = 201;
+    while (last === 201 && posted <= POSTS_PER_SERVER.burst + POSTS_PER_SENDER.burst) {
+      for (let k = 0; k < POSTS_PER_SENDER.burst && last === 201; k++, posted++) last = (await from(`127.0.0.${sender}`, `m${k}`)).status ?? 0;
+      sender++;
+    }
+    assert.is(last, 429, "the server's rate ran out");
+    assert.ok(posted <= POSTS_PER_SERVER.burst + POSTS_PER_SENDER.burst, `refused after ${posted} posts`);
+    assert.equal(lines.filter((line) => line.includes("posts came faster than allowed")).length, 1, "logged once");
+    assert.ok((await hubOf(app!).history(ROOM_TOPIC)).length < POSTS_PER_SERVER.burst + 5);
   });
 });
 
@@ -446,6 +483,33 @@ browserLesson("browser: the room pushes to every tab", (test, browser) => {
     assert.is(await tab.page.locator("#messages li.gap").count(), 1);
   });
 
+  test("a stream answered with a 502 (as a proxy answers) says it is cut off, and the page tries again until it streams", async () => {
+    const tab = await profile!.open(roomUrl());
+    await tab.page.locator("#state", { hasText: "streaming" }).waitFor();
+    const { port } = running!;
+    // The server goes, as on Ctrl-C; a stand-in answers 502 to everything on its port.
+    const closed = Promise.all(running!.listeners.map(closeListener));
+    running!.app.endStreams();
+    running!.app.server.closeAllConnections();
+    await within("the server to close", closed);
+    let refused = 0;
+    const standIn = http.createServer((_req, res) => {
+      refused++;
+      res.writeHead(502, { "Content-Type": "text/plain" }).end("Bad gateway\n");
+    });
+    const standInListeners = await listen(standIn, "localhost", port);
+    try {
+      await tab.page.locator("#state[data-state=cut]", { hasText: /^cut off: trying again in [\d.]+ s$/ }).waitFor({ timeout: RECONNECT_DELAY_MS + DEADLINE_MS });
+      await until("the page to try again on its own", () => refused >= 2, RECONNECT_DELAY_MS + DEADLINE_MS);
+    } finally {
+      standIn.closeAllConnections();
+      await Promise.all(standInListeners.map(closeListener));
+    }
+    running = await startLoopbackServer(port, running!.options);
+    await tab.page.locator("#state", { hasText: "streaming" }).waitFor({ timeout: 10_000 + DEADLINE_MS });
+    await until("the tab to subscribe again", () => hubOf(running!.app).subscribers(ROOM_TOPIC) === 1);
+  });
+
   test("with ?poll=2 the page asks every 2 seconds and shows a message by the next request after it was posted", async () => {
     const tab = await profile!.open(roomUrl("?poll=2"));
     await tab.page.locator("#state", { hasText: "polling" }).waitFor();
@@ -458,5 +522,18 @@ browserLesson("browser: the room pushes to every tab", (test, browser) => {
     const requestsAtShow = Number((await tab.page.textContent("#requests"))!.match(/\d+$/)![0]);
     assert.ok(requestsAtShow <= requestsAtPost + 1, `shown by request ${requestsAtShow}, posted after request ${requestsAtPost}`);
     assert.ok((await texts(tab)).includes("polled"));
+  });
+});
+
+databaseLesson("database: the room refuses what PostgreSQL cannot store", (test, database) => {
+  let running: { app: App; url: string } | undefined;
+  test.after(() => stopServer(running?.app));
+
+  test("a lone surrogate in a message gets 400 with a sentence, not a 500", async () => {
+    const { app, url } = await startServer({ flags: { database: await database() } });
+    running = { app, url };
+    const answer = await post(url, '{"name": "Ada", "text": "half \\ud800"}');
+    assert.equal([answer.status, answer.body], [400, "text must be well-formed Unicode: it holds half a character.\n"]);
+    assert.is((await post(url, { name: "Ada", text: "whole \u{1F600}" })).status, 201, "a whole pair is a character like any other");
   });
 });

@@ -9,20 +9,23 @@
 import * as assert from "uvu/assert";
 import { createApp, install, type App } from "../server.ts";
 import { chooseHub, HUB_KEEP, hubOf, MemoryHub } from "../lessons/hub.ts";
-import { publicVisitorId } from "../lessons/http.ts";
+import { POSTS_PER_SENDER, publicVisitorId, signedVisitor } from "../lessons/http.ts";
 import {
+  COUNTDOWN_TABS_PER_NAME,
   EVERYONE,
   TOAST_MESSAGE_MAX,
   toastTopic,
   TOASTS_UNREAD_MAX,
   toasts,
   toastsOf,
-  VISITORS_MAX,
   type Toast,
 } from "../lessons/toasts.ts";
+import { VISITORS_MAX } from "../lessons/toast-marks.ts";
 import {
   BOOT_DEADLINE_MS,
   browserLesson,
+  DEADLINE_MS,
+  RECONNECT_DELAY_MS,
   Child,
   databaseLesson,
   lesson,
@@ -50,9 +53,9 @@ interface Visitor {
 async function newVisitor(url: string): Promise<Visitor> {
   const page = await request(`${url}/`);
   const setCookie = page.headers["set-cookie"]?.[0] ?? "";
-  const secret = /^visitor=([0-9a-f]{32});/.exec(setCookie)?.[1];
-  if (!secret) throw new Error(`the page set no visitor cookie: ${setCookie}`);
-  return { cookie: `visitor=${secret}`, id: publicVisitorId(secret) };
+  const [, value, secret] = /^visitor=(([0-9a-f]{32})\.[0-9a-f]{64});/.exec(setCookie) ?? [];
+  if (!value || !secret) throw new Error(`the page set no visitor cookie: ${setCookie}`);
+  return { cookie: `visitor=${value}`, id: publicVisitorId(secret) };
 }
 
 const toastsIn = (client: SseClient) => client.messages.filter((m) => m.event === "toast").map((m) => JSON.parse(m.data) as Toast);
@@ -77,10 +80,10 @@ lesson("toasts: the visitor cookie and the middleware", (test) => {
   });
   test.after(() => stopServer(app));
 
-  test("the first page sets a visitor cookie of 128 random bits, HttpOnly, SameSite=Strict, Path=/; a known one is not set again", async () => {
+  test("the first page sets a visitor cookie of 128 random bits and their signature, HttpOnly, SameSite=Strict, Path=/; a known one is not set again", async () => {
     const first = await request(`${url}/`);
     const [cookie = ""] = first.headers["set-cookie"] ?? [];
-    assert.match(cookie, /^visitor=[0-9a-f]{32}; HttpOnly; SameSite=Strict; Path=\/$/);
+    assert.match(cookie, /^visitor=[0-9a-f]{32}\.[0-9a-f]{64}; HttpOnly; SameSite=Strict; Path=\/$/);
     const second = await request(`${url}/`);
     assert.is.not(second.headers["set-cookie"]?.[0], cookie, "every new browser gets a new value");
     const again = await request(`${url}/room/`, { headers: { Cookie: cookie.split(";")[0]! } });
@@ -111,6 +114,27 @@ lesson("toasts: the visitor cookie and the middleware", (test) => {
     const worker = await request(`${url}/toasts/worker.js`);
     assert.is(worker.headers["content-type"], "text/javascript; charset=utf-8");
     assert.ok(worker.body.includes('new EventSource("/toasts/stream")'));
+  });
+
+  test("a cookie this server did not sign is no visitor: the stream answers 401, and a page sets a new cookie", async () => {
+    const made = "0123456789abcdef0123456789abcdef";
+    const signed = signedVisitor(made);
+    const changed = `${signed.slice(0, -1)}${signed.endsWith("0") ? "1" : "0"}`; // its last digit changed
+    const forged = [`visitor=${made}`, `visitor=${made}.${"0".repeat(64)}`, `visitor=${changed}`];
+    for (const cookie of forged) {
+      const refused = await request(`${url}/toasts/stream`, { headers: { Cookie: cookie } });
+      assert.is(refused.status, 401, cookie);
+      const page = await request(`${url}/`, { headers: { Cookie: cookie } });
+      assert.match(page.headers["set-cookie"]?.[0] ?? "", /^visitor=[0-9a-f]{32}\./, "a stranger's cookie is replaced");
+      // The stream's 401 brings a new cookie too, for a page's worker that tries again.
+      const fresh = /^(visitor=[^;]+);/.exec(refused.headers["set-cookie"]?.[0] ?? "")?.[1];
+      assert.ok(fresh, "the 401 sets a new cookie");
+      const stream = new SseClient(`${url}/toasts/stream`, { Cookie: fresh! });
+      await stream.opened();
+      assert.is(stream.status, 200, "under which the stream opens");
+      stream.close();
+    }
+    assert.is((await request(`${url}/toasts/stream`)).headers["set-cookie"], undefined, "no cookie at all (curl): just the 401");
   });
 
   test("the public id is the same for the same cookie, differs between cookies, and never shows the secret", () => {
@@ -266,10 +290,13 @@ lesson("toasts: their share of the app", (test) => {
   });
 
   test("stopping ends the toast streams cleanly and names them; with none open it names nothing", async () => {
+    const unused = (await startServer()).app;
+    apps.push(unused);
+    assert.equal(unused.endStreams(), ["0 open streams"], "toasts never used: nothing to name");
+    // A server of its own each time: a stopped app's hub is closed, and takes no new stream.
     for (const [count, phrase] of [[2, "2 toast streams"], [1, "1 toast stream"]] as const) {
       const { app, url } = await startServer();
       apps.push(app);
-      assert.equal(app.endStreams(), ["0 open streams"], "toasts never used: nothing to name");
       const visitor = await newVisitor(url);
       const streams = Array.from({ length: count }, () => new SseClient(`${url}/toasts/stream`, { Cookie: visitor.cookie }));
       await until("the streams to subscribe", () => hubOf(app).subscribers(toastTopic(visitor.id)) === count);
@@ -366,17 +393,56 @@ lesson("toasts: the bounds", (test) => {
     assert.not.ok(toastsIn(stream).some((toast) => toast.id === broadcast.id), "the broadcast does not come back");
   });
 
-  test(`past ${VISITORS_MAX} visitors the least recently seen is forgotten with its toasts, and that is logged once`, async () => {
+  test(`past ${VISITORS_MAX} visitors the least recently seen idle one is forgotten with its toasts, a followed one never; logged once`, async () => {
+    await stopServer(app); // a server of its own: the visitors of the tests above count too
+    ({ app, lines, url } = await startServer());
+    const visitors = toastsOf(app!).visitors;
+    const followed = await newVisitor(url);
+    const tab = new SseClient(`${url}/toasts/stream`, { Cookie: followed.cookie });
+    clients.push(tab);
+    await until("the stream to subscribe", () => hubOf(app!).subscribers(toastTopic(followed.id)) === 1);
+    const stays = await toastsOf(app!).createToastAsync("stays: a tab follows me", { visitor: followed.id });
     const first = "f".repeat(16);
     const second = "e".repeat(16);
     toastsOf(app!).createToast("to be forgotten", { visitor: first });
     toastsOf(app!).createToast("to be kept", { visitor: second });
-    toastsOf(app!).seen(second); // seen again: now the most recent
-    for (let k = 0; k < VISITORS_MAX - 1; k++) toastsOf(app!).seen(k.toString(16).padStart(16, "0"));
+    visitors.seen(second); // seen again: now the most recent
+    for (let k = 0; k < VISITORS_MAX - 2; k++) visitors.seen(k.toString(16).padStart(16, "0"));
     await until("the first visitor's toasts to go", () => (hubOf(app!) as MemoryHub).lastId(toastTopic(first)) === 0);
     assert.is((await hubOf(app!).history(toastTopic(second))).length, 1, "the visitor seen again is kept");
-    toastsOf(app!).seen("d".repeat(16));
+    visitors.seen("d".repeat(16));
+    assert.equal((await hubOf(app!).history(toastTopic(followed.id))).map((event) => event.data), [stays], "the followed visitor, seen longest ago, is kept");
     assert.equal(lines.filter((line) => line.includes(`${VISITORS_MAX} visitors remembered`)).length, 1);
+  });
+
+  test(`an id that names no toast records no visitor; when all ${VISITORS_MAX} are followed, a newcomer gets 503 with a sentence`, async () => {
+    const { app: full, url: fullUrl, lines: fullLines } = await startServer();
+    try {
+      const visitors = toastsOf(full).visitors;
+      for (let k = 0; k < VISITORS_MAX; k++) visitors.follows(k.toString(16).padStart(16, "0"));
+      const newcomer = await newVisitor(fullUrl);
+      assert.is((await readToast(fullUrl, `${newcomer.id}-0000000000000000`, newcomer.cookie)).status, 404);
+      assert.is((await request(`${fullUrl}/nowhere`, { headers: { Cookie: newcomer.cookie } })).status, 404);
+      assert.not.ok(fullLines.some((line) => line.includes("visitors remembered")), "neither 404 recorded the newcomer");
+      const refused = await request(`${fullUrl}/toasts/stream`, { headers: { Cookie: newcomer.cookie } });
+      assert.equal([refused.status, refused.body], [503, `This server follows ${VISITORS_MAX} visitors' open pages already; try again later.\n`]);
+      visitors.left("0".repeat(16)); // one tab closes: its visitor is idle, and may be forgotten
+      const stream = new SseClient(`${fullUrl}/toasts/stream`, { Cookie: newcomer.cookie });
+      clients.push(stream);
+      await until("the newcomer's stream to subscribe", () => hubOf(full).subscribers(toastTopic(newcomer.id)) === 1);
+    } finally {
+      for (const client of clients.splice(0)) client.close();
+      await stopServer(full);
+    }
+  });
+
+  test("starting the demo faster than its rate gets 429 with Retry-After and a sentence", async () => {
+    const visitor = await newVisitor(url);
+    for (let k = 0; k < POSTS_PER_SENDER.burst; k++) assert.is((await startDemo(url, visitor.cookie, `message=n${k}&seconds=0`)).status, 303);
+    const refused = await startDemo(url, visitor.cookie, "message=again&seconds=0");
+    assert.is(refused.status, 429);
+    assert.match(refused.body, /^Too many toast demos at once: try again in \d+ s\.\n$/);
+    assert.ok(Number(refused.headers["retry-after"]) >= 1);
   });
 });
 
@@ -422,6 +488,24 @@ lesson("toasts: a line typed into the server's terminal", (test) => {
     await until("three toasts from the presenter", () => (child.output.match(/for everyone, from the presenter/g) ?? []).length === 3, BOOT_DEADLINE_MS);
     assert.not.match(child.output, /no worker is serving/);
     assert.is(await child.stop("SIGINT"), 0, "the primary stops its workers");
+  });
+
+  test("with --workers 2, a visitor cookie one worker signed is known to the other", async () => {
+    const child = run(["--workers", "2"], "ignore");
+    const url = await started(child);
+    await until("both workers to serve", () => (child.output.match(/primary: worker \d+ is serving/g) ?? []).length === 2, BOOT_DEADLINE_MS);
+    const visitor = await newVisitor(url);
+    const pids = () => new Set([...child.output.matchAll(/\[(\d+)\] toast stream opened/g)].map((match) => match[1]));
+    // Each stream on a connection of its own, one at a time, until both workers served one.
+    for (let opened = 1; opened <= 20 && pids().size < 2; opened++) {
+      const stream = new SseClient(`${url}/toasts/stream`, { Cookie: visitor.cookie });
+      clients.push(stream);
+      await stream.opened();
+      assert.is(stream.status, 200, "no worker takes the cookie for a stranger's");
+      await until(`stream ${opened} in the log`, () => (child.output.match(/toast stream opened/g) ?? []).length === opened);
+    }
+    assert.is(pids().size, 2, "streams on both workers");
+    assert.is(await child.stop("SIGINT"), 0);
   });
 
   test("--help says what standard input does", async () => {
@@ -490,6 +574,33 @@ browserLesson("browser: toasts on every page", (test, browser) => {
     await second.page.reload();
     await second.page.locator("#toasts .toast", { hasText: "second" }).waitFor();
     assert.equal(await toastTexts(second), ["second"]);
+  });
+
+  test(`with the ${COUNTDOWN_TABS_PER_NAME} countdown tabs the banner promises per host name, reloading the last one counts again at once`, async () => {
+    const tabs = [];
+    for (let k = 0; k < COUNTDOWN_TABS_PER_NAME; k++) tabs.push(await profile!.open(at("/")));
+    await until("the shared stream to open", () => toastsOf(running!.app).streams.size === 1);
+    await until(`${COUNTDOWN_TABS_PER_NAME} countdown streams`, () => running!.app.streams.size === COUNTDOWN_TABS_PER_NAME);
+    for (const tab of tabs) await tab.page.locator("#state", { hasText: "streaming" }).waitFor();
+    const last = tabs.at(-1)!;
+    // Chromium keeps the old page's stream open until the new page arrives: one connection more.
+    await last.page.reload({ waitUntil: "commit" });
+    await last.page.locator("#state", { hasText: "streaming" }).waitFor();
+    // Counting: two numbers in turn, each one less than the one before.
+    const number = () => last.page.waitForFunction(() => /^\d+$/.test(document.getElementById("countdown")!.textContent ?? "") && Number(document.getElementById("countdown")!.textContent));
+    const first = Number(await (await number()).jsonValue());
+    await last.page.waitForFunction((before) => Number(document.getElementById("countdown")!.textContent) === before - 1, first);
+  });
+
+  test("when the toasts' stream is refused (every visitor followed: 503), the worker tries again, and the page gets its toasts", async () => {
+    const visitors = toastsOf(running!.app).visitors;
+    for (let k = 0; k < VISITORS_MAX; k++) visitors.follows(k.toString(16).padStart(16, "0"));
+    const tab = await profile!.open(at("/?interval=60000"));
+    await until("the refusal", () => running!.lines.some((line) => line.startsWith(`This server follows ${VISITORS_MAX} visitors`)));
+    visitors.left("0".repeat(16)); // one visitor's tab closes
+    await until("the worker's new stream", () => toastsOf(running!.app).streams.size === 1, RECONNECT_DELAY_MS + DEADLINE_MS);
+    toastsOf(running!.app).createToast("after the refusal");
+    await tab.page.locator("#toasts .toast", { hasText: "after the refusal" }).waitFor();
   });
 
   test("a toast's HTML shows as text and creates no element", async () => {

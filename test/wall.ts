@@ -1,6 +1,6 @@
 /**
  * test/wall.ts: the wall, both servers side by side for a workshop projector
- * (/wall, lessons/wall.ts and pages/wall.html), the one header that lets its
+ * (/wall/, lessons/wall.ts and pages/wall.html), the one header that lets its
  * tiles stream from other origins, and the crowd (bench/crowd.ts) that loads
  * server.ts with thousands of streams while the wall keeps counting.
  */
@@ -67,18 +67,24 @@ lesson("wall http: the page, and the stream's CORS header on both servers", (tes
     await stopBlocking(children);
   });
 
-  const asIs = "GET /wall is pages/wall.html as it is (with the toasts, as every page)";
+  const asIs = "GET /wall/ is pages/wall.html as it is (with the toasts, as every page)";
   test(`${asIs}, whatever the query says; HEAD gets its length`, async () => {
     for (const query of ["", "?tiles=3&blocking=8101", "?tiles=<script>alert(1)</script>"]) {
-      const page = await request(`${url}/wall${query}`);
+      const page = await request(`${url}/wall/${query}`);
       assert.is(page.status, 200);
       assert.is(page.headers["content-type"], "text/html; charset=utf-8");
-      assert.is(page.body, withToasts(WALL_PAGE), `the same bytes for /wall${query}`);
+      assert.is(page.body, withToasts(WALL_PAGE), `the same bytes for /wall/${query}`);
     }
-    const head = await request(`${url}/wall`, { method: "HEAD" });
+    const head = await request(`${url}/wall/`, { method: "HEAD" });
     const length = Buffer.byteLength(withToasts(WALL_PAGE));
     assert.is(head.headers["content-length"], String(length));
     assert.is(head.body, "");
+  });
+
+  test("/wall redirects to /wall/ (308), query kept, as /room and /toasts do", async () => {
+    const res = await request(`${url}/wall?tiles=4&interval=200`);
+    assert.is(res.status, 308);
+    assert.is(res.headers.location, "/wall/?tiles=4&interval=200");
   });
 
   test("server.ts's stream allows every origin, and so do its 204 and its 400", async () => {
@@ -105,7 +111,7 @@ lesson("wall http: the page, and the stream's CORS header on both servers", (tes
         asked.push(`${method} ${path}`);
       }
     }
-    const every = asked.includes("GET /") && asked.includes("GET /wall");
+    const every = asked.includes("GET /") && asked.includes("GET /wall/");
     assert.ok(every, `every route was asked: ${asked}`);
     assert.is((await request(`${url}/nope`)).headers[ALLOW_ORIGIN], undefined);
     const post = await request(`${url}/sse/`, { method: "POST" });
@@ -281,7 +287,7 @@ browserLesson("browser: the wall shows both servers side by side", (test, browse
   const exactly = `on blocking-server.ts exactly ${WALL_WORKERS} count and the others wait`;
   test(`every server.ts tile counts; ${exactly}`, async () => {
     const query = `?tiles=${WALL_TILES}&blocking=${blockingPort}&interval=${WALL_TICK_MS}`;
-    wall = (await profile!.open(`http://localhost:${running!.port}/wall${query}`)).page;
+    wall = (await profile!.open(`http://localhost:${running!.port}/wall/${query}`)).page;
     // The blocking side first: its first kill comes WALL_TIMEOUT_S after its streams began.
     const blocking = await eventually(
       "two blocking tiles to count",
@@ -358,7 +364,7 @@ browserLesson("browser: the wall shows both servers side by side", (test, browse
   test(`${without}, and server.ts's side still counts`, async () => {
     const nobody = await closedPort();
     const query = `?tiles=2&blocking=${nobody}&interval=${WALL_TICK_MS}`;
-    const page = (await profile!.open(`http://localhost:${running!.port}/wall${query}`)).page;
+    const page = (await profile!.open(`http://localhost:${running!.port}/wall/${query}`)).page;
     const notice = await eventually(
       "the blocking column's notice",
       () => textOf(page, "#blocking .notice"),
@@ -404,10 +410,147 @@ browserLesson("browser: the wall shows both servers side by side", (test, browse
       ["?server=65536", "server must be a whole number from 1 to 65535."],
       ["?interval=5", "interval must be a whole number from 10 to 60000."],
     ]) {
-      const tab = await profile!.open(`http://localhost:${running!.port}/wall${query}`);
+      const tab = await profile!.open(`http://localhost:${running!.port}/wall/${query}`);
       assert.is(await textOf(tab.page, "#problem"), sentence);
       assert.is(await tab.openEventSources(), 0);
       await tab.page.close();
     }
+  });
+});
+
+// ─── The wall on a projector, and the presenter's buttons ───────────────────
+
+/** The screens the wall must fill: a 1080p projector, a 720p one, and an old 4:3 one. */
+const SCREENS = [
+  { width: 1920, height: 1080 },
+  { width: 1280, height: 720 },
+  { width: 1024, height: 768 },
+];
+/** The tiles' tick in the button tests: many ticks fall due during the buttons' 3 s sleep. */
+const BUTTON_TICK_MS = 200;
+/** The left column's delay after "Block the loop for 3 s": at least this. */
+const BLOCKED_DELAY_MS = 2000;
+
+/** What a screen shows of the wall: scrolling, tile sizes, the tile grid, and text that spills. */
+function layoutOf(page: Page) {
+  return page.evaluate(() => {
+    const scroller = document.scrollingElement!;
+    const tiles = Array.from(document.querySelectorAll<HTMLElement>(".tile"));
+    const sizes = new Set(tiles.map((tile) => {
+      const { width, height } = tile.getBoundingClientRect();
+      return `${Math.round(width)}x${Math.round(height)}`;
+    }));
+    const grids = Array.from(document.querySelectorAll<HTMLElement>(".tiles")).map((list) =>
+      getComputedStyle(list).gridTemplateColumns.split(" ").length);
+    const spills: string[] = [];
+    for (const element of Array.from(document.querySelectorAll<HTMLElement>("body *"))) {
+      if (element.children.length > 0 || !element.textContent?.trim() || element.closest("[hidden]")) continue;
+      const inner = element.scrollWidth > element.clientWidth + 1 || element.scrollHeight > element.clientHeight + 1;
+      const box = element.closest(".tile, section, body")!.getBoundingClientRect();
+      const own = element.getBoundingClientRect();
+      const outside = own.right > box.right + 1 || own.bottom > box.bottom + 1;
+      if (inner || outside) spills.push(`${element.className || element.tagName}: ${element.textContent.slice(0, 30)}`);
+    }
+    return {
+      scrolls: scroller.scrollHeight > innerHeight || scroller.scrollWidth > innerWidth,
+      sizes: [...sizes],
+      tiles: tiles.length,
+      grids,
+      spills,
+    };
+  });
+}
+
+/**
+ * Records, in the page, every number a server.ts tile shows and every answer of the buttons, in
+ * the order they came: which ticks arrived between pressing a button and its answer.
+ */
+const RECORD_THE_WALL = () => {
+  const record: { what: string; text: string }[] = [];
+  (window as unknown as { wallRecord: typeof record }).wallRecord = record;
+  new MutationObserver((mutations) => {
+    for (const { target } of mutations) {
+      const element = target instanceof HTMLElement ? target : target.parentElement;
+      if (element?.matches("#async .tile .number")) record.push({ what: element.closest<HTMLElement>(".tile")!.dataset.tile!, text: element.textContent ?? "" });
+      if (element?.id === "action-result") record.push({ what: "answer", text: element.textContent ?? "" });
+    }
+  }).observe(document.querySelector("main")!.parentElement!, { childList: true, subtree: true, characterData: true });
+};
+
+/** Presses a button, waits for its answer, and counts each server.ts tile's ticks in between. */
+async function press(page: Page, button: string, answered: string): Promise<Map<string, number>> {
+  const from = await page.evaluate((id) => {
+    const record = (window as unknown as { wallRecord: unknown[] }).wallRecord;
+    document.getElementById(id)!.click();
+    return record.length;
+  }, button);
+  await page.waitForFunction((text) => document.getElementById("action-result")!.textContent!.startsWith(text), answered, { timeout: 3000 + DEADLINE_MS });
+  const record = await page.evaluate(() => (window as unknown as { wallRecord: { what: string; text: string }[] }).wallRecord);
+  const during = record.slice(from);
+  const end = during.findIndex((entry) => entry.what === "answer" && entry.text.startsWith(answered));
+  const ticks = new Map<string, number>();
+  for (const entry of during.slice(0, end)) if (entry.what !== "answer") ticks.set(entry.what, (ticks.get(entry.what) ?? 0) + 1);
+  return ticks;
+}
+
+/** The left column's delay, as its header says it in words. */
+async function shownDelay(page: Page): Promise<number> {
+  const text = await textOf(page, "#async .loop");
+  const match = /^the loop waited at most ([\d,]+) ms in the last second$/.exec(text);
+  return match ? Number(match[1]!.replace(/,/g, "")) : NaN;
+}
+
+browserLesson("browser: the wall on a projector, and the presenter's buttons", (test, browser) => {
+  let running: LoopbackServer | undefined;
+  let profile: Profile | undefined;
+  test.before(async () => {
+    running = await startLoopbackServer();
+    profile = await Profile.open(browser());
+  });
+  test.after(async () => {
+    await profile?.close();
+    await stopLoopbackServer(running);
+  });
+
+  const sizes = SCREENS.map(({ width, height }) => `${width}x${height}`).join(", ");
+  test(`at ${sizes}: no scrolling, every tile the same size in full rows, no text outside its box`, async () => {
+    const query = `?blocking=${await closedPort()}&interval=${WALL_TICK_MS}`;
+    const { page } = await profile!.open(`http://localhost:${running!.port}/wall/${query}`);
+    await eventually("the blocking column's notice", () => textOf(page, "#blocking .notice"), (text) => text !== "");
+    for (const screen of SCREENS) {
+      await page.setViewportSize(screen);
+      const size = `${screen.width}x${screen.height}`;
+      const laid = await eventually(`the wall laid out at ${size}`, () => layoutOf(page), (layout) => layout.sizes.length === 1);
+      assert.not.ok(laid.scrolls, `${size}: the page scrolls`);
+      assert.is(laid.tiles, 16, size);
+      assert.ok(laid.grids.every((across) => 8 % across === 0 && across === laid.grids[0]), `${size}: rows full, the same in both columns: ${laid.grids}`);
+      assert.equal(laid.spills, [], `${size}: text outside its box`);
+    }
+    await page.close();
+  });
+
+  test("the loop button stops every server.ts tile and the header says the delay; the thread button does not", async () => {
+    const query = `?tiles=4&blocking=${await closedPort()}&interval=${BUTTON_TICK_MS}`;
+    const { page } = await profile!.open(`http://localhost:${running!.port}/wall/${query}`);
+    assert.is(await textOf(page, "#block-loop"), "Block the loop for 3 s");
+    assert.is(await textOf(page, "#block-thread"), "The same on a thread");
+    const tiles = () => tilesOf(page, "async");
+    await eventually("the server.ts tiles to count", tiles, (shown) => shown.every(counts));
+    await page.evaluate(RECORD_THE_WALL);
+
+    const onLoop = await press(page, "block-loop", "On the loop: answered 200");
+    for (const tile of ["1", "2", "3", "4"]) {
+      assert.ok((onLoop.get(tile) ?? 0) <= 1, `tab${tile} got ${onLoop.get(tile)} ticks while the loop slept`);
+    }
+    await eventually("the header's delay", () => shownDelay(page), (delay) => delay >= BLOCKED_DELAY_MS);
+
+    await eventually("the delay to fall again", () => shownDelay(page), (delay) => delay < BLOCKED_DELAY_MS);
+    const onThread = await press(page, "block-thread", "On a thread: answered 200");
+    for (const tile of ["1", "2", "3", "4"]) {
+      assert.ok((onThread.get(tile) ?? 0) >= 2, `tab${tile} got ${onThread.get(tile)} ticks while the thread slept`);
+    }
+    assert.ok(await shownDelay(page) < BLOCKED_DELAY_MS, "no stall after the thread's sleep");
+    assert.ok((await tiles()).every(counts));
+    await page.close();
   });
 });

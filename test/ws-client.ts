@@ -7,7 +7,7 @@
 import { once } from "node:events";
 import * as assert from "uvu/assert";
 import WebSocket from "ws";
-import { publicVisitorId } from "../lessons/http.ts";
+import { publicVisitorId, signedVisitor } from "../lessons/http.ts";
 import { DEADLINE_MS, request, until, within } from "./helpers.ts";
 
 // ─── Two visitors ────────────────────────────────────────────────────────────
@@ -15,15 +15,17 @@ import { DEADLINE_MS, request, until, within } from "./helpers.ts";
 /** Two visitors, as their cookies' secrets. */
 export const ADA = "a".repeat(32);
 export const BO = "b".repeat(32);
-export const cookie = (secret: string) => `visitor=${secret}`;
+export const cookie = (secret: string) => `visitor=${signedVisitor(secret)}`;
 /** The public id a page, a log or a message shows for a visitor. */
 export const publicId = publicVisitorId;
 
 // ─── A WebSocket client ──────────────────────────────────────────────────────
 
-/** One server message: `{"type": ..., "payload": ...}`. */
+/** One server message: `{"type": ..., "payload": ...}`, with an event_id or a request_id. */
 export interface WsMessage {
   type: string;
+  event_id?: number; // a room event's own id, the one `after` names
+  request_id?: string | number; // a reply's: the frame's own
   payload: any; // eslint-disable-line @typescript-eslint/no-explicit-any
 }
 

@@ -10,6 +10,7 @@
 import type { IncomingMessage } from "node:http";
 import type net from "node:net";
 import { once } from "node:events";
+import { randomBytes } from "node:crypto";
 import { cpSync, mkdtempSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
 import os from "node:os";
@@ -22,7 +23,9 @@ import { hubOf, MemoryHub } from "../lessons/hub.ts";
 import { PostgresHub } from "../lessons/postgres.ts";
 import { ROOM_TOPIC, TEXT_MAX } from "../lessons/room.ts";
 import { toastsOf } from "../lessons/toasts.ts";
-import { WS_FRAME_LIMIT_BYTES, WS_MISSING, WS_SUBSCRIPTIONS_MAX, WS_UNSENT_LIMIT_BYTES } from "../lessons/ws.ts";
+import { toastTopic } from "../lessons/toasts.ts";
+import { VISITORS_MAX } from "../lessons/toast-marks.ts";
+import { TOO_FAST, WS_FRAME_LIMIT_BYTES, WS_FRAMES_PER_SECOND, WS_MISSING, WS_SUBSCRIPTIONS_MAX, WS_UNSENT_LIMIT_BYTES } from "../lessons/ws.ts";
 import {
   activeResources,
   BOOT_DEADLINE_MS,
@@ -45,6 +48,14 @@ import {
   type LoopbackServer,
 } from "./helpers.ts";
 import { ADA, BO, cookie, follows, post, publicId, put, remove, socketsOpen, WsClient } from "./ws-client.ts";
+
+/** Sends every frame in one write, so that the server reads them in one go, as a burst. */
+function inOnePacket(client: WsClient, frames: unknown[]) {
+  const raw = (client.socket as unknown as { _socket: net.Socket })._socket;
+  raw.cork();
+  for (const frame of frames) client.send(frame);
+  raw.uncork();
+}
 
 /** The status and body of a refused upgrade. */
 async function refusedUpgrade(url: string, options: WebSocket.ClientOptions = {}, path = "/ws/notifications") {
@@ -207,6 +218,106 @@ lesson("ws: subscriptions and their permissions", (test) => {
     // The room and the messages are all on the room's topic: one hub subscriber each, no more.
     await until(`${WS_SUBSCRIPTIONS_MAX} subscribers`, () => hub.subscribers(ROOM_TOPIC) === WS_SUBSCRIPTIONS_MAX);
     assert.is(follows(lines, "message"), WS_SUBSCRIPTIONS_MAX - 1);
+  });
+
+  test("a frame's request_id comes back in its reply: SUBSCRIBED, UNSUBSCRIBED and ERROR; a bad one gets an ERROR", async () => {
+    const client = await open();
+    const room = { object_type: "room", id: "lobby" };
+    assert.equal(await client.ask({ ...room, request_id: "r1" }), { type: "SUBSCRIBED", request_id: "r1", payload: room });
+    assert.equal(await client.ask({ ...room, request_id: 2 }), { type: "ERROR", request_id: 2, payload: "Already subscribed to room lobby." });
+    assert.equal(await client.ask({ unsubscribe: room, request_id: "r3" }), { type: "UNSUBSCRIBED", request_id: "r3", payload: room });
+    assert.equal(await client.ask({ object_type: "user", id: 1, request_id: "r4" }), { type: "ERROR", request_id: "r4", payload: "object_type must be room, message or toasts." });
+    for (const bad of ["x".repeat(101), { r: 5 }, null]) {
+      assert.equal(await client.ask({ ...room, request_id: bad }), { type: "ERROR", payload: "request_id must be a string of at most 100 characters, or a number." });
+    }
+  });
+
+  test("MESSAGE_CREATED, MESSAGE_UPDATED and MESSAGE_DELETED carry the message's id in payload.id, each event's own in event_id", async () => {
+    const client = await open(ADA);
+    await client.ask({ object_type: "room", id: "lobby" });
+    const message = await post(url, "to be changed, then deleted");
+    assert.is((await put(url, message.id, { text: "changed" }, ADA)).status, 200);
+    assert.is((await remove(url, message.id, ADA)).status, 204);
+    await client.next("MESSAGE_DELETED");
+    const events = client.received.filter((m) => m.type.startsWith("MESSAGE_") && m.event_id! >= message.id);
+    assert.equal(events.map((m) => [m.type, m.payload.id, m.event_id]), [
+      ["MESSAGE_CREATED", message.id, message.id],
+      ["MESSAGE_UPDATED", message.id, message.id + 1],
+      ["MESSAGE_DELETED", message.id, message.id + 2],
+    ]);
+    assert.is(events[1]!.payload.text, "changed");
+  });
+
+  test(`a burst of ${WS_SUBSCRIPTIONS_MAX + 1} subscriptions in one packet gets ${WS_SUBSCRIPTIONS_MAX} SUBSCRIBED and one ERROR`, async () => {
+    const hub = hubOf(app!);
+    const ids: number[] = [];
+    for (let k = 0; k <= WS_SUBSCRIPTIONS_MAX; k++) ids.push((await hub.publish(ROOM_TOPIC, "message", { name: "Ada", text: `b${k}`, poster: null })).id);
+    const client = await open();
+    inOnePacket(client, ids.map((id) => ({ object_type: "message", id })));
+    const replies = () => client.received.filter((m) => ["SUBSCRIBED", "ERROR"].includes(m.type));
+    await until("a reply to every frame", () => replies().length === ids.length);
+    assert.is(replies().filter((m) => m.type === "SUBSCRIBED").length, WS_SUBSCRIPTIONS_MAX);
+    assert.equal(replies().filter((m) => m.type === "ERROR").map((m) => m.payload), [`At most ${WS_SUBSCRIPTIONS_MAX} subscriptions per connection: unsubscribe from one first.`]);
+  });
+
+  test("after UNSUBSCRIBED nothing more arrives, even when the subscription and its end came in one packet", async () => {
+    const message = await post(url, "replayed, or not");
+    await put(url, message.id, { text: "changed before" }, ADA);
+    const client = await open();
+    const room = { object_type: "room", id: "lobby" };
+    /** What arrived after the last UNSUBSCRIBED, up to the reply to a frame sent now. */
+    const sinceUnsubscribed = async () => {
+      await client.ask("not JSON"); // its ERROR comes after anything the unsubscribed one still sent
+      return client.types().slice(client.types().lastIndexOf("UNSUBSCRIBED") + 1, -1);
+    };
+    for (const subscription of [{ ...room, after: 0 }, room]) {
+      inOnePacket(client, [subscription, { unsubscribe: room }]);
+      await until("UNSUBSCRIBED", () => client.types().filter((type) => type === "UNSUBSCRIBED").length > 0);
+      await put(url, message.id, { text: `changed after ${JSON.stringify(subscription)}` }, ADA);
+      assert.equal(await sinceUnsubscribed(), [], `after ${JSON.stringify(subscription)}`);
+      client.received.length = 0;
+    }
+  });
+
+  test(`more than ${WS_FRAMES_PER_SECOND} frames in a second close the socket with 1008 and a sentence: no more replies than that queue`, async () => {
+    const client = await open();
+    const raw = (client.socket as unknown as { _socket: net.Socket })._socket;
+    const closing = once(client.socket, "close");
+    raw.pause(); // reads nothing, as the attacker's client did
+    inOnePacket(client, Array.from({ length: 20 * WS_FRAMES_PER_SECOND }, () => "x"));
+    await until("the server to say so", () => lines.some((line) => line.startsWith(`websocket: a socket that sent over ${WS_FRAMES_PER_SECOND} frames`)));
+    raw.resume();
+    const [code, reason] = (await within("the close", closing)) as [number, Buffer];
+    assert.equal([code, String(reason)], [1008, TOO_FAST]);
+    assert.is(client.types().filter((type) => type === "ERROR").length, WS_FRAMES_PER_SECOND);
+  });
+
+  test("toasts followed over a WebSocket by fresh visitors leave no hub topic behind once the sockets close", async () => {
+    const hub = hubOf(app!) as MemoryHub;
+    const secrets = Array.from({ length: 50 }, () => randomBytes(16).toString("hex"));
+    const sockets = await Promise.all(secrets.map((secret) => open(secret)));
+    await Promise.all(sockets.map((socket, k) => socket.ask({ object_type: "toasts", id: publicId(secrets[k]!) })));
+    assert.ok(secrets.every((secret) => hub.holds(toastTopic(publicId(secret)))), "each followed topic is there while followed");
+    for (const socket of sockets) socket.close();
+    await until("every topic to go", () => secrets.every((secret) => !hub.holds(toastTopic(publicId(secret)))));
+  });
+
+  test("a WebSocket toast subscription counts against the toasts' visitor bound: past it, an ERROR with the 503 sentence", async () => {
+    const full = await startServer();
+    try {
+      const { visitors } = toastsOf(full.app);
+      const others = Array.from({ length: VISITORS_MAX }, (_, k) => `other-${k}`);
+      for (const other of others) visitors.follows(other);
+      const client = await WsClient.open(full.url, { headers: { Cookie: cookie(ADA) } });
+      clients.push(client);
+      assert.equal(await client.ask({ object_type: "toasts", id: publicId(ADA) }), { type: "ERROR", payload: `This server follows ${VISITORS_MAX} visitors' open pages already; try again later.` });
+      assert.is(hubOf(full.app).subscribers(toastTopic(publicId(ADA))), 0);
+      for (const other of others) visitors.left(other);
+      assert.is((await client.ask({ object_type: "toasts", id: publicId(ADA) })).type, "SUBSCRIBED", "with room again, it may");
+    } finally {
+      for (const client of clients.splice(0)) client.close();
+      await stopServer(full.app);
+    }
   });
 
   test("an upgrade from another site gets 403; from this server's own address, and without Origin, it opens", async () => {

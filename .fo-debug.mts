@@ -1,0 +1,10 @@
+import { startServer, stopServer, SseClient, request } from "./test/helpers.ts";
+import { fanOut } from "./lessons/fanout.ts";
+const { app, url } = await startServer({ lessons: [fanOut] });
+const s = new SseClient(`${url}/sse/?from=1000&interval=100`);
+await s.next();
+await new Promise(r => setTimeout(r, 300));
+console.log((await request(`${url}/api/blocking/?delay=1500`, {}, undefined, 9000)).status);
+await new Promise(r => setTimeout(r, 4000));
+console.log(s.messages.filter(m => m.event === "server").map(m => m.data));
+s.close(); await stopServer(app);
