@@ -301,9 +301,11 @@ export type Handler = (req: IncomingMessage, res: ServerResponse, url: URL, app:
 /** An answer of one sentence: a user's mistake (4xx), or a failed call to elsewhere (5xx). */
 export class RequestError extends Error {
   status: number;
-  constructor(status: number, message: string) {
+  said: boolean; // true: a bound that logged itself once; its 5xx is not logged at every hit
+  constructor(status: number, message: string, said = false) {
     super(message);
     this.status = status;
+    this.said = said;
   }
 }
 
@@ -460,9 +462,10 @@ function router(app: App, wrappers: PageWrapper[], notHere: string): http.Reques
     } catch (error) {
       if (res.headersSent) return; // never an error page after the stream started
       const known = error instanceof RequestError;
-      // A failed call is news for whoever runs the server; a user's 4xx is not.
+      // A failed call is news for whoever runs the server; a user's 4xx is not, nor a bound
+      // that said so once already.
       if (!known) app.log(`error: ${error instanceof Error ? error.message : String(error)}`);
-      else if (error.status >= 500) app.log(error.message);
+      else if (error.status >= 500 && !error.said) app.log(error.message);
       res.writeHead(known ? error.status : 500, PLAIN_TEXT);
       res.end(known ? `${error.message}\n` : "Something went wrong on the server.\n");
     }

@@ -99,7 +99,7 @@ export interface ClientReport {
 
 // ─── One stream ──────────────────────────────────────────────────────────────
 
-const SERVER_DATA = /^\{"pid": \d+, "streams": \d+, "rss": \d+\}$/;
+const SERVER_DATA = /^\{"pid": \d+, "streams": \d+, "rss": \d+(, "delay": \d+)?\}$/;
 
 class Stream {
   req?: ClientRequest;

@@ -16,8 +16,10 @@
  * abandons --cycles streams against one in-process server.ts and checks that
  * nothing is left behind. Then lesson 2's fan-out (bench/fanout.ts): the
  * aggregated view's latency on both servers, and the lateness of 200
- * countdowns beside it (ten calls of 1000 ms in a full-size run, of 100 ms
- * in a smaller one, so the tiny run stays tiny). Then lesson 3's room
+ * countdowns and the loop's worst delay beside it, awaited, ?via=blocking and
+ * ?via=thread on 4 and 10 threads, and the memory a pool thread costs (ten
+ * calls of 1000 ms in a full-size run, of 100 ms in a smaller one, so the tiny
+ * run stays tiny). Then lesson 3's room
  * (bench/room.ts) with --streams subscribers: push against poll. Then
  * lesson 3's several processes (bench/processes.ts): twice --streams room
  * subscribers on server.ts --workers 2 sharing one PostgreSQL (--database,

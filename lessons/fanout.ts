@@ -269,7 +269,7 @@ function freeze(app: App, res: ServerResponse, ms: number) {
     const frozen = `The sync sleeps froze this process for ${Math.round(owed)} ms in a row`;
     logOnce(app, `fan-out: the sync sleeps reached ${FREEZE_LIMIT_MS} ms; 503 for the next`);
     const limit = `${ms} more would pass the limit of ${FREEZE_LIMIT_MS} ms`;
-    throw new RequestError(503, `${frozen}; ${limit}: try again in ${seconds} s.`);
+    throw new RequestError(503, `${frozen}; ${limit}: try again in ${seconds} s.`, true);
   }
   sleepSync(ms);
   state.frozenMs = owed + ms;
@@ -314,7 +314,7 @@ async function onThread(app: App, { pathname, search }: URL, ms: number): Promis
   if (chosen.calls.length > 0 && waiting() >= THREAD_QUEUE_LIMIT) {
     const full = `All ${threads} threads are busy and ${THREAD_QUEUE_LIMIT} calls wait for one`;
     logOnce(app, `fan-out: ${full}; 503 for the next`);
-    throw new RequestError(503, `${full}: try again in a moment.`);
+    throw new RequestError(503, `${full}: try again in a moment.`, true);
   }
   const failure = new Promise<RequestError | undefined>((resolve) => chosen.calls.push(resolve));
   chosen.thread.postMessage(ms);

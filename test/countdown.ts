@@ -324,8 +324,9 @@ lesson("streams: one process serves every tab", (test) => {
     const second = new SseClient(`${url}/sse/?interval=60000`);
     clients.push(second);
     const status = await second.next("server");
-    const { rss, ...rest } = JSON.parse(status.data);
+    const { rss, delay, ...rest } = JSON.parse(status.data);
     assert.equal(rest, { pid: process.pid, streams: 2 });
+    assert.ok(delay >= 0, `the loop's worst delay of the last second, in ms: ${delay}`);
     assert.ok(rss > 0 && rss <= process.memoryUsage.rss() * 2, `the server's memory in bytes: ${rss}`);
     assert.is((await second.next()).id, "100");
     assert.is(first.numbers.length, 1, "the first stream is still waiting for its second tick");
