@@ -202,7 +202,7 @@ export const PAGE = `<!doctype html>
 <title>Countdown</title>
 <link rel="icon" href="data:,"><!-- no favicon: a browser asks for none, and holds no worker -->
 <style>
-  body { margin: 0; min-height: 100vh; display: grid; place-content: center; gap: 0.5rem;
+  body { margin: 0; min-height: 100vh; display: grid; place-content: safe center; gap: 0.5rem;
          text-align: center; font-family: system-ui, sans-serif;
          background: #10131a; color: #e8e8e8; }
   h1 { margin: 0; font-weight: 400; font-size: 1.5rem; color: #9aa3b2; }
