@@ -184,10 +184,13 @@ lesson("fan-out: server.ts awaits its calls", (test) => {
   answersLikeThePost(test, () => url);
   routesPathsAsPaths(test, () => url);
 
-  test("400 for a ?via= that names no endpoint", async () => {
-    const res = await request(`${url}/api/aggregated/?via=elsewhere`);
-    assert.is(res.status, 400);
-    assert.is(res.body, "via must be api, blocking or thread.\n");
+  test("400 for a ?via= that names no endpoint, names an object's own keys included", async () => {
+    // "constructor", "__proto__" and "toString" are in every object: a plain lookup would find them.
+    for (const via of ["elsewhere", "constructor", "__proto__", "toString"]) {
+      const res = await request(`${url}/api/aggregated/?via=${via}`);
+      assert.is(res.status, 400, via);
+      assert.is(res.body, "via must be api, blocking or thread.\n");
+    }
   });
 
   test("the aggregated view answers the n answers in task order, all n calls in flight at once", async () => {
