@@ -72,7 +72,7 @@ function workersOf({ workers }: FlagValues): number {
 
 /**
  * The primary of `--workers N` serves nothing itself. It forks N workers,
- * prints the banner once the first one listens (on port 0 it learns the port
+ * prints the banner once every one listens (on port 0 it learns the port
  * only then), replaces any worker that dies, and on Ctrl-C asks each to stop
  * and waits for them, never longer than WORKERS_STOP_MS.
  */
@@ -96,7 +96,8 @@ async function superviseWorkers(count: number, { flags, host, port, printBanner 
   cluster.on("listening", (worker, address) => {
     if (listened.has(worker.id)) return;
     listened.add(worker.id);
-    if (listened.size === 1) {
+    // The banner once every worker serves: tabs opened after it are shared among them all.
+    if (listened.size === count) {
       printBanner(address.port, `async, ${count} worker processes, primary pid ${process.pid}`);
       // Only now: a line typed before a worker serves waits in standard input until then.
       forwardPresenterLines(() => alive().filter((serving) => listened.has(serving.id)));

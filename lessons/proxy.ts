@@ -8,8 +8,8 @@
  * its child (`nginx -p DIR -c FILE -g 'daemon off;'`), prints both, and on
  * Ctrl-C stops nginx and removes the folder: no process, pid file or temporary
  * file stays behind, and nothing is written to /var/log, /var/lib or /run. Each
- * mode is one or two real nginx directives; nothing here imitates nginx. No seed
- * post covers this: it is where every SSE server meets production. It needs
+ * mode is one or two real nginx directives; nothing here imitates nginx. None of the
+ * posts the other lessons port covers this: it is where SSE meets production. It needs
  * nginx: `sudo apt-get install nginx` (Debian, Ubuntu), `brew install nginx` (macOS).
  *
  * Run it:    npx -y tsx server.ts       (one terminal: the upstream, on port 8000)
@@ -35,9 +35,10 @@
  *   --buffering       holds the events in nginx's buffers. Either of proxy_http_version 1.1
  *                     or the upstream's `X-Accel-Buffering: no` (server.ts's SSE_HEADERS,
  *                     which this mode has nginx ignore) lets each event through at once.
- *   --gzip            compresses the stream; nginx does not read no-transform. Harmless while
- *                     X-Accel-Buffering: no makes nginx flush at every event; with buffering
- *                     on, gzip holds everything even over HTTP/1.1. `gzip off` keeps it plain.
+ *   --gzip            compresses the stream; nginx does not read no-transform (a header that
+ *                     asks a proxy to leave the body as it is). Harmless while X-Accel-
+ *                     Buffering: no makes nginx flush at every event; once that header is
+ *                     ignored (as --buffering does), gzip holds everything even over HTTP/1.1.
  *   --read-timeout S  cuts a stream silent for S seconds: server.ts's heartbeat, a comment
  *                     line sent after HEARTBEAT_MS of silence, must come sooner than S.
  *   --http2           breaks nothing: the browser's 6 connections per host name become one
@@ -104,9 +105,11 @@ function proxyLines(modes: Modes): string[] {
     "proxy_http_version 1.0;   # measured on 1.22: every event held until a buffer fills",
     "proxy_buffering on;       # (4 KB here, about 115 events) or the stream ends;",
     "# and an upstream that does not say X-Accel-Buffering: no, as most frameworks do not.",
-    "proxy_ignore_headers X-Accel-Buffering;",
+    "proxy_ignore_headers X-Accel-Buffering;  # as if the upstream never sent it",
   ] : [
-    "# HTTP/1.1 to server.ts: its response comes in chunks, and nginx passes each one on.",
+    "# HTTP/1.1 to server.ts: each event is one chunk (Transfer-Encoding: chunked), and nginx",
+    "# passes each chunk on as it reads it. HTTP/1.0 has no chunks: the body runs until the",
+    "# connection closes, and nginx keeps what it read in its buffers meanwhile.",
     "proxy_http_version 1.1;",
     "# Buffering stays on for pages; a stream's `X-Accel-Buffering: no` turns it off for",
     "# that response alone, and nginx then sends every event the moment it reads it.",
@@ -146,12 +149,14 @@ pid ${at(PID_FILE)};
 # The whole log stays in the folder; warnings and errors also come to this terminal.
 error_log ${at("error.log")} info;
 error_log stderr warn;
-# Each stream takes two connections: the browser's, and nginx's own to server.ts.
+# At most 1024 connections per nginx worker; each stream takes two: the browser's, and
+# nginx's own to server.ts. So about 500 streams here.
 events { worker_connections 1024; }
 
 http {
   access_log off;
-  # Temporary files too: the compiled-in defaults are in /var/lib/nginx, root's.
+  # Temporary files too: the compiled-in defaults are in /var/lib/nginx, root's. nginx makes
+  # each of these folders at start, for the modules this lesson never uses as well.
   client_body_temp_path ${at("client_body")};
   proxy_temp_path ${at("proxy")};
   fastcgi_temp_path ${at("fastcgi")};
@@ -160,6 +165,7 @@ http {
 
   server {
 ${indent(4, listen)}
+    # Every path, forwarded to server.ts as it came.
     location / {
       proxy_pass ${upstream};
 ${indent(6, proxyLines(modes))}
@@ -288,6 +294,9 @@ interface Proxy {
  * stops it on Ctrl-C. Resolves when nginx has exited, with the code to exit with.
  */
 async function runNginx(nginx: string, { folder, port, url, upstream, expect }: Proxy) {
+  // -p: the folder that relative paths start from (its trailing "/" nginx needs); -c: our
+  // configuration; -g: one more directive, "daemon off;", so that nginx stays our child in the
+  // foreground instead of detaching, and Ctrl-C reaches it through us.
   const args = ["-p", `${folder}/`, "-c", join(folder, CONFIG_FILE), "-g", "daemon off;"];
   logLine(`starting ${nginx} ${args.map((arg) => (arg.includes(" ") ? `'${arg}'` : arg))
     .join(" ")}`);
@@ -307,8 +316,10 @@ async function runNginx(nginx: string, { folder, port, url, upstream, expect }: 
     // and browsers reconnect when it (or another proxy) is back.
     logLine(`${signal}: stopping nginx (pid ${child.pid})`);
     child.kill(signal);
+    // unref(): this timer alone does not keep the script running once nginx is gone.
     setTimeout(() => running(child) && child.kill("SIGKILL"), NGINX_STOP_MS).unref();
   };
+  // From here on Ctrl-C means "stop nginx", no longer "exit now".
   process.off("SIGINT", exitEarly).off("SIGTERM", exitEarly);
   process.on("SIGINT", () => stop("SIGINT"));
   process.on("SIGTERM", () => stop("SIGTERM"));
