@@ -20,8 +20,8 @@
  *     for three seconds, then catches up and says the loop waited about 3,000 ms;
  *   - curl "http://localhost:8000/api/blocking/?in=thread&delay=3000": the very same sleep
  *     on a thread of a pool (--threads, default 4): the tab keeps counting;
- *   - curl "http://localhost:8000/api/aggregated/?via=thread": ten such calls, about 3 s
- *     on 4 threads, 1 s on --threads 10; ?via=blocking&n=4 sleeps on the loop: 4 s frozen.
+ *   - curl "http://localhost:8000/api/aggregated/?via=thread": ten calls of 1 s, 3 rounds on
+ *     4 threads (about 3 s), 1 s on --threads 10; ?via=blocking&n=4 on the loop: 4 s frozen.
  *     The sync sleeps freeze this process 10 s in a row at most (then 503), for this
  *     site's pages and curl only (403 for another site's <img>).
  *
@@ -66,7 +66,7 @@ const TASK_ID = /^[A-Za-z0-9_-]{1,20}$/;
 /** Which endpoint the aggregated view calls, by ?via=. */
 const VIA: Record<string, string> =
   { api: "/api/", blocking: "/api/blocking/", thread: "/api/blocking/?in=thread" };
-/** The most the sync sleeps may freeze this process in a row; running free pays it back. */
+/** Loop sleeps may owe this much: each ms asleep adds one, each ms running free takes one off. */
 export const FREEZE_LIMIT_MS = 10_000;
 /** --threads: the pool's size. libuv's own pool, which runs Node's file and DNS work, has 4. */
 export const THREADS = 4;
@@ -250,7 +250,7 @@ export function sleepSync(ms: number): void {
 /**
  * The blocking views answer this site's pages and curl only: browsers send Sec-Fetch-Site,
  * "same-origin" for this page's fetch, "none" for an address typed in (curl sends none).
- * An <img> on another site's page ("cross-site") must not freeze this server.
+ * Any other page, same-site ones too (localhost:3000), must not freeze it with an <img>.
  */
 function checkSameSite(req: IncomingMessage) {
   const site = req.headers["sec-fetch-site"];
@@ -292,7 +292,7 @@ const serveBlockingApi: Handler = (req, res, url, app) => {
 // it sleeps, this thread serves every tab. Threads cost memory (docs/fanout.md), so
 // there are --threads of them, made at first use and kept, and a bounded queue.
 
-/** A pool thread, in plain JavaScript (no TypeScript loader runs there): sleepSync's own text. */
+/** A pool thread's script: `${sleepSync}` pastes the function's source text in (eval: true). */
 const POOL_THREAD = `const sleepSync = ${sleepSync};
   const { parentPort } = require("node:worker_threads");
   parentPort.on("message", (ms) => parentPort.postMessage(sleepSync(ms)));`;
