@@ -530,10 +530,11 @@ export interface Lesson {
   flags?: FlagOptions; // as util.parseArgs takes them
   help?: string; // their lines for --help
   banner?(url: string, flags: FlagValues): string[];
-  /** "taken over": the lesson runs this process its own way; "serve quietly": no banner. */
-  start?(startup: Startup): Promise<"taken over" | "serve quietly" | undefined>;
+  /** "taken over": the lesson runs this process its own way; "serve handed": no listening and
+   * no banner, the lesson hands the server its connections (a worker of --workers). */
+  start?(startup: Startup): Promise<"taken over" | "serve handed" | undefined>;
   install(app: App): void | Promise<void>;
-  /** Once the app listens, in a process started from the command line (never in a test). */
+  /** Once the app serves, in a process started from the command line (never in a test). */
   listening?(app: App): void;
 }
 
@@ -852,7 +853,7 @@ async function main() {
     console.log([...bannerLines(urls, who), ...extra].join("\n"));
   };
 
-  let decision: "taken over" | "serve quietly" | undefined;
+  let decision: "taken over" | "serve handed" | undefined;
   const startup: Startup = { flags, host, port, printBanner };
   for (const lesson of lessons) decision ??= await lesson.start?.(startup);
   if (decision === "taken over") return;
@@ -863,9 +864,12 @@ async function main() {
   if (beyondLoopback) allowedHosts.push(...machineNames(host));
   const app = createApp({ quiet, flags, heartbeat: heartbeat * 1000, lessonsHere, allowedHosts });
   await install(app, lessons);
-  const listeners = await listen(app.server, host, port);
-  const actualPort = (app.server.address() as net.AddressInfo).port;
-  if (decision !== "serve quietly") printBanner(actualPort, `async, pid ${process.pid}`);
+  const handed = decision === "serve handed";
+  const listeners = handed ? [] : await listen(app.server, host, port);
+  if (!handed) {
+    const bound = (app.server.address() as net.AddressInfo).port;
+    printBanner(bound, `async, pid ${process.pid}`);
+  }
   for (const lesson of lessons) lesson.listening?.(app);
 
   let stopping = false;

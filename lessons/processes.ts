@@ -38,6 +38,7 @@ import {
   flagNumber,
   listen,
   logLine,
+  refuse,
   SHUTDOWN_GRACE_MS,
   type FlagValues,
   type Lesson,
@@ -63,54 +64,98 @@ function workersOf({ workers }: FlagValues): number {
 
 // ─── The primary ─────────────────────────────────────────────────────────────
 //
-// node:cluster's default on Linux is round-robin: the primary accepts each connection
-// and passes it to the next worker, so every worker gets its share (the lesson's split
-// depends on it). Its cost: a worker killed (kill -9) while a connection is being passed
-// to it never says it took it, and the primary keeps that connection, unanswered, one per
-// such kill. SCHED_NONE (the kernel hands connections out) holds none, but measured here
-// it gave all 4 of 4 connections to one worker in 2 of 6 rounds, which would hide the split.
+// The primary accepts every connection and hands it to the next serving worker in turn
+// (round-robin), so every worker gets its share: the lesson's split depends on it. It does
+// the handing itself, with worker.send(message, socket), rather than let node:cluster do
+// it: node:cluster keeps a connection it is handing over until the worker says it took it,
+// and loses track of it when a worker is killed (kill -9) first, leaving that client
+// unanswered and the socket open in the primary, one per kill. Here the primary keeps its
+// copy until the worker says "took", and answers a 503 itself when the worker died first.
 
 /**
- * The primary of `--workers N` serves nothing itself. It forks N workers,
- * prints the banner once every one listens (on port 0 it learns the port
- * only then), replaces any worker that dies, and on Ctrl-C asks each to stop
- * and waits for them, never longer than WORKERS_STOP_MS.
+ * The primary of `--workers N` serves nothing itself. It listens, forks N
+ * workers, prints the banner once every one serves, hands each connection to
+ * the next, replaces any worker that dies, and on Ctrl-C asks each to stop and
+ * waits for them, never longer than WORKERS_STOP_MS.
  */
 async function superviseWorkers(count: number, { flags, host, port, printBanner }: Startup) {
-  // Try the address and the database once here: a busy port or a database that is down
-  // is one sentence, not one per worker.
-  for (const probe of await listen(net.createServer(), host, port)) {
-    await new Promise((resolve) => probe.close(resolve));
-  }
+  // A database that is down is one sentence here, not one per worker.
   const database = databaseUrl(flags);
   if (database) await probeDatabase(database);
 
   let stopping = false;
-  const listened = new Set<number>();
+  const serving: Worker[] = []; // in the order they said so; handed connections in turn
+  const everServed = new Set<number>();
+  let next = 0;
   const alive = () => Object.values(cluster.workers ?? {}).filter((worker) => worker !== undefined);
   const signalWorkers = (signal: NodeJS.Signals) => {
     for (const worker of alive()) worker.process.kill(signal);
   };
+  const stopHanding = (worker: Worker) => {
+    const at = serving.indexOf(worker);
+    if (at >= 0) serving.splice(at, 1);
+  };
 
-  // A worker listens once per address (twice for localhost); the first time counts.
-  cluster.on("listening", (worker, address) => {
-    if (listened.has(worker.id)) return;
-    listened.add(worker.id);
-    // The banner once every worker serves: tabs opened after it are shared among them all.
-    if (listened.size === count) {
-      printBanner(address.port, `async, ${count} worker processes, primary pid ${process.pid}`);
-      // Only now: a line typed before a worker serves waits in standard input until then.
-      forwardPresenterLines(() => alive().filter((serving) => listened.has(serving.id)));
+  // pauseOnConnect: the primary reads no byte; the worker that takes the socket reads them all.
+  // Each socket stays here, by number, until its worker says it took it.
+  const handing = new Map<number, { socket: net.Socket; worker: Worker }>();
+  let handed = 0;
+  const hand = (socket: net.Socket, tries = serving.length) => {
+    const worker = serving[next++ % Math.max(1, serving.length)];
+    if (!worker || tries === 0) {
+      return refuse(socket, 503, "No worker is serving just now; try again in a moment.");
     }
+    const connection = ++handed;
+    handing.set(connection, { socket, worker });
+    // The socket's file descriptor travels over the IPC channel; keepOpen: this copy stays
+    // open until the worker says it took the socket (its own copy holds the connection then).
+    worker.send({ connection } satisfies Connection, socket, { keepOpen: true }, (error) => {
+      if (!error || !handing.delete(connection)) return;
+      hand(socket, tries - 1); // that worker has just gone: the next one
+    });
+  };
+  const took = (connection: number) => {
+    handing.get(connection)?.socket.destroy(); // closes this process's copy alone
+    handing.delete(connection);
+  };
+  const lostWith = (worker: Worker) => {
+    let lost = 0;
+    for (const [connection, on] of handing) {
+      if (on.worker !== worker) continue;
+      handing.delete(connection);
+      refuse(on.socket, 503, "The worker this connection went to has stopped; try again.");
+      lost++;
+    }
+    if (lost > 0) logLine(`primary: ${lost} connection${lost === 1 ? "" : "s"} on the way to ` +
+      `worker ${worker.process.pid} got a 503 instead`);
+  };
+  const front = net.createServer({ pauseOnConnect: true }, (socket) => hand(socket));
+  const listeners = await listen(front, host, port, true);
+
+  cluster.on("message", (worker, message: Partial<WorkerNews> | null) => {
+    if (typeof message?.took === "number") return took(message.took);
+    if (message?.news === "stopping") return stopHanding(worker);
+    if (message?.news !== "serving" || stopping) return;
+    serving.push(worker);
+    everServed.add(worker.id);
     logLine(`primary: worker ${worker.process.pid} is serving`);
+    // The banner once every worker serves: tabs opened after it are shared among them all.
+    if (everServed.size === count) {
+      printBanner((front.address() as net.AddressInfo).port,
+        `async, ${count} worker processes, primary pid ${process.pid}`);
+      // Only now: a line typed before a worker serves waits in standard input until then.
+      forwardPresenterLines(serving);
+    }
   });
 
   cluster.on("exit", (worker, code, signal) => {
+    stopHanding(worker);
+    lostWith(worker);
     if (stopping) {
       if (alive().length === 0) process.exit(0);
       return;
     }
-    if (!listened.has(worker.id)) {
+    if (!everServed.has(worker.id)) {
       // It never got to serve: it said why on stderr. Forking it again would fail the same way.
       stopping = true;
       signalWorkers("SIGKILL");
@@ -125,6 +170,7 @@ async function superviseWorkers(count: number, { flags, host, port, printBanner 
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
+    for (const listener of listeners) listener.close();
     const running = alive().length;
     logLine(`primary: ${signal}: stopping ${running} worker${running === 1 ? "" : "s"}`);
     // A terminal's Ctrl-C reaches every process of the group already;
@@ -146,6 +192,17 @@ async function superviseWorkers(count: number, { flags, host, port, printBanner 
   for (let i = 0; i < count; i++) cluster.fork();
 }
 
+/** From the primary to a worker, with a socket: a connection to serve, by its number. */
+interface Connection {
+  connection: number;
+}
+
+/** From a worker to the primary: it took connection N; it serves now, or no more (stopping). */
+interface WorkerNews {
+  took?: number;
+  news?: "serving" | "stopping";
+}
+
 /** A message from the primary to a worker: one line typed at the terminal. */
 interface PresenterLine {
   presenterLine: string;
@@ -157,10 +214,10 @@ interface PresenterLine {
  * --database, else to that worker's tabs). A worker that just died is skipped.
  * worker.send() writes to the channel (IPC) node:cluster opened to that worker.
  */
-function forwardPresenterLines(serving: () => Worker[]): void {
+function forwardPresenterLines(serving: Worker[]): void {
   let next = 0;
   readPresenterLines((line) => {
-    const connected = serving().filter((worker) => worker.isConnected());
+    const connected = serving.filter((worker) => worker.isConnected());
     const worker = connected[next++ % Math.max(1, connected.length)];
     // `satisfies`: TypeScript checks the message has PresenterLine's shape; nothing at run time.
     if (worker) worker.send({ presenterLine: line } satisfies PresenterLine);
@@ -209,7 +266,7 @@ export const processes: Lesson = {
   async start(startup) {
     if (cluster.isWorker) {
       stopWithPrimary(cluster.worker!); // in a worker, cluster.worker is this process's Worker
-      return "serve quietly"; // the banner and the terminal are the primary's
+      return "serve handed"; // the port, the banner and the terminal are the primary's
     }
     const workers = workersOf(startup.flags);
     if (workers === 1) return undefined;
@@ -217,14 +274,26 @@ export const processes: Lesson = {
     return "taken over";
   },
 
-  // In a worker, each line the primary forwards arrives as a "message" on `process`. In
-  // install, not in listening(): the primary sends a worker its first line as soon as the
-  // worker listens, before listening() would run.
   install(app) {
     if (!cluster.isWorker) return;
-    process.on("message", (message: Partial<PresenterLine> | null) => {
+    // Stopping: the primary hands this worker no more connections while its streams end.
+    app.onStop(() => void process.send?.({ news: "stopping" } satisfies WorkerNews));
+  },
+
+  // In a worker, once every lesson is installed: what the primary sends arrives as a
+  // "message" on `process`, a connection (its socket beside it) or a line typed at the
+  // terminal. The app serves a handed socket as if its own server had accepted it.
+  listening(app) {
+    if (!cluster.isWorker) return;
+    process.on("message", (message: Partial<Connection & PresenterLine> | null, socket) => {
+      const connection = message?.connection;
+      if (typeof connection === "number" && socket instanceof net.Socket) {
+        app.server.emit("connection", socket);
+        process.send?.({ took: connection } satisfies WorkerNews);
+      }
       const line = message?.presenterLine;
       if (typeof line === "string") toastsOf(app).fromPresenter(line);
     });
+    process.send?.({ news: "serving" } satisfies WorkerNews);
   },
 };

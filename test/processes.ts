@@ -5,6 +5,8 @@
  * them at once, is test/postgres.ts.
  */
 
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import http from "node:http";
 import { setTimeout as delay } from "node:timers/promises";
 import * as assert from "uvu/assert";
 import {
@@ -61,6 +63,50 @@ async function streamsOnEveryWorker(url: string, count: number, clients: SseClie
   return byPid;
 }
 
+/** For the kill test: clients at once, kills, and how long they hammer around each kill. */
+const HAMMERS = 8;
+const KILLS = 3;
+const HAMMER_MS = 700;
+/** A request neither answered nor refused by then is one a dead worker left hanging. */
+const ANSWER_DEADLINE_MS = 8000;
+
+/** One GET on a new connection: "answered", "failed" (the connection closed), or "neither". */
+function answeredOrFailed(url: string): Promise<"answered" | "failed" | "neither"> {
+  return new Promise((resolve) => {
+    const req = http.get(url, { agent: false }, (res) => {
+      res.resume().once("end", () => resolve("answered")).once("error", () => resolve("failed"));
+    });
+    req.once("error", () => resolve("failed"));
+    req.setTimeout(ANSWER_DEADLINE_MS, () => {
+      resolve("neither");
+      req.destroy();
+    });
+  });
+}
+
+/** How many of a process's TCP sockets wait in CLOSE-WAIT: the client left, the process kept it. */
+function closeWaiting(pid: number): number {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const target = readlinkSync(`/proc/${pid}/fd/${fd}`);
+      const inode = /^socket:\[(\d+)\]$/.exec(target)?.[1];
+      if (inode) inodes.add(inode);
+    } catch {
+      // closed between the listing and the read
+    }
+  }
+  const CLOSE_WAIT = "08"; // the state column of /proc/net/tcp
+  let count = 0;
+  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    for (const line of readFileSync(table, "utf8").split("\n").slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      if (fields[3] === CLOSE_WAIT && inodes.has(fields[9] ?? "")) count++;
+    }
+  }
+  return count;
+}
+
 lesson("workers: server.ts --workers 2 runs two processes on one port", (test) => {
   const children: Child[] = [];
   const clients: SseClient[] = [];
@@ -114,6 +160,35 @@ lesson("workers: server.ts --workers 2 runs two processes on one port", (test) =
     for (const pid of served.keys()) {
       await until(`worker ${pid} to exit`, () => !isAlive(pid), BOOT_DEADLINE_MS);
     }
+  });
+
+  test("a worker killed under load leaves no client unanswered, no socket in the primary", async () => {
+    const { child, url } = await startTwo(run);
+    const unanswered: string[] = [];
+    let hammering = true;
+    // Clients that each open a new connection per request, so that connections are always on
+    // their way from the primary to a worker when one is killed.
+    const hammer = async () => {
+      while (hammering) {
+        const outcome = await answeredOrFailed(`${url}?from=3`);
+        if (outcome === "neither") unanswered.push(url);
+      }
+    };
+    const clientsDone = Promise.all(Array.from({ length: HAMMERS }, hammer));
+    for (let kill = 1; kill <= KILLS; kill++) {
+      await delay(HAMMER_MS);
+      const victim = startedWorkers(child).filter(isAlive)[0]!;
+      process.kill(victim, "SIGKILL");
+      await child.waitFor(new RegExp(`worker ${victim} exited \\(SIGKILL\\)`));
+      const serving = () => startedWorkers(child).length === 2 + kill;
+      await until("the replacement to serve", serving, BOOT_DEADLINE_MS);
+    }
+    await delay(HAMMER_MS);
+    hammering = false;
+    await clientsDone;
+    assert.equal(unanswered, [], "every request got an answer or a closed connection");
+    const primary = child.process.pid!;
+    await until("no socket of the primary in CLOSE-WAIT", () => closeWaiting(primary) === 0);
   });
 
   refusesBusyPort(test, (args) => run(["--workers", "2", ...args]));
