@@ -2,8 +2,8 @@
  * lessons/processes.ts: lesson 3, several processes on one port (--workers).
  *
  * One Node process uses one core. `--workers N` runs N copies of server.ts on
- * one port, as uvicorn's and gunicorn's --workers do: every worker accepts
- * connections on the one listening socket, whichever is free first. Countdowns
+ * one port, as uvicorn's and gunicorn's --workers do: the primary accepts each
+ * connection and hands it to the next worker in turn. Countdowns
  * need nothing more: each worker serves many tabs. The room and the toasts do:
  * each process has its own in-memory hub (lessons/hub.ts), so a message posted
  * to one worker reaches only that worker's tabs, until --database
