@@ -704,7 +704,7 @@ lesson("blocking leave: a client that leaves frees its worker at a failed write,
     await child.waitFor(new RegExp(`the connection from 127\\.0\\.0\\.1:${next.localPort} waits \\(1 waiting\\)`));
     await within("the next request's response", next.ended);
     assert.match(next.text, /^HTTP\/1\.1 200 OK\r\n/);
-    assert.match(child.output, /Stream stopped after \d+ events: the client left, so a write failed; this worker is free/);
+    assert.match(child.output, /Stream stopped after \d+ events?: the client left, so a write failed; this worker is free/);
   });
 
   test("with --timeout 0 nobody is killed: a countdown runs to 0 and ends cleanly", async () => {
@@ -948,5 +948,31 @@ browserLesson("browser: on the blocking server a second tab waits for the worker
     await within("the second tab to load from the new worker", loading);
     assert.is(await second.textContent("h1"), "Countdown");
     await until("the first tab, its stream cut, to say reconnecting", () => first.texts("state").includes("reconnecting"));
+  });
+
+  test("one tab asks for no /favicon.ico, so nothing waits behind its own stream: the log never says \"(1 waiting)\"", async () => {
+    // A server of its own, with no --timeout: the tab's stream holds the only worker all along.
+    const children: Child[] = [];
+    const behind: RawRequest[] = [];
+    try {
+      const { child, url } = await startBlocking(children, ["--timeout", "0"]);
+      // Served once first: startBlocking returns when the worker is started, and a request that
+      // comes while it still boots waits for it, and says so.
+      assert.is((await request(`${url}/`, {}, undefined, BOOT_DEADLINE_MS)).status, 200);
+      const from = child.output.length;
+      const tab = await profile!.open(`${url}/?interval=200`);
+      await until("the tab to count", () => tab.numbers.length > 0);
+      // Chromium asks for a page's icon once the page has loaded, unless the page names one.
+      await delay(STILL_WAITING_MS);
+      await until("the tab to count on", () => tab.numbers.length >= 5);
+      const logged = child.output.slice(from);
+      assert.not.match(logged, /waiting\)/, `no connection waited for the worker; the log says:\n${logged}`);
+      // What the log says of a request that does wait behind the stream, such as the icon's was:
+      behind.push(new RawRequest(url, "/favicon.ico"));
+      await child.waitFor(/No idle worker: the connection from 127\.0\.0\.1:\d+ waits \(1 waiting\)\n/);
+    } finally {
+      for (const request of behind) request.close();
+      await stopBlocking(children);
+    }
   });
 });

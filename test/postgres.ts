@@ -7,7 +7,12 @@
  */
 
 import net from "node:net";
+import { execFile } from "node:child_process";
 import { once } from "node:events";
+import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
 import * as assert from "uvu/assert";
 import postgres from "postgres";
 import {
@@ -71,6 +76,11 @@ const TOO_MANY_CLIENTS = (() => {
 /** How long the server gives one query (QUERY_DEADLINE_MS in lessons/postgres.ts). */
 const QUERY_DEADLINE_MS = 5000;
 
+/** The longest pause between the listener's tries (RECONNECT_MAX_MS in lessons/postgres.ts; docs/postgres.md says 8 s). */
+const RECONNECT_MAX_MS = 8000;
+/** What a busy machine may add to a pause, a timer or a connection attempt: the 8 s promise, checked with room to spare. */
+const MARGIN_MS = 3000;
+
 /** Posts a message to the room and returns it as stored. */
 async function postMessage(url: string, text: string): Promise<{ id: number; text: string }> {
   const response = await post(url, text);
@@ -102,6 +112,8 @@ class DatabaseRelay {
   private frozen = false;
   /** New connections get what a full PostgreSQL sends them: FATAL 53300, and a hang-up. */
   full = false;
+  /** When each connection through the relay was opened (performance.now()), in order. */
+  opened: number[] = [];
 
   constructor(databaseUrl: string) {
     this.target = new URL(databaseUrl);
@@ -117,6 +129,7 @@ class DatabaseRelay {
 
   async open(): Promise<void> {
     this.listener = net.createServer((client) => {
+      this.opened.push(performance.now());
       if (this.full) return void client.once("data", () => client.end(TOO_MANY_CLIENTS));
       const upstream = net.connect(Number(this.target.port || 5432), this.target.hostname);
       for (const [socket, peer] of [[client, upstream], [upstream, client]] as const) {
@@ -150,6 +163,123 @@ class DatabaseRelay {
     const closed = new Promise((resolve) => this.listener?.close(resolve));
     for (const socket of this.sockets) socket.destroy();
     await within("the relay to close", closed);
+  }
+}
+
+/** A program run to its end, its output kept: for initdb, pg_ctl, id. */
+const execute = promisify(execFile);
+
+/** PostgreSQL's server programs (initdb, pg_ctl): Debian's newest, else where pg_config says. */
+async function postgresPrograms(): Promise<string> {
+  const debian = "/usr/lib/postgresql";
+  const versions = existsSync(debian) ? readdirSync(debian).filter((v) => /^\d+$/.test(v)) : [];
+  for (const version of versions.sort((a, b) => Number(b) - Number(a))) {
+    const bin = path.join(debian, version, "bin");
+    if (existsSync(path.join(bin, "initdb"))) return bin;
+  }
+  const bin = (await execute("pg_config", ["--bindir"]).catch(() => ({ stdout: "" }))).stdout.trim();
+  if (bin && existsSync(path.join(bin, "initdb"))) return bin;
+  throw new Error("this test freezes a PostgreSQL of its own: it needs initdb and pg_ctl (apt-get install postgresql)");
+}
+
+/** The pids whose parent is `pid`, from /proc: a PostgreSQL's backends and helpers are its postmaster's children. */
+function childrenOf(pid: number): number[] {
+  const children: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8"); // "pid (name) state ppid ..."
+      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === pid) children.push(Number(entry));
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return children;
+}
+
+/**
+ * A PostgreSQL of the test's own, in a temporary folder on a free loopback port, so that it
+ * can be frozen with SIGSTOP: never the shared one at TEST_DATABASE_URL, which other suites
+ * use. As .ci/run makes its own: initdb refuses root, so as root it runs as the postgres user.
+ * `freeze()` stops processes, `thaw()` continues every one of them (call it in a finally),
+ * `stop()` thaws, stops the server and removes the folder.
+ */
+class ThrowawayPostgres {
+  readonly url: string;
+  private bin: string;
+  private dir: string;
+  private stopped = new Set<number>();
+  private constructor(bin: string, dir: string, url: string) {
+    this.bin = bin;
+    this.dir = dir;
+    this.url = url;
+  }
+
+  static async start(): Promise<ThrowawayPostgres> {
+    const bin = await postgresPrograms();
+    const dir = mkdtempSync(path.join(os.tmpdir(), "countdown-pg-"));
+    const probe = net.createServer().listen(0, "127.0.0.1");
+    await within("a free port", once(probe, "listening"));
+    const { port } = probe.address() as net.AddressInfo;
+    await new Promise((resolve) => probe.close(resolve));
+    const cluster = new ThrowawayPostgres(bin, dir, `postgres://postgres@127.0.0.1:${port}/postgres`);
+    try {
+      if (process.getuid?.() === 0) {
+        const [uid, gid] = await Promise.all(["-u", "-g"].map(async (flag) => Number((await execute("id", [flag, "postgres"])).stdout)));
+        chownSync(dir, uid!, gid!);
+      }
+      await cluster.as("initdb", ["-D", `${dir}/data`, "-U", "postgres", "-A", "trust"]);
+      const settings = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`;
+      await cluster.as("pg_ctl", ["-D", `${dir}/data`, "-l", `${dir}/log`, "-w", "-o", settings, "start"]);
+      return cluster;
+    } catch (error) {
+      await cluster.stop();
+      throw error;
+    }
+  }
+
+  /** Runs one of PostgreSQL's programs, as the postgres user when this process is root. */
+  private async as(program: string, args: string[]): Promise<void> {
+    const file = path.join(this.bin, program);
+    const [command, all] = process.getuid?.() === 0 ? ["runuser", ["-u", "postgres", "--", file, ...args]] : [file, args];
+    await execute(command as string, all as string[], { timeout: BOOT_DEADLINE_MS });
+  }
+
+  /** The postmaster: the process that accepts connections and starts a backend for each. */
+  get postmaster(): number {
+    return Number(readFileSync(`${this.dir}/data/postmaster.pid`, "utf8").split("\n")[0]);
+  }
+
+  /** The postmaster and every process it started: the whole database, frozen. */
+  get everyProcess(): number[] {
+    return [this.postmaster, ...childrenOf(this.postmaster)];
+  }
+
+  /** SIGSTOP to each (the first first: a stopped postmaster starts no new backend meanwhile). */
+  freeze(pids: number[]): void {
+    for (const pid of pids) {
+      process.kill(pid, "SIGSTOP");
+      this.stopped.add(pid);
+    }
+  }
+
+  thaw(): void {
+    for (const pid of this.stopped) {
+      try {
+        process.kill(pid, "SIGCONT");
+      } catch {
+        // Gone: a backend whose client left while it was stopped may exit at once.
+      }
+    }
+    this.stopped.clear();
+  }
+
+  async stop(): Promise<void> {
+    this.thaw();
+    if (existsSync(`${this.dir}/data/postmaster.pid`)) {
+      await this.as("pg_ctl", ["-D", `${this.dir}/data`, "-m", "immediate", "-w", "stop"]).catch(() => {});
+    }
+    rmSync(this.dir, { recursive: true, force: true });
   }
 }
 
@@ -324,6 +454,75 @@ databaseLesson("database: one room across processes through PostgreSQL", (test, 
     } finally {
       relay.thaw();
       await relay.cut();
+    }
+  });
+
+  test("PostgreSQL itself under SIGSTOP: a POST gets 503 at the query deadline; a listener whose tries each wait out the connect timeout tries at most 8 s apart, and listens again soon after", async () => {
+    const cluster = await ThrowawayPostgres.start();
+    // Between the server and its database only to count the server's connection attempts.
+    const relay = new DatabaseRelay(cluster.url);
+    await relay.open();
+    const admin = postgres(cluster.url, { max: 1, onnotice: () => {} });
+    try {
+      const cutOff = run(["--database", relay.url]);
+      const url = await started(cutOff);
+      const [listening] = await admin`select pid from pg_stat_activity where query ilike 'listen %'`;
+      assert.ok(listening, "the server's listening connection");
+      // Another process on the same database, reached directly: it posts after the outage.
+      const otherUrl = await started(run(["--database", cluster.url]));
+      await admin.end({ timeout: 1 });
+      const stream = new SseClient(`${url}room/stream`);
+      clients.push(stream);
+      await stream.next("presence");
+      await postMessage(url, "before");
+      await stream.next("message");
+
+      // The whole database frozen: a POST is answered 503 at the deadline, not when it wakes.
+      cluster.freeze(cluster.everyProcess);
+      const refused = await post(url, "while frozen", QUERY_DEADLINE_MS + DEADLINE_MS);
+      assert.equal([refused.status, refused.body], [503, "The database did not answer within 5 seconds; try again in a moment.\n"]);
+      cluster.thaw();
+      await postMessage(url, "after the freeze");
+      await stream.next("message");
+
+      // Now its listening connection is lost (its backend ends) while the database takes no new
+      // connection (the postmaster stopped): each try to listen again waits out the connect
+      // timeout. docs/postgres.md: the pauses grow to 8 s, counted from the start of the last
+      // try, so a try that waited does not lengthen the next pause.
+      const triesBefore = relay.opened.length;
+      cluster.freeze([cluster.postmaster]);
+      process.kill(Number(listening.pid), "SIGTERM");
+      await cutOff.waitFor(/hub: lost the database connection/);
+      const lostAt = performance.now();
+      const tries = () => relay.opened.slice(triesBefore);
+      // Enough tries to reach the longest pause: 0.25 s, then 0.5, 1, 2 and 4 s, each shorter than
+      // a try's wait (so the next try follows it at once), then 8 s.
+      const TRIES = 6;
+      for (let k = 1; k <= TRIES; k++) {
+        const from = tries()[k - 2] ?? lostAt;
+        const limit = from + (k === 1 ? DEADLINE_MS : RECONNECT_MAX_MS + MARGIN_MS) - performance.now();
+        await until(`try ${k} to listen again, at most ${RECONNECT_MAX_MS} ms (and ${MARGIN_MS} ms of margin) after the last`,
+          () => tries().length >= k, Math.max(0, limit));
+      }
+      const gaps = tries().slice(1, TRIES).map((at, k) => Math.round(at - tries()[k]!));
+      assert.ok(gaps.every((gap) => gap <= RECONNECT_MAX_MS + MARGIN_MS), `gaps between tries: ${gaps.join(", ")} ms`);
+      assert.not.match(cutOff.output, /hub: listening again after/, "every try waited: the database took no connection");
+
+      // Back: a message posted through the other process reaches this one's stream, within one
+      // pause of the return (the try under way when it returns is answered, or the next one is).
+      cluster.thaw();
+      const returnedAt = performance.now();
+      await postMessage(otherUrl, "after the outage");
+      await until("the stream to get the message posted through the other process",
+        () => texts(stream).includes("after the outage"), RECONNECT_MAX_MS + MARGIN_MS);
+      const tookMs = performance.now() - returnedAt;
+      await cutOff.waitFor(/hub: listening again after [\d.]+ s; caught up from the table\n/);
+      assert.equal(texts(stream), ["before", "after the freeze", "after the outage"], `took ${Math.round(tookMs)} ms`);
+    } finally {
+      cluster.thaw();
+      await admin.end({ timeout: 1 }).catch(() => {});
+      await relay.cut();
+      await cluster.stop();
     }
   });
 

@@ -15,6 +15,7 @@ import { cpSync, mkdtempSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
 import os from "node:os";
 import path from "node:path";
+import { setTimeout as delay } from "node:timers/promises";
 import * as assert from "uvu/assert";
 import WebSocket from "ws";
 import type { Page } from "playwright-core";
@@ -365,7 +366,7 @@ lesson("ws: leaving, the ping, Ctrl-C", (test) => {
     }
     await until("every socket to close on the server", () => socketsOpen(lines) === 0 && hubOf(app!).subscribers(ROOM_TOPIC) === 0);
     await untilResourcesReturn(before);
-    assert.is(lines.filter((line) => /^websocket closed for .* after \d+ events: code 1006 \(\d+ open\)$/.test(line)).length, 300);
+    assert.is(lines.filter((line) => /^websocket closed for .* after \d+ events?: code 1006 \(\d+ open\)$/.test(line)).length, 300);
   });
 
   test("a socket that stops answering pings is dropped; one that answers stays", async () => {
@@ -411,6 +412,44 @@ lesson("ws: leaving, the ping, Ctrl-C", (test) => {
       slow.close();
     } finally {
       await stopServer(slowServer.app);
+    }
+  });
+
+  test(`replies alone are bounded too: a socket that sends frames that each earn a reply and reads none is cut past ${WS_UNSENT_LIMIT_BYTES} bytes unsent, with one line; the others go on`, async () => {
+    const replying = await startServer();
+    const opened: WsClient[] = [];
+    try {
+      const other = await WsClient.open(replying.url);
+      opened.push(other);
+      await other.ask({ object_type: "room", id: "lobby" });
+      const silent = await WsClient.open(replying.url);
+      opened.push(silent);
+      (silent.socket as unknown as { _socket: net.Socket })._socket.pause(); // reads nothing from now on
+      // Every frame earns a reply and nothing else: an ERROR of about 4 KB that names the long id it
+      // could not unsubscribe from, and SUBSCRIBED, UNSUBSCRIBED for the (empty) room.
+      const room = { object_type: "room", id: "lobby" };
+      const notFollowed = { unsubscribe: { object_type: "toasts", id: "x".repeat(WS_FRAME_LIMIT_BYTES - 100) } };
+      const burst = [...Array.from({ length: 10 }, () => [room, { unsubscribe: room }]).flat(), ...Array(130).fill(notFollowed)];
+      assert.ok(burst.length < WS_FRAMES_PER_SECOND, "under the frame rate: the bound on unsent bytes must cut it, not the rate");
+      // Bounded: the kernel's socket buffers take a few megabytes before anything waits in the server.
+      const MOST_FRAMES = 4000;
+      let sent = 0;
+      while (socketsOpen(replying.lines) === 2 && sent < MOST_FRAMES) {
+        inOnePacket(silent, burst);
+        sent += burst.length;
+        await delay(1200); // each burst in a second of its own
+      }
+      await until(`the silent socket to be cut (after ${sent} frames)`, () => socketsOpen(replying.lines) === 1);
+      const said = replying.lines.filter((line) => line.startsWith("websocket: "));
+      assert.equal(said, [`websocket: a socket that left over ${WS_UNSENT_LIMIT_BYTES} bytes unsent was cut; from now on, others without a word (said once)`]);
+      assert.match(replying.lines.at(-1)!, /^websocket closed for 127\.0\.0\.1:\d+ after 0 events: code 1006 \(1 open\)$/);
+      // The other socket still gets its replies and the room's news.
+      const message = await post(replying.url, "after the cut");
+      assert.equal((await other.next("MESSAGE_CREATED")).payload.id, message.id);
+      assert.is((await other.ask({ object_type: "message", id: message.id })).type, "SUBSCRIBED");
+    } finally {
+      for (const client of opened) client.close();
+      await stopServer(replying.app);
     }
   });
 
