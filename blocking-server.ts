@@ -116,7 +116,8 @@ const serveCountdown: Handler = (req, res, url, { heartbeat }) => {
   for (const message of countdown(from, interval, heartbeat)) {
     if (!sendNow(res, serverNews + message)) {
       const why = "the client left, so a write failed; this worker is free";
-      return log("INFO", `Stream stopped after ${eventsSent} events: ${why}`);
+      const events = `${eventsSent} event${eventsSent === 1 ? "" : "s"}`;
+      return log("INFO", `Stream stopped after ${events}: ${why}`);
     }
     serverNews = "";
     if (message !== HEARTBEAT) eventsSent++;
@@ -238,6 +239,8 @@ interface Worker {
 
 /** `logged`: it found every worker busy and was logged as waiting, so its hand-out is too. */
 type WaitingConnection = Connection & { socket: net.Socket; logged: boolean };
+
+const connections = (n: number) => `${n} connection${n === 1 ? "" : "s"}`;
 
 class Arbiter {
   workers = new Set<Worker>();
@@ -361,8 +364,8 @@ class Arbiter {
 
   /** The queue is full: a 503 and its sentence, and one line when the queue fills. */
   private refuse(socket: net.Socket): void {
-    const waiting = this.waiting.length;
-    const full = `Backlog full: ${waiting} connections wait for a worker (--backlog)`;
+    const waiting = connections(this.waiting.length);
+    const full = `Backlog full: ${waiting} waiting for a worker (--backlog)`;
     if (this.refused === undefined) log("ERROR", `${full}; new ones get 503 until one is taken`);
     this.refused = (this.refused ?? 0) + 1;
     // Ignore its errors (it is refused anyway); read and drop its request, so that the 503 is not
@@ -370,7 +373,7 @@ class Arbiter {
     socket.on("error", () => {});
     socket.resume();
     socket.setTimeout(REFUSED_LINGER_MS, () => socket.destroy());
-    refuse(socket, 503, `Every worker is busy and ${waiting} connections already wait;` +
+    refuse(socket, 503, `Every worker is busy, with ${waiting} waiting already;` +
       " try again in a moment.");
   }
 
@@ -392,7 +395,7 @@ class Arbiter {
       log("INFO", `${takes} (${this.waiting.length} waiting)`);
     }
     if (this.refused !== undefined && this.waiting.length < this.backlog) {
-      log("INFO", `Backlog has room again; ${this.refused} connections got 503 meanwhile`);
+      log("INFO", `Backlog has room again; ${connections(this.refused)} got 503 meanwhile`);
       this.refused = undefined;
     }
   }

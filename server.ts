@@ -382,7 +382,8 @@ const serveCountdown: Handler = async (req, res, url, { streams, log, quiet, hea
     streams.delete(res);
     watchLoop(false);
     if (!res.destroyed) res.end();
-    if (!quiet) log(`stream closed after ${eventsSent} events: ${why} (${streams.size} open)`);
+    const events = `${eventsSent} event${eventsSent === 1 ? "" : "s"}`;
+    if (!quiet) log(`stream closed after ${events}: ${why} (${streams.size} open)`);
   }
 };
 

@@ -214,7 +214,8 @@ const serveRoomStream: Handler = async (req, res, url, app) => {
   const { sent, why } = await room.pump(res, source, () => {
     if (!quiet) log(`room stream opened for ${client}, ${from} (${room.size} in the room)`);
   });
-  if (!quiet) log(`room stream closed after ${sent} events: ${why} (${room.size} in the room)`);
+  const events = `${sent} event${sent === 1 ? "" : "s"}`;
+  if (!quiet) log(`room stream closed after ${events}: ${why} (${room.size} in the room)`);
 };
 
 /**

@@ -315,7 +315,8 @@ const serveToastStream: Handler = async (req, res, _url, app) => {
     (signal) => toasts.stream(visitor, signal),
     () => quiet || log(`toast stream opened for visitor ${visitor} (${toasts.streams.size} open)`),
   );
-  if (!quiet) log(`toast stream closed after ${sent} events: ${why} (${toasts.streams.size} open)`);
+  const events = `${sent} event${sent === 1 ? "" : "s"}`;
+  if (!quiet) log(`toast stream closed after ${events}: ${why} (${toasts.streams.size} open)`);
 };
 
 /** POST /toasts/<id>/read: the owner acknowledges a toast; 200 with the toast. */

@@ -368,7 +368,8 @@ class Notifications {
     if (this.app.quiet) return;
     const { client, sent } = connection;
     const open = `${this.connections.size} open`;
-    this.app.log(`websocket closed for ${client} after ${sent} events: code ${code} (${open})`);
+    const events = `${sent} event${sent === 1 ? "" : "s"}`;
+    this.app.log(`websocket closed for ${client} after ${events}: code ${code} (${open})`);
   }
 
   /** The ws README's heartbeat: a socket that did not answer the last ping is dropped. */

@@ -105,13 +105,13 @@ lesson("blocking clients: silent, departed and too many connections are bounded"
     for (const request of refused) {
       await within("the refusal", request.ended);
       assert.match(request.text, /^HTTP\/1\.1 503 Service Unavailable\r\n/);
-      const sentence = "Every worker is busy and 1 connections already wait; try again in a moment.\n";
+      const sentence = "Every worker is busy, with 1 connection waiting already; try again in a moment.\n";
       assert.is(bodyOf(request), sentence);
     }
     await within("the waiting request to be answered", waiter.ended, BOOT_DEADLINE_MS);
     assert.match(waiter.text, /^HTTP\/1\.1 200 OK\r\n/, "the one that waited is served");
     await child.waitFor(/Backlog has room again; 2 connections got 503 meanwhile/);
-    const full = child.output.match(/Backlog full: 1 connections wait for a worker/g) ?? [];
+    const full = child.output.match(/Backlog full: 1 connection waiting for a worker/g) ?? [];
     assert.is(full.length, 1, "one line for the full queue, not one per refusal");
   });
 

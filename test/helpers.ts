@@ -402,6 +402,9 @@ export class RawRequest {
     this.connected = within("the connection to be accepted", once(this.socket, "connect")).then(() => {
       this.localPort = this.socket.localPort ?? 0;
     });
+    // A test that never awaits `connected` must not crash the run when it rejects; one that
+    // awaits it still fails.
+    this.connected.catch(() => {});
     this.socket.write(`GET ${path} HTTP/1.1\r\nHost: ${hostname}:${port}\r\n\r\n`);
     this.socket.setEncoding("utf8");
     this.socket.on("data", (chunk: string) => {
