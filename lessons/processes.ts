@@ -27,9 +27,10 @@
  *   - kill one worker (kill <pid>): it stops gently, as on Ctrl-C, so the primary
  *     says "exited (code 0)", and starts another (kill -9 says "exited (SIGKILL)");
  *   - Ctrl-C: every worker ends its streams, and no process stays behind.
- * You should see the banner once, then one line per worker as it starts serving:
- *   Countdown server (async, 2 worker processes, primary pid 17876) listening at ...
- *   [05:21:56] [17876] primary: worker 17899 is serving
+ * You should see one line per worker as it starts serving, then the banner once:
+ *   [20:09:54] [5841] primary: worker 5865 is serving
+ *   [20:09:54] [5841] primary: worker 5866 is serving
+ *   Countdown server (async, 2 worker processes, primary pid 5841) listening at ...
  */
 
 import cluster, { type Worker } from "node:cluster";
@@ -56,6 +57,8 @@ const WORKERS_RANGE = { min: 1, max: 64 };
 
 /** How long the primary gives its workers to stop (each has its own grace) before it kills them. */
 const WORKERS_STOP_MS = SHUTDOWN_GRACE_MS * 1.5;
+/** How long a client the primary answered 503 may take to read it and hang up before it is cut. */
+const REFUSED_LINGER_MS = 2000;
 
 /** --workers, else WEB_CONCURRENCY, else the default; a bad value exits with one sentence. */
 function workersOf({ workers }: FlagValues): number {
@@ -65,12 +68,17 @@ function workersOf({ workers }: FlagValues): number {
 // ─── The primary ─────────────────────────────────────────────────────────────
 //
 // The primary accepts every connection and hands it to the next serving worker in turn
-// (round-robin), so every worker gets its share: the lesson's split depends on it. It does
-// the handing itself, with worker.send(message, socket), rather than let node:cluster do
-// it: node:cluster keeps a connection it is handing over until the worker says it took it,
-// and loses track of it when a worker is killed (kill -9) first, leaving that client
-// unanswered and the socket open in the primary, one per kill. Here the primary keeps its
-// copy until the worker says "took", and answers a 503 itself when the worker died first.
+// (round-robin), so every worker gets its share: the lesson's split depends on it. In turn
+// per TCP connection, not per tab: a tab's page, its stream and its POST may reach two
+// workers. The page's "served by pid" names the worker of its stream.
+//
+// node:cluster can do this by itself: workers call listen() and the primary hands them
+// sockets (its SCHED_RR). It too waits for each worker's reply, but a worker killed (kill -9)
+// before replying leaves that client unanswered and the socket open in the primary, one per
+// kill. So here the primary does the handing itself, with worker.send(message, socket):
+// sending a socket gives the worker its own handle on the same connection, which stays open
+// while either process holds one. The primary keeps its copy until the worker says "took",
+// and answers a 503 itself when the worker died first.
 
 /**
  * The primary of `--workers N` serves nothing itself. It listens, forks N
@@ -87,7 +95,9 @@ async function superviseWorkers(count: number, { flags, host, port, printBanner 
   const serving: Worker[] = []; // in the order they said so; handed connections in turn
   const everServed = new Set<number>();
   let next = 0;
-  const alive = () => Object.values(cluster.workers ?? {}).filter((worker) => worker !== undefined);
+  // cluster.workers keeps a worker until its process has exited and its channel closed.
+  const alive = () => Object.values(cluster.workers ?? {})
+    .filter((worker): worker is Worker => worker !== undefined && !worker.isDead());
   const signalWorkers = (signal: NodeJS.Signals) => {
     for (const worker of alive()) worker.process.kill(signal);
   };
@@ -96,26 +106,42 @@ async function superviseWorkers(count: number, { flags, host, port, printBanner 
     if (at >= 0) serving.splice(at, 1);
   };
 
-  // pauseOnConnect: the primary reads no byte; the worker that takes the socket reads them all.
+  // pauseOnConnect: the primary reads no byte. A byte read here would be gone from the socket,
+  // and the worker must read the whole request itself.
   // Each socket stays here, by number, until its worker says it took it.
   const handing = new Map<number, { socket: net.Socket; worker: Worker }>();
   let handed = 0;
+  // A 503 from the primary itself. The socket was never read (pauseOnConnect), and a socket
+  // that is not read never sees its client hang up: it would stay open here for good. So its
+  // bytes are read and dropped, and one whose client never hangs up is cut.
+  const turnAway = (socket: net.Socket, sentence: string) => {
+    socket.on("error", () => {}); // a client that has gone already: nothing to tell it
+    socket.resume();
+    socket.setTimeout(REFUSED_LINGER_MS, () => socket.destroy());
+    refuse(socket, 503, sentence);
+  };
   const hand = (socket: net.Socket, tries = serving.length) => {
     const worker = serving[next++ % Math.max(1, serving.length)];
     if (!worker || tries === 0) {
-      return refuse(socket, 503, "No worker is serving just now; try again in a moment.");
+      return turnAway(socket, "No worker is serving just now; try again in a moment.");
     }
     const connection = ++handed;
     handing.set(connection, { socket, worker });
-    // The socket's file descriptor travels over the IPC channel; keepOpen: this copy stays
-    // open until the worker says it took the socket (its own copy holds the connection then).
+    // worker.send() writes to the channel (IPC) node:cluster opened to each worker; the
+    // socket's file descriptor travels with the message. keepOpen: Node does not close this
+    // process's copy once sent; took() below does, when the worker says it has its own.
     worker.send({ connection } satisfies Connection, socket, { keepOpen: true }, (error) => {
+      // Called once written to the channel (not once taken), with an error only when the
+      // channel is closed: that worker has just gone, so the next one. delete() is false
+      // when lostWith() has answered this connection already: it is not handed twice.
       if (!error || !handing.delete(connection)) return;
-      hand(socket, tries - 1); // that worker has just gone: the next one
+      hand(socket, tries - 1);
     });
   };
   const took = (connection: number) => {
-    handing.get(connection)?.socket.destroy(); // closes this process's copy alone
+    // destroy() closes this process's handle alone: the worker's keeps the connection open.
+    // (end() would send the client a FIN, the end of the connection, for both.)
+    handing.get(connection)?.socket.destroy();
     handing.delete(connection);
   };
   const lostWith = (worker: Worker) => {
@@ -123,15 +149,16 @@ async function superviseWorkers(count: number, { flags, host, port, printBanner 
     for (const [connection, on] of handing) {
       if (on.worker !== worker) continue;
       handing.delete(connection);
-      refuse(on.socket, 503, "The worker this connection went to has stopped; try again.");
+      turnAway(on.socket, "The worker this connection went to has stopped; try again.");
       lost++;
     }
     if (lost > 0) logLine(`primary: ${lost} connection${lost === 1 ? "" : "s"} on the way to ` +
       `worker ${worker.process.pid} got a 503 instead`);
   };
   const front = net.createServer({ pauseOnConnect: true }, (socket) => hand(socket));
-  const listeners = await listen(front, host, port, true);
+  const listeners = await listen(front, host, port, true); // paused: its ::1 twin too
 
+  // In the primary, cluster's "message" names the worker it came from.
   cluster.on("message", (worker, message: Partial<WorkerNews> | null) => {
     if (typeof message?.took === "number") return took(message.took);
     if (message?.news === "stopping") return stopHanding(worker);
@@ -155,8 +182,9 @@ async function superviseWorkers(count: number, { flags, host, port, printBanner 
       if (alive().length === 0) process.exit(0);
       return;
     }
-    if (!everServed.has(worker.id)) {
-      // It never got to serve: it said why on stderr. Forking it again would fail the same way.
+    if (!everServed.has(worker.id) && signal === null && code !== 0) {
+      // It failed before it could serve: it said why on stderr. Forking it again would fail
+      // the same way. (One killed before it served, by kill <pid>, is replaced below.)
       stopping = true;
       signalWorkers("SIGKILL");
       process.exit(code ?? 1);
@@ -173,13 +201,13 @@ async function superviseWorkers(count: number, { flags, host, port, printBanner 
     for (const listener of listeners) listener.close();
     const running = alive().length;
     logLine(`primary: ${signal}: stopping ${running} worker${running === 1 ? "" : "s"}`);
-    // A terminal's Ctrl-C reaches every process of the group already;
-    // a signal sent to the primary alone does not.
+    // Ctrl-C in a terminal signals the primary and its workers together (they are one
+    // process group); `kill <primary pid>` reaches only the primary, hence this SIGTERM.
     signalWorkers("SIGTERM");
     setTimeout(() => {
       signalWorkers("SIGKILL");
       process.exit(0);
-    }, WORKERS_STOP_MS).unref();
+    }, WORKERS_STOP_MS).unref(); // unref(): this timer alone keeps the primary running no longer
     // A second Ctrl-C means "now".
     process.once("SIGINT", () => {
       signalWorkers("SIGKILL");
@@ -231,9 +259,10 @@ function forwardPresenterLines(serving: Worker[]): void {
  * A worker whose primary is gone would serve a port nobody hands connections
  * to. Left alone, node:cluster exits it at once, cutting its streams; marked as
  * a disconnect it expected, the worker stops as on SIGTERM instead: its
- * streams end cleanly, and their browsers reconnect and resume.
- * exitedAfterDisconnect is that mark: node:cluster reads it right after this
- * listener runs, and exits the worker itself only when it is still false.
+ * streams end cleanly, and their browsers reconnect once a server listens again.
+ * exitedAfterDisconnect is that mark ("I will exit myself"): node:cluster reads it right
+ * after this listener runs, and exits the worker itself only when it is still false. The
+ * SIGTERM to itself runs server.ts's own stop, which ends the streams and then exits.
  */
 function stopWithPrimary(worker: Worker): void {
   worker.once("disconnect", () => {
@@ -269,7 +298,7 @@ export const processes: Lesson = {
       return "serve handed"; // the port, the banner and the terminal are the primary's
     }
     const workers = workersOf(startup.flags);
-    if (workers === 1) return undefined;
+    if (workers === 1) return undefined; // no primary at all: one process serves, as in lesson 1
     await superviseWorkers(workers, startup);
     return "taken over";
   },
@@ -277,12 +306,15 @@ export const processes: Lesson = {
   install(app) {
     if (!cluster.isWorker) return;
     // Stopping: the primary hands this worker no more connections while its streams end.
+    // process.send exists only in a process with a channel to its parent, as a worker has.
     app.onStop(() => void process.send?.({ news: "stopping" } satisfies WorkerNews));
   },
 
   // In a worker, once every lesson is installed: what the primary sends arrives as a
-  // "message" on `process`, a connection (its socket beside it) or a line typed at the
-  // terminal. The app serves a handed socket as if its own server had accepted it.
+  // "message" on `process` (a socket sent with it comes as the second argument): a connection
+  // or a line typed at the terminal. Emitting "connection" makes the app's http server read
+  // the socket as if it had accepted it; "took" means this process holds it now (the request
+  // is not answered yet), so the primary may close its copy.
   listening(app) {
     if (!cluster.isWorker) return;
     process.on("message", (message: Partial<Connection & PresenterLine> | null, socket) => {
