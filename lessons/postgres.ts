@@ -38,6 +38,7 @@ import { chooseHub, HUB_KEEP, MemoryHub } from "./hub.ts";
 import type { Hub, HubEvent, HubGap, HubSection } from "./hub.ts";
 import { shareVisitorKey } from "./http.ts";
 import { databaseErrorSentence, DATABASE_CONNECT_TIMEOUT_S } from "./postgres-faults.ts";
+import { outliveDroppedConnections } from "./postgres-faults.ts";
 import { QUERY_DEADLINE_MS, SENTENCES, STOPPING, TOO_LATE } from "./postgres-faults.ts";
 
 // ─── Settings ────────────────────────────────────────────────────────────────
@@ -181,6 +182,7 @@ export class PostgresHub implements Hub {
   static async open(url: string, log: (line: string) => void): Promise<PostgresHub> {
     const sql = await openDatabase(url);
     await createTables(sql, url);
+    outliveDroppedConnections(log);
     // The same module openDatabase loaded: Node loads a module once, and import() returns it.
     const { default: postgres } = await import("postgres");
     let hub: PostgresHub | undefined;
