@@ -310,11 +310,8 @@ const serveToastStream: Handler = async (req, res, _url, app) => {
   toasts.visitors.seen(visitor); // now, so that a full house is a 503, not a stream that ends
   res.writeHead(200, SSE_HEADERS);
   res.flushHeaders();
-  const { sent, why } = await toasts.streams.pump(
-    res,
-    (signal) => toasts.stream(visitor, signal),
-    () => quiet || log(`toast stream opened for visitor ${visitor} (${toasts.streams.size} open)`),
-  );
+  const { sent, why } = await toasts.streams.pump(res, (signal) => toasts.stream(visitor, signal),
+    () => quiet || log(`toast stream opened for visitor ${visitor} (${toasts.streams.size} open)`));
   const events = `${sent} event${sent === 1 ? "" : "s"}`;
   if (!quiet) log(`toast stream closed after ${events}: ${why} (${toasts.streams.size} open)`);
 };

@@ -502,6 +502,13 @@ async function press(page: Page, button: string, answered: string) {
     longestGap.set(entry.what, Math.max(longestGap.get(entry.what) ?? 0, gap));
     lastAt.set(entry.what, entry.at);
   }
+  // And the wait from each tile's last tick to the answer: the answer may arrive before the
+  // burst of late ticks, so a tile that got none while the loop slept waited all that time.
+  const answerAt = during[end]?.at ?? 0; // the page's clock, as every `at`
+  for (const tile of new Set(record.map((entry) => entry.what).filter((what) => what !== "answer"))) {
+    const gap = Math.max(0, answerAt - (lastAt.get(tile) ?? pressedAt!));
+    longestGap.set(tile, Math.max(longestGap.get(tile) ?? 0, gap));
+  }
   return { ticks, longestGap };
 }
 
