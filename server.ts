@@ -123,6 +123,7 @@ const loopDelay = monitorEventLoopDelay({ resolution: LOOP_SAMPLE_MS });
 let loopWatchers = 0;
 let windowStart = 0;
 let worstLastWindow = 0;
+let rolling: NodeJS.Timeout | undefined;
 
 /** Measures while at least one stream is open (on), and stops with the last one (off). */
 function watchLoop(on: boolean) {
@@ -131,17 +132,27 @@ function watchLoop(on: boolean) {
     loopDelay.reset();
     loopDelay.enable();
     windowStart = performance.now();
+    worstLastWindow = 0; // a stall from before, when no stream was open, is no news
   }
-  if (loopWatchers === 0) loopDelay.disable();
+  if (loopWatchers === 0) {
+    loopDelay.disable();
+    clearTimeout(rolling);
+    rolling = undefined;
+  }
 }
 
 /** The worst delay of the last whole second, in milliseconds beyond the sampling interval. */
 function worstLoopDelay(): number {
-  if (performance.now() - windowStart >= LOOP_WINDOW_MS) {
-    // max is in nanoseconds, and includes the sampling interval itself.
-    worstLastWindow = Math.max(0, Math.round(loopDelay.max / 1e6 - LOOP_SAMPLE_MS));
-    loopDelay.reset();
-    windowStart = performance.now();
+  if (!rolling && performance.now() - windowStart >= LOOP_WINDOW_MS) {
+    // Read a little later, not now: the tick asking may run just after a stall, before the
+    // monitor's own sample that measures it, and reset() would throw that sample away.
+    rolling = setTimeout(() => {
+      rolling = undefined;
+      // max is in nanoseconds, and includes the sampling interval itself.
+      worstLastWindow = Math.max(0, Math.round(loopDelay.max / 1e6 - LOOP_SAMPLE_MS));
+      loopDelay.reset();
+      windowStart = performance.now();
+    }, 2 * LOOP_SAMPLE_MS);
   }
   return worstLastWindow;
 }
