@@ -168,17 +168,20 @@ lesson("workers: server.ts --workers 2 runs two processes on one port", (test) =
       }
     };
     const clientsDone = Promise.all(Array.from({ length: HAMMERS }, hammer));
-    for (let kill = 1; kill <= KILLS; kill++) {
+    try {
+      for (let kill = 1; kill <= KILLS; kill++) {
+        await delay(HAMMER_MS);
+        const victim = startedWorkers(child).filter(isAlive)[0]!;
+        process.kill(victim, "SIGKILL");
+        await child.waitFor(new RegExp(`worker ${victim} exited \\(SIGKILL\\)`));
+        const serving = () => startedWorkers(child).length === 2 + kill;
+        await until("the replacement to serve", serving, BOOT_DEADLINE_MS);
+      }
       await delay(HAMMER_MS);
-      const victim = startedWorkers(child).filter(isAlive)[0]!;
-      process.kill(victim, "SIGKILL");
-      await child.waitFor(new RegExp(`worker ${victim} exited \\(SIGKILL\\)`));
-      const serving = () => startedWorkers(child).length === 2 + kill;
-      await until("the replacement to serve", serving, BOOT_DEADLINE_MS);
+    } finally {
+      hammering = false; // a failed wait above must not leave the clients running
+      await clientsDone;
     }
-    await delay(HAMMER_MS);
-    hammering = false;
-    await clientsDone;
     assert.equal(unanswered, [], "every request got an answer or a closed connection");
     // Every connection it handed, or answered 503 itself, is closed in the primary.
     await until(`the primary to hold ${idle} sockets again`, () => socketsHeld(primary) === idle);
